@@ -1,0 +1,71 @@
+# The README's commands. Every target sets up what it needs by itself on a fresh clone
+# (virtualenv, pinned Python dependencies, release build of the Rust extension) and is idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+RUST_SRC := Cargo.toml Cargo.lock otp_core/Cargo.toml $(shell find otp_core/src -name '*.rs' 2>/dev/null)
+PROTO_SRC := $(shell find proto -name '*.proto' 2>/dev/null)
+DEPS_STAMP := $(VENV)/.deps-stamp
+EXT_STAMP := $(VENV)/.ext-stamp
+
+.PHONY: help setup run test test-rust test-python bench lint proto proto-check loadtest clean
+
+help:
+	@echo "make run        set up, migrate the SQLite database, bootstrap a demo org, serve (codes on the console)"
+	@echo "make test       cargo test, then pytest (PostgreSQL/Redis suites need the local servers)"
+	@echo "make bench      benchmarks; each prints its ratio against a baseline measured in the same run"
+	@echo "make lint       cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest, buf lint"
+	@echo "make proto      regenerate authsvc/v1 from proto/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# maturin develop puts the native module next to authsvc/ and installs the package editable.
+$(EXT_STAMP): $(DEPS_STAMP) $(RUST_SRC) pyproject.toml
+	$(VENV)/bin/maturin develop --release --locked -q
+	touch $@
+
+setup: $(EXT_STAMP)
+
+run: setup
+	$(PY) -m authsvc dev-run
+
+test: test-rust proto-check test-python
+
+test-rust:
+	cargo test --locked --workspace -q
+
+test-python: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/otp_core.py
+
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check authsvc tests bench
+	$(VENV)/bin/ruff format --check authsvc tests bench
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest authsvc._otp_core
+
+proto: $(DEPS_STAMP)
+	$(PY) scripts/gen_proto.py --out .
+
+# The committed stubs must be exactly what proto/ generates.
+proto-check: $(DEPS_STAMP)
+	$(PY) scripts/gen_proto.py --check
+
+clean:
+	rm -rf $(VENV) target authsvc/*.so

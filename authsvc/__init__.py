@@ -1,0 +1,1 @@
+"""authsvc: gRPC two-factor authentication service with a Rust core."""
