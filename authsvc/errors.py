@@ -13,3 +13,33 @@ class AuthsvcError(Exception):
 
 class OtpInputError(AuthsvcError, ValueError):
     """A primitive of otp_core was called with an argument it cannot accept."""
+
+
+class Failure(AuthsvcError):
+    """A request the service refuses, with the gRPC status and the stable ErrorInfo reason.
+
+    `reason` is the name of an `authsvc.v1.ErrorReason` value without its prefix (for example
+    "CODE_MISMATCH"); the API layer turns a Failure into a google.rpc.Status once, in one place.
+    `status` is the name of a grpc.StatusCode (kept as text so the domain does not import grpc).
+    """
+
+    def __init__(
+        self,
+        status: str,
+        reason: str,
+        message: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.metadata = metadata or {}
+        self.retry_after = retry_after
+
+
+def invalid_field(field: str, message: str) -> Failure:
+    """INVALID_ARGUMENT for one request field; the field's path goes into the ErrorInfo."""
+    return Failure("INVALID_ARGUMENT", "INVALID_FIELD", message, metadata={"field": field})
