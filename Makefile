@@ -59,6 +59,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check authsvc tests bench
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest authsvc._otp_core
+	[ tools/node_modules/.package-lock.json -nt tools/package-lock.json ] || npm ci --prefix tools --no-audit --no-fund --loglevel=error && tools/node_modules/.bin/buf lint proto
 
 proto: $(DEPS_STAMP)
 	$(PY) scripts/gen_proto.py --out .
