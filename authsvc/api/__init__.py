@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf in, domain call, protobuf out. Nothing else lives here."""

@@ -1,0 +1,75 @@
+"""Protobuf <-> domain values that several servicers share."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from authsvc import validation
+from authsvc.errors import invalid_field
+from authsvc.flows.login import ClientInfo
+from authsvc.flows.views import IssuedSession, PendingFlowView
+from authsvc.v1 import common_pb2
+
+CHANNEL_TO_PB = {
+    "sms": common_pb2.CHANNEL_SMS,
+    "voice": common_pb2.CHANNEL_VOICE,
+    "email": common_pb2.CHANNEL_EMAIL,
+    "totp": common_pb2.CHANNEL_TOTP,
+}
+CHANNEL_FROM_PB = {value: name for name, value in CHANNEL_TO_PB.items()}
+DELIVERY_TO_PB = {
+    "queued": common_pb2.DELIVERY_STATUS_QUEUED,
+    "sent": common_pb2.DELIVERY_STATUS_SENT,
+    "failed": common_pb2.DELIVERY_STATUS_FAILED,
+}
+PURPOSE_TO_PB = {
+    "login": common_pb2.FLOW_PURPOSE_LOGIN,
+    "step_up": common_pb2.FLOW_PURPOSE_STEP_UP,
+}
+ROLE_TO_PB = {"admin": common_pb2.ROLE_ADMIN, "member": common_pb2.ROLE_MEMBER}
+AAL_TO_PB = {"aal1": common_pb2.ASSURANCE_LEVEL_AAL1, "aal2": common_pb2.ASSURANCE_LEVEL_AAL2}
+
+
+def timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def channel_from_pb(value: int, field: str = "channel") -> str | None:
+    if value == common_pb2.CHANNEL_UNSPECIFIED:
+        return None
+    try:
+        return CHANNEL_FROM_PB[value]
+    except KeyError:
+        raise invalid_field(field, "unknown channel") from None
+
+
+def client_info(client: common_pb2.ClientContext, *, ip_required: bool = False) -> ClientInfo:
+    ip_address = validation.ip_address(client.ip_address)
+    if ip_required and not ip_address:
+        raise invalid_field("client.ip_address", "the end user's IP address is required")
+    return ClientInfo(ip_address=ip_address, user_agent=validation.user_agent(client.user_agent))
+
+
+def pending_flow(view: PendingFlowView) -> common_pb2.PendingFlow:
+    return common_pb2.PendingFlow(
+        flow_id=str(view.flow_id),
+        purpose=PURPOSE_TO_PB[view.purpose.value],
+        channels=[CHANNEL_TO_PB[channel] for channel in view.channels],
+        default_channel=CHANNEL_TO_PB[view.default_channel],
+        masked_destination=view.masked_destination,
+        expire_time=timestamp(view.expires_at),
+    )
+
+
+def session(view: IssuedSession) -> common_pb2.Session:
+    return common_pb2.Session(
+        token=view.token,
+        account_id=str(view.account_id),
+        assurance_level=AAL_TO_PB[view.assurance_level],
+        expire_time=timestamp(view.expires_at),
+        idle_expire_time=timestamp(view.idle_expires_at),
+    )

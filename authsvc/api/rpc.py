@@ -1,0 +1,84 @@
+"""The wrapper every RPC handler goes through: request id, rich errors, one log line.
+
+One canonical line per call: method, outcome (gRPC status name), ErrorInfo reason, latency and
+request id. The request itself is never logged: it holds passwords, codes and tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import structlog
+from grpc.aio import ServicerContext
+
+from authsvc.api.status import to_grpc_status
+from authsvc.errors import Failure
+
+log = structlog.get_logger("authsvc.rpc")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+S = TypeVar("S")
+Handler = Callable[[S, Req, ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _request_id(context: ServicerContext[Req, Resp]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
+    def decorate(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+        @functools.wraps(handler)
+        async def wrapper(self: S, request: Req, context: ServicerContext[Req, Resp]) -> Resp:
+            request_id = _request_id(context)
+            started = time.perf_counter()
+            outcome, reason = "OK", ""
+            try:
+                response = await handler(self, request, context)
+                context.set_trailing_metadata((("x-request-id", request_id),))
+                return response
+            except Failure as failure:
+                outcome, reason = failure.status, failure.reason
+                status = to_grpc_status(failure)
+                await context.abort(
+                    status.code,
+                    status.details,
+                    (*status.trailing_metadata, ("x-request-id", request_id)),
+                )
+                raise  # unreachable: abort raises
+            except asyncio.CancelledError:
+                outcome = "CANCELLED"
+                raise
+            except Exception as error:
+                if isinstance(error, grpc.aio.AbortError):
+                    raise
+                outcome, reason = "INTERNAL", type(error).__name__
+                log.exception("rpc_crashed", method=name, request_id=request_id)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error",
+                                    (("x-request-id", request_id),))
+                raise
+            finally:
+                log.info(
+                    "rpc",
+                    method=name,
+                    outcome=outcome,
+                    reason=reason,
+                    latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                    request_id=request_id,
+                )
+
+        return wrapper
+
+    return decorate

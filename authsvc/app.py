@@ -1,0 +1,61 @@
+"""The service's parts, built once at start-up and handed to every flow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from authsvc.clock import Clock
+from authsvc.config import Settings
+from authsvc.db.engine import create_engine, session_factory
+from authsvc.keys import Keys
+from authsvc.passwords import Passwords
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    keys: Keys
+    passwords: Passwords
+    # Set when a flow queues a message, so that the in-process dispatcher sends it at once.
+    outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock | None = None) -> App:
+        engine = create_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            clock=clock or Clock(),
+            engine=engine,
+            sessionmaker=session_factory(engine),
+            keys=Keys.derive(settings.master_key()),
+            passwords=Passwords(
+                memory_kib=settings.argon2_memory_kib,
+                time_cost=settings.argon2_time_cost,
+                parallelism=settings.argon2_parallelism,
+                threads=settings.password_hash_threads,
+            ),
+        )
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads; nothing it does is committed."""
+        async with self.sessionmaker() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A transaction: committed when the block ends, rolled back whole if it raises."""
+        async with self.sessionmaker() as session, session.begin():
+            yield session
+
+    async def close(self) -> None:
+        self.passwords.close()
+        await self.engine.dispose()

@@ -1,0 +1,272 @@
+"""The `authsvc` command: serve, migrate, bootstrap, client, dev-run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from grpc_status import rpc_status
+
+from authsvc import log
+from authsvc.config import ProviderName, Settings
+from authsvc.errors import Failure
+
+DEMO_SIRET = "21180001500011"
+DEMO_LOGIN = "admin"
+DEMO_PASSWORD = "demo-Bourges-2026!"  # development database only; printed by `make run`
+CLIENT_STATE = Path("var/client.json")
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)
+
+
+def cmd_migrate(settings: Settings) -> int:
+    from authsvc.db.migrate import upgrade
+
+    upgrade(settings.database_url)
+    print("database migrated", file=sys.stderr)
+    return 0
+
+
+async def _bootstrap(
+    settings: Settings, *, siret: str, name: str, login: str, email: str, phone: str,
+    display_name: str, password: str,
+) -> None:
+    from authsvc.accounts import create_account, create_organization
+    from authsvc.app import App
+    from authsvc.db import Role
+
+    app = App.build(settings)
+    try:
+        password_hash = await app.passwords.hash_async(password)
+        async with app.write() as db:
+            organization = await create_organization(app, db, siret=siret, name=name)
+            await db.flush()
+            await create_account(
+                app, db, organization_id=organization.id, login=login,
+                display_name=display_name, email=email, phone=phone, role=Role.ADMIN,
+                password_hash=password_hash,
+            )
+    finally:
+        await app.close()
+
+
+def _password(prompt: str, env: str) -> str:
+    value = os.environ.get(env)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise SystemExit(f"set {env} or run interactively to enter the password")
+    return getpass.getpass(prompt)
+
+
+def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    from authsvc import validation
+
+    password = _password("administrator password: ", "AUTHSVC_BOOTSTRAP_PASSWORD")
+    try:
+        validation.password(password)
+        asyncio.run(_bootstrap(
+            settings, siret=args.org_siret, name=args.org_name, login=args.admin_login,
+            email=args.admin_email, phone=args.admin_phone,
+            display_name=args.admin_name or args.admin_login, password=password,
+        ))
+    except Failure as failure:
+        field = failure.metadata.get("field", "")
+        print(f"bootstrap refused: {field + ': ' if field else ''}{failure.message}",
+              file=sys.stderr)
+        return 2
+    print(f"organisation {args.org_siret} and administrator {args.admin_login} created",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_serve(settings: Settings, listen: str | None) -> int:
+    from authsvc.server import serve
+
+    asyncio.run(serve(settings, listen))
+    return 0
+
+
+def cmd_dev_run(args: argparse.Namespace) -> int:
+    """`make run`: migrate the SQLite database, create the demo organisation once, serve."""
+    settings = _settings(
+        sms_provider=os.environ.get("AUTHSVC_SMS_PROVIDER", ProviderName.CONSOLE),
+        voice_provider=os.environ.get("AUTHSVC_VOICE_PROVIDER", ProviderName.CONSOLE),
+        email_provider=os.environ.get("AUTHSVC_EMAIL_PROVIDER", ProviderName.CONSOLE),
+    )
+    if settings.environment.value != "development":
+        raise SystemExit("dev-run is for development only")
+    cmd_migrate(settings)
+    try:
+        asyncio.run(_bootstrap(
+            settings, siret=DEMO_SIRET, name="Mairie de démonstration", login=DEMO_LOGIN,
+            email="admin@demo.example", phone="+33612345678", display_name="Admin Démo",
+            password=DEMO_PASSWORD,
+        ))
+    except Failure as failure:
+        if failure.reason != "ALREADY_EXISTS":
+            raise
+    print(
+        "\n  Demo organisation SIRET : " + DEMO_SIRET
+        + "\n  Administrator login     : " + DEMO_LOGIN
+        + "\n  Password                : " + DEMO_PASSWORD
+        + "\n  Codes are printed below (console provider).\n"
+        + "  In another terminal:  .venv/bin/authsvc client login\n",
+        file=sys.stderr,
+    )
+    return cmd_serve(settings, args.listen)
+
+
+# ---- client -------------------------------------------------------------------------------
+
+
+def _load_state() -> dict[str, str]:
+    return json.loads(CLIENT_STATE.read_text()) if CLIENT_STATE.exists() else {}
+
+
+def _save_state(state: dict[str, str]) -> None:
+    CLIENT_STATE.parent.mkdir(parents=True, exist_ok=True)
+    CLIENT_STATE.write_text(json.dumps(state, indent=2))
+    CLIENT_STATE.chmod(0o600)  # it holds the session and device tokens
+
+
+def _show(message: Any) -> None:
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True))
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from authsvc.v1 import auth_service_pb2 as pb
+    from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
+    from authsvc.v1 import common_pb2
+
+    state = _load_state()
+    client = common_pb2.ClientContext(ip_address="127.0.0.1", user_agent="authsvc-cli")
+    with grpc.insecure_channel(args.server) as channel:
+        stub = pb_grpc.AuthServiceStub(channel)
+        try:
+            if args.action == "login":
+                password = _password("password: ", "AUTHSVC_CLIENT_PASSWORD")
+                response = stub.Login(pb.LoginRequest(
+                    organization_siret=args.org, login=args.login,
+                    password=pb.PasswordCredential(password=password),
+                    device_token=state.get("device_token", ""), client=client,
+                ))
+                if response.HasField("session"):
+                    state["session_token"] = response.session.token
+                    print("trusted device: signed in without a code", file=sys.stderr)
+                else:
+                    state["flow_id"] = response.pending_flow.flow_id
+                    print("a code is required: run `authsvc client challenge`", file=sys.stderr)
+                _show(response)
+            elif args.action == "challenge":
+                channel_value = {"sms": common_pb2.CHANNEL_SMS, "voice": common_pb2.CHANNEL_VOICE}
+                _show(stub.Challenge(pb.ChallengeRequest(
+                    flow_id=args.flow or state.get("flow_id", ""),
+                    channel=channel_value.get(args.channel or "", common_pb2.CHANNEL_UNSPECIFIED),
+                    client=client,
+                )))
+            elif args.action == "verify":
+                verified = stub.Verify(pb.VerifyRequest(
+                    flow_id=args.flow or state.get("flow_id", ""), code=args.code, client=client,
+                ))
+                state["session_token"] = verified.login.session.token
+                state["device_token"] = verified.login.device_token
+                _show(verified)
+            elif args.action == "whoami":
+                _show(stub.ValidateSession(pb.ValidateSessionRequest(
+                    session_token=state.get("session_token", ""), client=client,
+                )))
+            elif args.action == "logout":
+                stub.Logout(pb.LogoutRequest(
+                    session_token=state.pop("session_token", ""), client=client,
+                ))
+                print("signed out", file=sys.stderr)
+        except grpc.RpcError as error:
+            _print_rpc_error(error)
+            return 1
+        finally:
+            _save_state(state)
+    return 0
+
+
+def _print_rpc_error(error: grpc.RpcError) -> None:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    from google.rpc import error_details_pb2
+
+    reason = ""
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason = f" [{info.reason}{' ' + dict(info.metadata).__repr__() if info.metadata else ''}]"
+    print(f"error: {error.code().name}{reason}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+
+
+# ---- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authsvc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the gRPC API")
+    serve.add_argument("--listen", help="HOST:PORT (default AUTHSVC_LISTEN or 127.0.0.1:50051)")
+
+    commands.add_parser("migrate", help="create or upgrade the database schema")
+
+    bootstrap = commands.add_parser("bootstrap", help="create an organisation and its first admin")
+    bootstrap.add_argument("--org-siret", required=True)
+    bootstrap.add_argument("--org-name", required=True)
+    bootstrap.add_argument("--admin-login", required=True)
+    bootstrap.add_argument("--admin-email", required=True)
+    bootstrap.add_argument("--admin-phone", required=True)
+    bootstrap.add_argument("--admin-name")
+
+    dev_run = commands.add_parser("dev-run", help="migrate, create the demo org, serve (make run)")
+    dev_run.add_argument("--listen")
+
+    client = commands.add_parser("client", help="walk the login flow against a running server")
+    client.add_argument("--server", default="127.0.0.1:50051")
+    actions = client.add_subparsers(dest="action", required=True)
+    login = actions.add_parser("login", help="first factor (password from a prompt or "
+                                             "AUTHSVC_CLIENT_PASSWORD)")
+    login.add_argument("--org", default=DEMO_SIRET, help="organisation SIRET")
+    login.add_argument("--login", default=DEMO_LOGIN)
+    challenge = actions.add_parser("challenge", help="send the code")
+    challenge.add_argument("--flow")
+    challenge.add_argument("--channel", choices=["sms", "voice"])
+    verify = actions.add_parser("verify", help="enter the code")
+    verify.add_argument("code")
+    verify.add_argument("--flow")
+    actions.add_parser("whoami", help="validate the current session")
+    actions.add_parser("logout", help="revoke the current session")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "client":
+        raise SystemExit(cmd_client(args))
+    if args.command == "dev-run":
+        log.configure()
+        raise SystemExit(cmd_dev_run(args))
+    settings = _settings()
+    log.configure(settings.log_format, settings.log_level)
+    if args.command == "serve":
+        raise SystemExit(cmd_serve(settings, args.listen))
+    if args.command == "migrate":
+        raise SystemExit(cmd_migrate(settings))
+    if args.command == "bootstrap":
+        raise SystemExit(cmd_bootstrap(settings, args))
+    raise SystemExit(2)

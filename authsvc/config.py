@@ -1,0 +1,113 @@
+"""The service's one Settings object, read from AUTHSVC_* environment variables.
+
+Every security number defaults to the requirements' value. Where the requirements give a bound
+(code lifetime, wrong codes, sends, device trust, session lifetimes), the field's validator lets
+configuration tighten it and refuses to loosen it: there is no switch that skips or weakens the
+second factor, for anyone.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class ProviderName(StrEnum):
+    CONSOLE = "console"
+    FILE = "file"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+Seconds = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTHSVC_", extra="ignore", frozen=True)
+
+    environment: Environment = Environment.DEVELOPMENT
+    listen: str = "127.0.0.1:50051"
+    database_url: str = "sqlite+aiosqlite:///var/authsvc.db"
+    # Master secret (URL-safe base64 of >= 32 bytes). Subkeys for code hashing and contact
+    # encryption are derived from it. Development falls back to a key file made on first use.
+    secret_key: SecretStr | None = None
+    secret_key_file: Path = Path("var/secret.key")
+
+    # One-time codes (requirements: 6 digits, 5 min, never more than 10 min; 5 wrong codes).
+    code_digits: int = Field(default=6, ge=6, le=10)
+    code_ttl_s: int = Field(default=300, ge=60, le=600)
+    max_code_attempts: int = Field(default=5, ge=1, le=5)
+    resend_cooldown_s: int = Field(default=30, ge=30, le=300)
+    max_sends_per_flow: int = Field(default=5, ge=1, le=5)
+    # A pending flow (password accepted, code not yet entered) lives this long.
+    flow_ttl_s: int = Field(default=900, ge=60, le=1800)
+
+    # Device trust: 7 days from the code verification, never longer.
+    device_trust_s: int = Field(default=7 * 86400, ge=0, le=7 * 86400)
+
+    # Sessions (NIST AAL2): absolute 12 h, idle 30 min, never longer.
+    session_absolute_s: int = Field(default=12 * 3600, ge=60, le=12 * 3600)
+    session_idle_s: int = Field(default=30 * 60, ge=60, le=30 * 60)
+    # ValidateSession writes last_seen at most this often per session, so that the call every
+    # backend makes on every request stays a read; idle expiry is exact to within this margin.
+    session_touch_interval_s: int = Field(default=60, ge=0, le=300)
+
+    # argon2id, OWASP: m=19 MiB, t=2, p=1 are the floor.
+    argon2_memory_kib: int = Field(default=19 * 1024, ge=19 * 1024)
+    argon2_time_cost: int = Field(default=2, ge=2)
+    argon2_parallelism: int = Field(default=1, ge=1)
+    password_hash_threads: int = Field(default=0, ge=0)  # 0: one per core
+
+    # Delivery.
+    sms_provider: ProviderName = ProviderName.CONSOLE
+    voice_provider: ProviderName = ProviderName.CONSOLE
+    email_provider: ProviderName = ProviderName.CONSOLE
+    outbox_file: Path = Path("var/outbox.jsonl")
+    dispatcher_enabled: bool = True
+    dispatcher_poll_s: float = Field(default=0.2, gt=0, le=10)
+    service_name: str = "PEP's"
+    webotp_domain: str = "peps.cnracl.example"
+
+    log_format: LogFormat = LogFormat.AUTO
+    log_level: str = "info"
+    grace_period_s: float = Field(default=10.0, ge=0)
+    default_region: str = "FR"
+
+    @model_validator(mode="after")
+    def _production_needs_a_key(self) -> Settings:
+        if self.environment is Environment.PRODUCTION and self.secret_key is None:
+            raise ValueError("AUTHSVC_SECRET_KEY is required in production")
+        return self
+
+    def master_key(self) -> bytes:
+        """The master secret; in development, created in `secret_key_file` on first use."""
+        if self.secret_key is not None:
+            return _decode_key(self.secret_key.get_secret_value())
+        path = self.secret_key_file
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
+            path.chmod(0o600)
+        return _decode_key(path.read_text().strip())
+
+
+def _decode_key(text: str) -> bytes:
+    key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if len(key) < 32:
+        raise ValueError("the secret key must hold at least 32 bytes")
+    return key

@@ -1,0 +1,1 @@
+"""Delivery: the outbox, the dispatcher that drains it, channel providers and message texts."""

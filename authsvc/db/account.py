@@ -1,0 +1,46 @@
+"""Accounts. The phone number is kept sealed (AES-GCM) with a keyed digest for look-ups and a
+masked form for display: a full number never sits in the database in clear."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from authsvc.db.base import Base, new_id
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class AccountStatus(StrEnum):
+    PENDING_ACTIVATION = "pending_activation"
+    ACTIVE = "active"
+    LOCKED = "locked"
+    DISABLED = "disabled"
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (UniqueConstraint("organization_id", "login"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    organization_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"), index=True)
+    login: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(254))
+    phone_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    phone_digest: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    phone_masked: Mapped[str] = mapped_column(String(32))
+    phone_kind: Mapped[str] = mapped_column(String(16))
+    phone_region: Mapped[str] = mapped_column(String(2))
+    role: Mapped[Role] = mapped_column(String(16))
+    status: Mapped[AccountStatus] = mapped_column(String(32))
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -1,0 +1,44 @@
+"""The outbox: messages written in the same transaction as the challenge they deliver.
+
+The destination and the text are sealed while queued (the text holds a code); once the message is
+sent the sealed payload is purged, leaving the masked destination and the template name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from authsvc.db.base import Base, new_id
+
+
+class MessageStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+class OutboxMessage(Base):
+    __tablename__ = "outbox_messages"
+    __table_args__ = (Index("ix_outbox_messages_due", "status", "next_attempt_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    flow_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("flows.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(64))
+    destination_masked: Mapped[str] = mapped_column(String(320))
+    payload_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[MessageStatus] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]

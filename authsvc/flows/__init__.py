@@ -1,0 +1,1 @@
+"""Login and step-up flows: first factor, challenge (send a code), verification."""

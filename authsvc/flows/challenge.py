@@ -1,0 +1,189 @@
+"""Challenge: send (or re-send) a code for a pending flow.
+
+The send is decided by one conditional UPDATE on the flow (still pending, not expired, sends
+left, cooldown passed), and the outbox message is written in the same transaction: a code is
+never queued without its challenge, nor a challenge recorded without its message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+
+from authsvc.app import App
+from authsvc.courier import templates
+from authsvc.courier.outbox import enqueue
+from authsvc.db import Account, Flow, FlowStatus, MessageStatus, OutboxMessage
+from authsvc.errors import Failure
+from authsvc.flows import failures
+from authsvc.flows.views import ChallengeView
+from authsvc.otp import generate_code
+from authsvc.phones import CHANNELS_BY_KIND, PhoneKind
+
+_DELIVERY = {
+    MessageStatus.QUEUED: "queued",
+    MessageStatus.SENDING: "queued",
+    MessageStatus.SENT: "sent",
+    MessageStatus.FAILED: "failed",
+    MessageStatus.ABANDONED: "failed",
+}
+
+
+@dataclass(frozen=True)
+class ChallengeRequest:
+    flow_id: uuid.UUID
+    channel: str | None  # None: the account's default
+    idempotency_key: str | None
+
+
+async def load_flow(app: App, flow_id: uuid.UUID) -> tuple[Flow, Account]:
+    async with app.read() as db:
+        row = (
+            await db.execute(
+                select(Flow, Account)
+                .join(Account, Flow.account_id == Account.id)
+                .where(Flow.id == flow_id)
+            )
+        ).one_or_none()
+    if row is None:
+        raise failures.flow_not_found()
+    flow, account = row.tuple()
+    return flow, account
+
+
+def ensure_open(flow: Flow, now: datetime) -> None:
+    """Refuse a flow that can no longer take a code, with the reason why."""
+    if flow.status == FlowStatus.COMPLETED:
+        raise failures.flow_completed()
+    if flow.status == FlowStatus.FAILED:
+        raise failures.flow_failed()
+    if flow.expires_at <= now:
+        raise failures.flow_expired()
+
+
+def _pick_channel(account: Account, requested: str | None) -> str:
+    allowed = CHANNELS_BY_KIND[PhoneKind(account.phone_kind)]
+    if requested is None:
+        return allowed[0]
+    if requested not in allowed:
+        raise failures.channel_not_available(requested)
+    return requested
+
+
+async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
+    flow, account = await load_flow(app, request.flow_id)
+    now = app.clock.now()
+    ensure_open(flow, now)
+    channel = _pick_channel(account, request.channel)
+    replay = await _idempotent_replay(app, flow, account, request, channel, now)
+    if replay is not None:
+        return replay
+    _check_send_allowed(app, flow, now)
+
+    settings = app.settings
+    code = generate_code(settings.code_digits)
+    challenge_id = uuid.uuid4()
+    code_expires_at = now + timedelta(seconds=settings.code_ttl_s)
+    cooldown_start = now - timedelta(seconds=settings.resend_cooldown_s)
+    async with app.write() as db:
+        sent = await db.execute(
+            update(Flow)
+            .where(
+                Flow.id == flow.id,
+                Flow.status == FlowStatus.PENDING,
+                Flow.expires_at > now,
+                Flow.send_count < settings.max_sends_per_flow,
+                or_(Flow.last_sent_at.is_(None), Flow.last_sent_at <= cooldown_start),
+            )
+            .values(
+                challenge_id=challenge_id,
+                channel=channel,
+                code_digest=app.keys.code_hasher.digest(code, challenge_id.bytes),
+                code_expires_at=code_expires_at,
+                idempotency_key=request.idempotency_key,
+                send_count=Flow.send_count + 1,
+                last_sent_at=now,
+            )
+        )
+        if sent.rowcount == 1:  # type: ignore[attr-defined]
+            phone = app.keys.sealer.open(account.phone_sealed, account.id.bytes)
+            minutes = settings.code_ttl_s // 60
+            text = (
+                templates.code_sms(service=settings.service_name, code=code, minutes=minutes,
+                                   domain=settings.webotp_domain)
+                if channel == "sms"
+                else templates.code_voice(service=settings.service_name, code=code,
+                                          minutes=minutes)
+            )
+            enqueue(app, db, channel=channel, template=f"login_code_{channel}", to=phone,
+                    masked_to=account.phone_masked, text=text, flow_id=flow.id)
+    if sent.rowcount != 1:  # type: ignore[attr-defined]
+        # Another call changed the flow between our read and our write: answer from what it
+        # is now (an identical concurrent request with the same key gets that challenge).
+        flow, account = await load_flow(app, request.flow_id)
+        ensure_open(flow, now)
+        replay = await _idempotent_replay(app, flow, account, request, channel, now)
+        if replay is not None:
+            return replay
+        _check_send_allowed(app, flow, now)
+        # Unreachable unless clocks disagree between replicas: the conservative answer.
+        raise failures.resend_too_soon(float(settings.resend_cooldown_s))
+    app.outbox_ready.set()
+    return ChallengeView(
+        challenge_id=challenge_id,
+        channel=channel,
+        masked_destination=account.phone_masked,
+        code_expires_at=code_expires_at,
+        resend_at=now + timedelta(seconds=settings.resend_cooldown_s),
+        sends_remaining=settings.max_sends_per_flow - flow.send_count - 1,
+        delivery_status="queued",
+    )
+
+
+def _check_send_allowed(app: App, flow: Flow, now: datetime) -> None:
+    settings = app.settings
+    if flow.send_count >= settings.max_sends_per_flow:
+        raise failures.send_limit_reached()
+    if flow.last_sent_at is not None:
+        resend_at = flow.last_sent_at + timedelta(seconds=settings.resend_cooldown_s)
+        if now < resend_at:
+            raise failures.resend_too_soon((resend_at - now).total_seconds())
+
+
+async def _idempotent_replay(
+    app: App, flow: Flow, account: Account, request: ChallengeRequest, channel: str,
+    now: datetime,
+) -> ChallengeView | None:
+    """The same idempotency key within the code's lifetime: the same challenge, nothing sent."""
+    key = request.idempotency_key
+    if (
+        key is None
+        or flow.idempotency_key != key
+        or flow.challenge_id is None
+        or flow.code_expires_at is None
+        or flow.code_expires_at <= now
+    ):
+        return None
+    if flow.channel != channel:
+        raise Failure("FAILED_PRECONDITION", "IDEMPOTENCY_KEY_REUSED",
+                      "this idempotency key was used for another request")
+    async with app.read() as db:
+        status = await db.scalar(
+            select(OutboxMessage.status)
+            .where(OutboxMessage.flow_id == flow.id)
+            .order_by(OutboxMessage.created_at.desc())
+            .limit(1)
+        )
+    assert flow.last_sent_at is not None
+    return ChallengeView(
+        challenge_id=flow.challenge_id,
+        channel=channel,
+        masked_destination=account.phone_masked,
+        code_expires_at=flow.code_expires_at,
+        resend_at=flow.last_sent_at + timedelta(seconds=app.settings.resend_cooldown_s),
+        sends_remaining=app.settings.max_sends_per_flow - flow.send_count,
+        delivery_status=_DELIVERY[MessageStatus(status)] if status else "queued",
+    )

@@ -1,0 +1,110 @@
+"""Verify: check the code of a flow's active challenge.
+
+The code is compared in constant time (CodeHasher.verify) against the keyed digest of the
+current challenge. The outcome is then written by ONE conditional UPDATE, which is what makes
+the check atomic under concurrency:
+- a right code completes the flow only WHERE it is still pending, on the same challenge, with
+  attempts left and the code unexpired; of many concurrent right answers exactly one wins;
+- a wrong code adds one attempt only WHERE fewer than the maximum were counted, and the same
+  statement kills the flow at the maximum; so concurrent guesses never get more than the
+  maximum checks.
+The session and device trust are written in the winner's transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import case, update
+
+from authsvc import sessions
+from authsvc.app import App
+from authsvc.db import Flow, FlowPurpose, FlowStatus
+from authsvc.errors import Failure
+from authsvc.flows import failures
+from authsvc.flows.challenge import ensure_open, load_flow
+from authsvc.flows.login import ClientInfo
+from authsvc.flows.views import LoginVerified
+from authsvc.policies import cadence
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    flow_id: uuid.UUID
+    code: str
+    client: ClientInfo
+
+
+async def verify(app: App, request: VerifyRequest) -> LoginVerified:
+    flow, account = await load_flow(app, request.flow_id)
+    now = app.clock.now()
+    ensure_open(flow, now)
+    if flow.challenge_id is None or flow.code_digest is None or flow.code_expires_at is None:
+        raise failures.no_active_challenge()
+    if flow.code_expires_at <= now:
+        raise failures.code_expired()
+    if flow.purpose != FlowPurpose.LOGIN:
+        raise failures.not_implemented("step-up verification")
+    max_attempts = app.settings.max_code_attempts
+    matches = app.keys.code_hasher.verify(request.code, flow.challenge_id.bytes, flow.code_digest)
+
+    if matches:
+        async with app.write() as db:
+            won = await db.execute(
+                update(Flow)
+                .where(
+                    Flow.id == flow.id,
+                    Flow.status == FlowStatus.PENDING,
+                    Flow.challenge_id == flow.challenge_id,
+                    Flow.failed_attempts < max_attempts,
+                    Flow.code_expires_at > now,
+                    Flow.expires_at > now,
+                )
+                .values(status=FlowStatus.COMPLETED, completed_at=now, code_digest=None)
+            )
+            if won.rowcount == 1:  # type: ignore[attr-defined]
+                trust = cadence.trust_device(app, db, account.id, request.client.user_agent)
+                session = await sessions.issue(
+                    app, db, account.id, last_code_time=now,
+                    ip_address=request.client.ip_address, user_agent=request.client.user_agent,
+                )
+                return LoginVerified(session, trust.token, trust.expires_at)
+        # Lost the race (or a new code replaced this one): say what the flow is now.
+        raise await _why_closed(app, flow.id, superseded=flow.challenge_id)
+
+    async with app.write() as db:
+        counted = await db.execute(
+            update(Flow)
+            .where(
+                Flow.id == flow.id,
+                Flow.status == FlowStatus.PENDING,
+                Flow.failed_attempts < max_attempts,
+            )
+            .values(
+                failed_attempts=Flow.failed_attempts + 1,
+                status=case(
+                    (Flow.failed_attempts + 1 >= max_attempts, FlowStatus.FAILED.value),
+                    else_=Flow.status,
+                ),
+            )
+            .returning(Flow.failed_attempts)
+        )
+        attempts = counted.scalar_one_or_none()
+    if attempts is None:
+        raise await _why_closed(app, flow.id, superseded=None)
+    raise failures.code_mismatch(max(max_attempts - attempts, 0))
+
+
+async def _why_closed(app: App, flow_id: uuid.UUID, *, superseded: uuid.UUID | None) -> Failure:
+    flow, _ = await load_flow(app, flow_id)
+    now = app.clock.now()
+    ensure_open(flow, now)
+    if superseded is not None and (
+        flow.challenge_id != superseded
+        or flow.code_expires_at is None
+        or flow.code_expires_at <= now
+    ):
+        return failures.code_expired()  # a newer code replaced this one, or it just expired
+    return failures.flow_failed()
+

@@ -1,0 +1,55 @@
+"""argon2id password hashing, run off the event loop.
+
+argon2-cffi releases the GIL inside the C hash, so a thread pool gives real parallelism. Unknown
+logins are checked against a dummy hash made with the same parameters, so that they cost the same
+time as a wrong password and accounts cannot be enumerated by timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+
+class Passwords:
+    def __init__(
+        self, *, memory_kib: int, time_cost: int, parallelism: int, threads: int = 0
+    ) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=time_cost,
+            memory_cost=memory_kib,
+            parallelism=parallelism,
+            type=Type.ID,
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads or os.cpu_count() or 1, thread_name_prefix="argon2"
+        )
+        self._dummy_hash = self._hasher.hash(os.urandom(16).hex())
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    async def hash_async(self, password: str) -> str:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.hash, password)
+
+    def _verify(self, stored: str | None, password: str) -> bool:
+        try:
+            return self._hasher.verify(stored or self._dummy_hash, password) and stored is not None
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def verify(self, stored: str | None, password: str) -> bool:
+        """True when `password` matches `stored`; `stored=None` (no such account) costs the same."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._verify, stored, password
+        )
+
+    def needs_rehash(self, stored: str) -> bool:
+        return self._hasher.check_needs_rehash(stored)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

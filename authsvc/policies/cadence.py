@@ -1,0 +1,60 @@
+"""The code cadence: always at an account's first login, then every 7 days per device.
+
+A device that passed a code holds a device-trust token; the trust runs 7 days from that
+verification (not sliding) and ends early when the account's password or phone changes.
+There is no other way to skip the code: no flag, no role, no configuration switch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authsvc.app import App
+from authsvc.db import TrustedDevice
+from authsvc.otp import random_token, token_digest
+
+
+@dataclass(frozen=True)
+class Trust:
+    token: str
+    expires_at: datetime
+
+
+async def trusted_since(
+    app: App, db: AsyncSession, account_id: uuid.UUID, device_token: str | None
+) -> datetime | None:
+    """When the presented device last passed a code, if it is still trusted; else None."""
+    if device_token is None or app.settings.device_trust_s == 0:
+        return None
+    now = app.clock.now()
+    return await db.scalar(
+        select(TrustedDevice.verified_at).where(
+            TrustedDevice.token_digest == token_digest(device_token),
+            TrustedDevice.account_id == account_id,
+            TrustedDevice.revoked_at.is_(None),
+            TrustedDevice.expires_at > now,
+        )
+    )
+
+
+def trust_device(app: App, db: AsyncSession, account_id: uuid.UUID, user_agent: str) -> Trust:
+    """Record that this device passed a code now; add it to the caller's transaction."""
+    now = app.clock.now()
+    token = random_token(32)
+    expires_at = now + timedelta(seconds=app.settings.device_trust_s)
+    db.add(
+        TrustedDevice(
+            account_id=account_id,
+            token_digest=token_digest(token),
+            verified_at=now,
+            expires_at=expires_at,
+            revoked_at=None,
+            user_agent=user_agent,
+        )
+    )
+    return Trust(token, expires_at)

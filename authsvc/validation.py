@@ -1,0 +1,116 @@
+"""Format checks shared by the API and the command line. Each raises an INVALID_FIELD Failure."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+
+from authsvc.errors import invalid_field
+
+_LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 random bytes, URL-safe base64 without padding
+_PRINTABLE = re.compile(r"[\x21-\x7e]{1,128}")
+# La Poste's establishments are the one exception to the SIRET Luhn rule (INSEE).
+_LA_POSTE_SIREN = "356000000"
+
+MAX_PASSWORD = 128
+MAX_USER_AGENT = 512
+MAX_NAME = 200
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2 == 1:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def siret(value: str, field: str = "organization_siret") -> str:
+    if not (len(value) == 14 and value.isascii() and value.isdigit()):
+        raise invalid_field(field, "a SIRET has exactly 14 digits")
+    if value.startswith(_LA_POSTE_SIREN):
+        valid = sum(int(c) for c in value) % 5 == 0
+    else:
+        valid = _luhn_ok(value)
+    if not valid:
+        raise invalid_field(field, "this SIRET fails its check digit")
+    return value
+
+
+def login(value: str, field: str = "login") -> str:
+    if not _LOGIN.fullmatch(value):
+        raise invalid_field(field, "a login has 1 to 64 characters: letters, digits, . _ @ -")
+    return value
+
+
+def password(value: str, field: str = "password") -> str:
+    if not value or len(value) > MAX_PASSWORD:
+        raise invalid_field(field, f"a password has 1 to {MAX_PASSWORD} characters")
+    return value
+
+
+def email(value: str, field: str = "email") -> str:
+    if len(value) > 254 or not _EMAIL.fullmatch(value):
+        raise invalid_field(field, "not a valid email address")
+    return value
+
+
+def name(value: str, field: str) -> str:
+    value = value.strip()
+    if not value or len(value) > MAX_NAME or not value.isprintable():
+        raise invalid_field(field, f"1 to {MAX_NAME} printable characters")
+    return value
+
+
+def flow_id(value: str, field: str = "flow_id") -> uuid.UUID:
+    try:
+        parsed = uuid.UUID(value) if len(value) == 36 else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise invalid_field(field, "not a flow id")
+    return parsed
+
+
+def token(value: str, field: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise invalid_field(field, "not a token issued by this service")
+    return value
+
+
+def optional_token(value: str, field: str) -> str | None:
+    return token(value, field) if value else None
+
+
+def code(value: str, digits: int, field: str = "code") -> str:
+    if not (len(value) == digits and value.isascii() and value.isdigit()):
+        raise invalid_field(field, f"a code has exactly {digits} digits")
+    return value
+
+
+def idempotency_key(value: str, field: str = "idempotency_key") -> str | None:
+    if not value:
+        return None
+    if not _PRINTABLE.fullmatch(value):
+        raise invalid_field(field, "1 to 128 printable ASCII characters")
+    return value
+
+
+def ip_address(value: str, field: str = "client.ip_address") -> str:
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise invalid_field(field, "not an IPv4 or IPv6 address") from None
+
+
+def user_agent(value: str, field: str = "client.user_agent") -> str:
+    if len(value) > MAX_USER_AGENT or not value.isprintable():
+        raise invalid_field(field, f"at most {MAX_USER_AGENT} printable characters")
+    return value
