@@ -43,3 +43,7 @@ class Failure(AuthsvcError):
 def invalid_field(field: str, message: str) -> Failure:
     """INVALID_ARGUMENT for one request field; the field's path goes into the ErrorInfo."""
     return Failure("INVALID_ARGUMENT", "INVALID_FIELD", message, metadata={"field": field})
+
+
+class OtpEntropyError(AuthsvcError, OSError):
+    """The operating system's random source failed (raised by `authsvc._otp_core`)."""
