@@ -83,7 +83,7 @@ async def validate(app: App, token: str) -> SessionInfo:
         ).one_or_none()
     if row is None:
         raise failures.session_invalid()
-    session, account, organization = row.tuple()
+    session, account, organization = row
     if session.revoked_at is not None or account.status != AccountStatus.ACTIVE:
         raise failures.session_invalid()
     idle_deadline = _idle_deadline(app, session.last_seen_at, session.expires_at)

@@ -50,7 +50,7 @@ async def load_flow(app: App, flow_id: uuid.UUID) -> tuple[Flow, Account]:
         ).one_or_none()
     if row is None:
         raise failures.flow_not_found()
-    flow, account = row.tuple()
+    flow, account = row
     return flow, account
 
 

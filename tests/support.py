@@ -1,0 +1,121 @@
+"""Test helpers shared by the suites: constants, seeding, the inbox, rich-error decoding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from sqlalchemy import select
+
+from authsvc.accounts import create_account, create_organization
+from authsvc.db import Organization, Role
+from authsvc.server import Server
+from authsvc.v1 import common_pb2
+
+PASSWORD = "correct horse battery staple"
+SIRET = "21180001500011"
+OTHER_SIRET = "73282932000074"
+MOBILE = "+33612345678"
+LANDLINE = "+33248123456"
+START = datetime(2026, 6, 2, 8, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Seeded:
+    organization_siret: str
+    login: str
+    account_id: uuid.UUID
+
+
+async def seed_account(
+    server: Server,
+    *,
+    login: str = "alice",
+    phone: str = MOBILE,
+    siret: str = SIRET,
+    role: Role = Role.MEMBER,
+) -> Seeded:
+    app = server.app
+    password_hash = await app.passwords.hash_async(PASSWORD)
+    async with app.write() as db:
+        organization = await db.scalar(select(Organization).where(Organization.siret == siret))
+        if organization is None:
+            organization = await create_organization(app, db, siret=siret, name=f"Org {siret}")
+            await db.flush()
+        account = await create_account(
+            app, db, organization_id=organization.id, login=login, display_name=login.title(),
+            email=f"{login}@example.fr", phone=phone, role=role, password_hash=password_hash,
+        )
+    return Seeded(siret, login, account.id)
+
+
+CLIENT = common_pb2.ClientContext(ip_address="203.0.113.7", user_agent="pytest")
+
+
+class Inbox:
+    """Reads what the `file` provider delivered: the test's phone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def messages(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, str]]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            messages = self.messages()
+            if len(messages) >= count:
+                return messages
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"expected {count} messages, got {len(messages)}")
+            await asyncio.sleep(0.02)
+
+    async def latest_code(self, count: int) -> str:
+        message = (await self.wait_for(count))[count - 1]
+        match = re.search(r"#(\d{6})$", message["text"]) or re.search(
+            r"code est : ((?:\d, ){5}\d)", message["text"]
+        )
+        assert match, message["text"]
+        return match.group(1).replace(", ", "")
+
+
+@dataclass(frozen=True)
+class RpcFailure:
+    code: grpc.StatusCode
+    reason: str
+    metadata: dict[str, str]
+    retry_after: float | None
+
+
+async def failure_of(call: Awaitable[object]) -> RpcFailure:
+    """Await a call that must fail; return its status code, ErrorInfo reason and RetryInfo."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        assert status is not None, f"no rich status on {error.code()}: {error.details()}"
+        reason, metadata, retry_after = "", {}, None
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            retry = error_details_pb2.RetryInfo()
+            if detail.Is(info.DESCRIPTOR):
+                detail.Unpack(info)
+                assert info.domain == "authsvc.v1"
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(retry.DESCRIPTOR):
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+        return RpcFailure(error.code(), reason, metadata, retry_after)
+    raise AssertionError("the call succeeded")
