@@ -20,8 +20,12 @@ async def create_organization(app: App, db: AsyncSession, *, siret: str, name: s
     name = validation.name(name, "organization_name")
     existing = await db.scalar(select(Organization.id).where(Organization.siret == siret))
     if existing is not None:
-        raise Failure("ALREADY_EXISTS", "ALREADY_EXISTS", f"organisation {siret} exists",
-                      metadata={"field": "organization_siret"})
+        raise Failure(
+            "ALREADY_EXISTS",
+            "ALREADY_EXISTS",
+            f"organisation {siret} exists",
+            metadata={"field": "organization_siret"},
+        )
     organization = Organization(id=new_id(), siret=siret, name=name, created_at=app.clock.now())
     db.add(organization)
     return organization

@@ -22,7 +22,7 @@ from authsvc.errors import Failure
 
 DEMO_SIRET = "21180001500011"
 DEMO_LOGIN = "admin"
-DEMO_PASSWORD = "demo-Bourges-2026!"  # development database only; printed by `make run`
+DEMO_PASSWORD = "demo-Bourges-2026!"  # noqa: S105 (the development demo, printed by make run)
 CLIENT_STATE = Path("var/client.json")
 
 
@@ -39,8 +39,15 @@ def cmd_migrate(settings: Settings) -> int:
 
 
 async def _bootstrap(
-    settings: Settings, *, siret: str, name: str, login: str, email: str, phone: str,
-    display_name: str, password: str,
+    settings: Settings,
+    *,
+    siret: str,
+    name: str,
+    login: str,
+    email: str,
+    phone: str,
+    display_name: str,
+    password: str,
 ) -> None:
     from authsvc.accounts import create_account, create_organization
     from authsvc.app import App
@@ -53,8 +60,14 @@ async def _bootstrap(
             organization = await create_organization(app, db, siret=siret, name=name)
             await db.flush()
             await create_account(
-                app, db, organization_id=organization.id, login=login,
-                display_name=display_name, email=email, phone=phone, role=Role.ADMIN,
+                app,
+                db,
+                organization_id=organization.id,
+                login=login,
+                display_name=display_name,
+                email=email,
+                phone=phone,
+                role=Role.ADMIN,
                 password_hash=password_hash,
             )
     finally:
@@ -76,18 +89,28 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     password = _password("administrator password: ", "AUTHSVC_BOOTSTRAP_PASSWORD")
     try:
         validation.password(password)
-        asyncio.run(_bootstrap(
-            settings, siret=args.org_siret, name=args.org_name, login=args.admin_login,
-            email=args.admin_email, phone=args.admin_phone,
-            display_name=args.admin_name or args.admin_login, password=password,
-        ))
+        asyncio.run(
+            _bootstrap(
+                settings,
+                siret=args.org_siret,
+                name=args.org_name,
+                login=args.admin_login,
+                email=args.admin_email,
+                phone=args.admin_phone,
+                display_name=args.admin_name or args.admin_login,
+                password=password,
+            )
+        )
     except Failure as failure:
         field = failure.metadata.get("field", "")
-        print(f"bootstrap refused: {field + ': ' if field else ''}{failure.message}",
-              file=sys.stderr)
+        print(
+            f"bootstrap refused: {field + ': ' if field else ''}{failure.message}", file=sys.stderr
+        )
         return 2
-    print(f"organisation {args.org_siret} and administrator {args.admin_login} created",
-          file=sys.stderr)
+    print(
+        f"organisation {args.org_siret} and administrator {args.admin_login} created",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -109,18 +132,28 @@ def cmd_dev_run(args: argparse.Namespace) -> int:
         raise SystemExit("dev-run is for development only")
     cmd_migrate(settings)
     try:
-        asyncio.run(_bootstrap(
-            settings, siret=DEMO_SIRET, name="Mairie de démonstration", login=DEMO_LOGIN,
-            email="admin@demo.example", phone="+33612345678", display_name="Admin Démo",
-            password=DEMO_PASSWORD,
-        ))
+        asyncio.run(
+            _bootstrap(
+                settings,
+                siret=DEMO_SIRET,
+                name="Mairie de démonstration",
+                login=DEMO_LOGIN,
+                email="admin@demo.example",
+                phone="+33612345678",
+                display_name="Admin Démo",
+                password=DEMO_PASSWORD,
+            )
+        )
     except Failure as failure:
         if failure.reason != "ALREADY_EXISTS":
             raise
     print(
-        "\n  Demo organisation SIRET : " + DEMO_SIRET
-        + "\n  Administrator login     : " + DEMO_LOGIN
-        + "\n  Password                : " + DEMO_PASSWORD
+        "\n  Demo organisation SIRET : "
+        + DEMO_SIRET
+        + "\n  Administrator login     : "
+        + DEMO_LOGIN
+        + "\n  Password                : "
+        + DEMO_PASSWORD
         + "\n  Codes are printed below (console provider).\n"
         + "  In another terminal:  .venv/bin/authsvc client login\n",
         file=sys.stderr,
@@ -157,11 +190,15 @@ def cmd_client(args: argparse.Namespace) -> int:
         try:
             if args.action == "login":
                 password = _password("password: ", "AUTHSVC_CLIENT_PASSWORD")
-                response = stub.Login(pb.LoginRequest(
-                    organization_siret=args.org, login=args.login,
-                    password=pb.PasswordCredential(password=password),
-                    device_token=state.get("device_token", ""), client=client,
-                ))
+                response = stub.Login(
+                    pb.LoginRequest(
+                        organization_siret=args.org,
+                        login=args.login,
+                        password=pb.PasswordCredential(password=password),
+                        device_token=state.get("device_token", ""),
+                        client=client,
+                    )
+                )
                 if response.HasField("session"):
                     state["session_token"] = response.session.token
                     print("trusted device: signed in without a code", file=sys.stderr)
@@ -171,26 +208,44 @@ def cmd_client(args: argparse.Namespace) -> int:
                 _show(response)
             elif args.action == "challenge":
                 channel_value = {"sms": common_pb2.CHANNEL_SMS, "voice": common_pb2.CHANNEL_VOICE}
-                _show(stub.Challenge(pb.ChallengeRequest(
-                    flow_id=args.flow or state.get("flow_id", ""),
-                    channel=channel_value.get(args.channel or "", common_pb2.CHANNEL_UNSPECIFIED),
-                    client=client,
-                )))
+                _show(
+                    stub.Challenge(
+                        pb.ChallengeRequest(
+                            flow_id=args.flow or state.get("flow_id", ""),
+                            channel=channel_value.get(
+                                args.channel or "", common_pb2.CHANNEL_UNSPECIFIED
+                            ),
+                            client=client,
+                        )
+                    )
+                )
             elif args.action == "verify":
-                verified = stub.Verify(pb.VerifyRequest(
-                    flow_id=args.flow or state.get("flow_id", ""), code=args.code, client=client,
-                ))
+                verified = stub.Verify(
+                    pb.VerifyRequest(
+                        flow_id=args.flow or state.get("flow_id", ""),
+                        code=args.code,
+                        client=client,
+                    )
+                )
                 state["session_token"] = verified.login.session.token
                 state["device_token"] = verified.login.device_token
                 _show(verified)
             elif args.action == "whoami":
-                _show(stub.ValidateSession(pb.ValidateSessionRequest(
-                    session_token=state.get("session_token", ""), client=client,
-                )))
+                _show(
+                    stub.ValidateSession(
+                        pb.ValidateSessionRequest(
+                            session_token=state.get("session_token", ""),
+                            client=client,
+                        )
+                    )
+                )
             elif args.action == "logout":
-                stub.Logout(pb.LogoutRequest(
-                    session_token=state.pop("session_token", ""), client=client,
-                ))
+                stub.Logout(
+                    pb.LogoutRequest(
+                        session_token=state.pop("session_token", ""),
+                        client=client,
+                    )
+                )
                 print("signed out", file=sys.stderr)
         except grpc.RpcError as error:
             _print_rpc_error(error)
@@ -209,8 +264,9 @@ def _print_rpc_error(error: grpc.RpcError) -> None:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
-                reason = f" [{info.reason}{' ' + dict(info.metadata).__repr__() if info.metadata else ''}]"
-    print(f"error: {error.code().name}{reason}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+                extra = f" {dict(info.metadata)}" if info.metadata else ""
+                reason = f" [{info.reason}{extra}]"
+    print(f"error: {error.code().name}{reason}: {error.details()}", file=sys.stderr)
 
 
 # ---- parser -------------------------------------------------------------------------------
@@ -239,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     client = commands.add_parser("client", help="walk the login flow against a running server")
     client.add_argument("--server", default="127.0.0.1:50051")
     actions = client.add_subparsers(dest="action", required=True)
-    login = actions.add_parser("login", help="first factor (password from a prompt or "
-                                             "AUTHSVC_CLIENT_PASSWORD)")
+    login = actions.add_parser(
+        "login", help="first factor (password from a prompt or AUTHSVC_CLIENT_PASSWORD)"
+    )
     login.add_argument("--org", default=DEMO_SIRET, help="organisation SIRET")
     login.add_argument("--login", default=DEMO_LOGIN)
     challenge = actions.add_parser("challenge", help="send the code")

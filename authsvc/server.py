@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+# grpc-stubs predates the asyncio health servicer that grpcio-health-checking exports here.
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from authsvc.api.auth_servicer import AuthServicer
@@ -34,7 +36,7 @@ class Server:
     grpc_server: grpc.aio.Server
     port: int
     app: App
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
     _stop_dispatcher: asyncio.Event = field(default_factory=asyncio.Event)
     _dispatcher_task: asyncio.Task[None] | None = None
 
@@ -48,9 +50,7 @@ class Server:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(
-            self.app.settings.grace_period_s if grace is None else grace
-        )
+        await self.grpc_server.stop(self.app.settings.grace_period_s if grace is None else grace)
         self._stop_dispatcher.set()
         if self._dispatcher_task is not None:
             await self._dispatcher_task
@@ -69,7 +69,7 @@ async def create_server(
         ]
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (AUTH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -83,8 +83,12 @@ async def create_server(
 async def serve(settings: Settings, listen: str | None = None) -> None:
     server = await create_server(settings, listen=listen)
     await server.start()
-    log.info("serving", listen=listen or settings.listen, port=server.port,
-             environment=settings.environment.value)
+    log.info(
+        "serving",
+        listen=listen or settings.listen,
+        port=server.port,
+        environment=settings.environment.value,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -7,14 +7,11 @@ answers they skip with the reason shown, except under CI=true, where they fail: 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -22,17 +19,21 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+if TYPE_CHECKING:
+    from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub
+from support import START, Inbox, Seeded, seed_account
+
 from authsvc.clock import FrozenClock
 from authsvc.config import Settings
 from authsvc.db.migrate import upgrade
 from authsvc.server import Server, create_server
 from authsvc.v1 import auth_service_pb2_grpc
-from support import START, Inbox, Seeded, seed_account
 
 POSTGRES_URL = os.environ.get(
     "AUTHSVC_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
 
 def _unavailable(reason: str) -> None:
     if IN_CI:
@@ -122,7 +123,7 @@ async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> auth_service_pb2_grpc.AuthServiceStub:
+def stub(channel: grpc.aio.Channel) -> AuthServiceAsyncStub:
     return auth_service_pb2_grpc.AuthServiceStub(channel)
 
 

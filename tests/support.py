@@ -52,8 +52,15 @@ async def seed_account(
             organization = await create_organization(app, db, siret=siret, name=f"Org {siret}")
             await db.flush()
         account = await create_account(
-            app, db, organization_id=organization.id, login=login, display_name=login.title(),
-            email=f"{login}@example.fr", phone=phone, role=role, password_hash=password_hash,
+            app,
+            db,
+            organization_id=organization.id,
+            login=login,
+            display_name=login.title(),
+            email=f"{login}@example.fr",
+            phone=phone,
+            role=role,
+            password_hash=password_hash,
         )
     return Seeded(siret, login, account.id)
 
@@ -72,8 +79,8 @@ class Inbox:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, str]]:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_for(self, count: int) -> list[dict[str, str]]:
+        deadline = asyncio.get_running_loop().time() + 10.0
         while True:
             messages = self.messages()
             if len(messages) >= count:

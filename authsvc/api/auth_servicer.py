@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from grpc.aio import ServicerContext
 
 from authsvc import sessions, validation
@@ -14,7 +16,7 @@ from authsvc.flows.views import IssuedSession
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
 
-Ctx = ServicerContext  # type: ignore[type-arg]
+Ctx = ServicerContext[Any, Any]
 
 
 class AuthServicer(pb_grpc.AuthServiceServicer):
@@ -31,8 +33,12 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         device_token = validation.optional_token(request.device_token, "device_token")
         client = convert.client_info(request.client, ip_required=True)
         result = await login.login_with_password(
-            self._app, siret=siret, login=account_login, password=password,
-            device_token=device_token, client=client,
+            self._app,
+            siret=siret,
+            login=account_login,
+            password=password,
+            device_token=device_token,
+            client=client,
         )
         if isinstance(result, IssuedSession):
             return pb.LoginResponse(session=convert.session(result))

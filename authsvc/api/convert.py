@@ -18,7 +18,7 @@ CHANNEL_TO_PB = {
     "email": common_pb2.CHANNEL_EMAIL,
     "totp": common_pb2.CHANNEL_TOTP,
 }
-CHANNEL_FROM_PB = {value: name for name, value in CHANNEL_TO_PB.items()}
+CHANNEL_FROM_PB: dict[int, str] = {int(value): name for name, value in CHANNEL_TO_PB.items()}
 DELIVERY_TO_PB = {
     "queued": common_pb2.DELIVERY_STATUS_QUEUED,
     "sent": common_pb2.DELIVERY_STATUS_SENT,

@@ -66,8 +66,9 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
                     raise
                 outcome, reason = "INTERNAL", type(error).__name__
                 log.exception("rpc_crashed", method=name, request_id=request_id)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error",
-                                    (("x-request-id", request_id),))
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, "internal error", (("x-request-id", request_id),)
+                )
                 raise
             finally:
                 log.info(

@@ -1,7 +1,7 @@
 """Turn a domain Failure into a rich gRPC status, in one place.
 
-Every refusal carries google.rpc.ErrorInfo (domain "authsvc.v1", a stable reason); RESOURCE_EXHAUSTED
-adds RetryInfo (and QuotaFailure when a quota is named). Clients read them with
+Every refusal carries google.rpc.ErrorInfo (domain "authsvc.v1", a stable reason); a refusal
+with a retry delay adds RetryInfo. Clients read them with
 grpc_status.rpc_status.from_call.
 """
 
@@ -20,8 +20,9 @@ DOMAIN = "authsvc.v1"
 
 
 def to_grpc_status(failure: Failure) -> grpc.Status:
-    details = [error_details_pb2.ErrorInfo(reason=failure.reason, domain=DOMAIN,
-                                           metadata=failure.metadata)]
+    details = [
+        error_details_pb2.ErrorInfo(reason=failure.reason, domain=DOMAIN, metadata=failure.metadata)
+    ]
     if failure.retry_after is not None:
         seconds = max(failure.retry_after, 0.0)
         whole = math.floor(seconds)

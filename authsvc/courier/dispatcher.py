@@ -72,7 +72,9 @@ class Dispatcher:
     async def deliver(self, message: OutboxMessage) -> None:
         if message.payload_sealed is None:  # purged by an earlier, slower dispatcher
             return
-        payload = Payload.loads(self._app.keys.sealer.open(message.payload_sealed, message.id.bytes))
+        payload = Payload.loads(
+            self._app.keys.sealer.open(message.payload_sealed, message.id.bytes)
+        )
         provider = self._providers[message.channel]
         try:
             provider_id = await provider.send(
@@ -87,25 +89,46 @@ class Dispatcher:
             await self._failed(message, f"{type(error).__name__}: {error}", permanent=False)
         else:
             await self._finish(message.id, MessageStatus.SENT, provider_id=provider_id)
-            log.info("message_sent", message_id=str(message.id), channel=message.channel,
-                     to=message.destination_masked, attempt=message.attempts)
+            log.info(
+                "message_sent",
+                message_id=str(message.id),
+                channel=message.channel,
+                to=message.destination_masked,
+                attempt=message.attempts,
+            )
 
     async def _failed(self, message: OutboxMessage, error: str, *, permanent: bool) -> None:
         if permanent or message.attempts >= MAX_ATTEMPTS:
             await self._finish(message.id, MessageStatus.ABANDONED, error=error)
-            log.warning("message_abandoned", message_id=str(message.id),
-                        channel=message.channel, to=message.destination_masked, error=error)
+            log.warning(
+                "message_abandoned",
+                message_id=str(message.id),
+                channel=message.channel,
+                to=message.destination_masked,
+                error=error,
+            )
             return
         retry_at = self._app.clock.now() + timedelta(seconds=backoff_s(message.attempts))
         async with self._app.write() as db:
             await db.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id == message.id, OutboxMessage.status == MessageStatus.SENDING)
-                .values(status=MessageStatus.QUEUED, next_attempt_at=retry_at,
-                        lease_until=None, last_error=error[:1000])
+                .where(
+                    OutboxMessage.id == message.id, OutboxMessage.status == MessageStatus.SENDING
+                )
+                .values(
+                    status=MessageStatus.QUEUED,
+                    next_attempt_at=retry_at,
+                    lease_until=None,
+                    last_error=error[:1000],
+                )
             )
-        log.info("message_retry", message_id=str(message.id), channel=message.channel,
-                 attempt=message.attempts, error=error)
+        log.info(
+            "message_retry",
+            message_id=str(message.id),
+            channel=message.channel,
+            attempt=message.attempts,
+            error=error,
+        )
 
     async def _finish(
         self,
@@ -121,9 +144,14 @@ class Dispatcher:
             await db.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id == message_id)
-                .values(status=status, payload_sealed=None, lease_until=None,
-                        provider_message_id=provider_id, last_error=error and error[:1000],
-                        sent_at=now if status is MessageStatus.SENT else None)
+                .values(
+                    status=status,
+                    payload_sealed=None,
+                    lease_until=None,
+                    provider_message_id=provider_id,
+                    last_error=error and error[:1000],
+                    sent_at=now if status is MessageStatus.SENT else None,
+                )
             )
 
     async def run_once(self) -> int:
@@ -145,7 +173,8 @@ class Dispatcher:
                 continue
             waiters = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(stop.wait())]
             await asyncio.wait(
-                waiters, timeout=self._app.settings.dispatcher_poll_s,
+                waiters,
+                timeout=self._app.settings.dispatcher_poll_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             for waiter in waiters:

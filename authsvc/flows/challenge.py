@@ -112,14 +112,25 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
             phone = app.keys.sealer.open(account.phone_sealed, account.id.bytes)
             minutes = settings.code_ttl_s // 60
             text = (
-                templates.code_sms(service=settings.service_name, code=code, minutes=minutes,
-                                   domain=settings.webotp_domain)
+                templates.code_sms(
+                    service=settings.service_name,
+                    code=code,
+                    minutes=minutes,
+                    domain=settings.webotp_domain,
+                )
                 if channel == "sms"
-                else templates.code_voice(service=settings.service_name, code=code,
-                                          minutes=minutes)
+                else templates.code_voice(service=settings.service_name, code=code, minutes=minutes)
             )
-            enqueue(app, db, channel=channel, template=f"login_code_{channel}", to=phone,
-                    masked_to=account.phone_masked, text=text, flow_id=flow.id)
+            enqueue(
+                app,
+                db,
+                channel=channel,
+                template=f"login_code_{channel}",
+                to=phone,
+                masked_to=account.phone_masked,
+                text=text,
+                flow_id=flow.id,
+            )
     if sent.rowcount != 1:  # type: ignore[attr-defined]
         # Another call changed the flow between our read and our write: answer from what it
         # is now (an identical concurrent request with the same key gets that challenge).
@@ -154,7 +165,11 @@ def _check_send_allowed(app: App, flow: Flow, now: datetime) -> None:
 
 
 async def _idempotent_replay(
-    app: App, flow: Flow, account: Account, request: ChallengeRequest, channel: str,
+    app: App,
+    flow: Flow,
+    account: Account,
+    request: ChallengeRequest,
+    channel: str,
     now: datetime,
 ) -> ChallengeView | None:
     """The same idempotency key within the code's lifetime: the same challenge, nothing sent."""
@@ -168,8 +183,11 @@ async def _idempotent_replay(
     ):
         return None
     if flow.channel != channel:
-        raise Failure("FAILED_PRECONDITION", "IDEMPOTENCY_KEY_REUSED",
-                      "this idempotency key was used for another request")
+        raise Failure(
+            "FAILED_PRECONDITION",
+            "IDEMPOTENCY_KEY_REUSED",
+            "this idempotency key was used for another request",
+        )
     async with app.read() as db:
         status = await db.scalar(
             select(OutboxMessage.status)

@@ -63,8 +63,12 @@ async def login_with_password(
         trusted_at = await cadence.trusted_since(app, db, account.id, device_token)
         if trusted_at is not None:
             return await sessions.issue(
-                app, db, account.id, last_code_time=trusted_at,
-                ip_address=client.ip_address, user_agent=client.user_agent,
+                app,
+                db,
+                account.id,
+                last_code_time=trusted_at,
+                ip_address=client.ip_address,
+                user_agent=client.user_agent,
             )
         flow = Flow(
             purpose=FlowPurpose.LOGIN,

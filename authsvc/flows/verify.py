@@ -66,8 +66,12 @@ async def verify(app: App, request: VerifyRequest) -> LoginVerified:
             if won.rowcount == 1:  # type: ignore[attr-defined]
                 trust = cadence.trust_device(app, db, account.id, request.client.user_agent)
                 session = await sessions.issue(
-                    app, db, account.id, last_code_time=now,
-                    ip_address=request.client.ip_address, user_agent=request.client.user_agent,
+                    app,
+                    db,
+                    account.id,
+                    last_code_time=now,
+                    ip_address=request.client.ip_address,
+                    user_agent=request.client.user_agent,
                 )
                 return LoginVerified(session, trust.token, trust.expires_at)
         # Lost the race (or a new code replaced this one): say what the flow is now.
@@ -107,4 +111,3 @@ async def _why_closed(app: App, flow_id: uuid.UUID, *, superseded: uuid.UUID | N
     ):
         return failures.code_expired()  # a newer code replaced this one, or it just expired
     return failures.flow_failed()
-

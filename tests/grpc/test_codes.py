@@ -1,36 +1,45 @@
-"""Code rules: wrong codes, resend cooldown and cap, expiry, single use, concurrency, idempotency."""
+"""Code rules: wrong codes, resends, expiry, single use, concurrency, idempotency."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from sqlalchemy import func, select
+from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of
 
 from authsvc.clock import FrozenClock
 from authsvc.db import Flow, OutboxMessage
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
-from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
-from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of
 
-Stub = pb_grpc.AuthServiceStub
+if TYPE_CHECKING:
+    from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as Stub
 
 
 async def open_flow(stub: Stub, who: Seeded) -> str:
-    response = await stub.Login(pb.LoginRequest(
-        organization_siret=who.organization_siret, login=who.login,
-        password=pb.PasswordCredential(password=PASSWORD), client=CLIENT,
-    ))
+    response = await stub.Login(
+        pb.LoginRequest(
+            organization_siret=who.organization_siret,
+            login=who.login,
+            password=pb.PasswordCredential(password=PASSWORD),
+            client=CLIENT,
+        )
+    )
     return response.pending_flow.flow_id
 
 
 async def send(stub: Stub, flow_id: str, key: str = "") -> pb.ChallengeResponse:
-    return await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, idempotency_key=key, client=CLIENT))
+    return await stub.Challenge(
+        pb.ChallengeRequest(flow_id=flow_id, idempotency_key=key, client=CLIENT)
+    )
 
 
-def verify(stub: Stub, flow_id: str, code: str) -> "grpc.aio.UnaryUnaryCall[pb.VerifyRequest, pb.VerifyResponse]":
+def verify(
+    stub: Stub, flow_id: str, code: str
+) -> grpc.aio.UnaryUnaryCall[pb.VerifyRequest, pb.VerifyResponse]:
     return stub.Verify(pb.VerifyRequest(flow_id=flow_id, code=code, client=CLIENT))
 
 
@@ -58,7 +67,10 @@ async def test_resend_cooldown_cap_and_failures_carry_over(
     flow_id = await open_flow(stub, alice)
     await send(stub, flow_id)
     too_soon = await failure_of(send(stub, flow_id))
-    assert (too_soon.code, too_soon.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RESEND_TOO_SOON")
+    assert (too_soon.code, too_soon.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RESEND_TOO_SOON",
+    )
     assert too_soon.retry_after == pytest.approx(30)
     clock.advance(29)
     assert (await failure_of(send(stub, flow_id))).retry_after == pytest.approx(1)
@@ -84,7 +96,10 @@ async def test_at_most_five_sends_per_flow(stub: Stub, alice: Seeded, clock: Fro
         assert (await send(stub, flow_id)).sends_remaining == expected_remaining
         clock.advance(30)
     capped = await failure_of(send(stub, flow_id))
-    assert (capped.code, capped.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SEND_LIMIT_REACHED")
+    assert (capped.code, capped.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SEND_LIMIT_REACHED",
+    )
 
 
 async def test_old_code_stops_working_after_a_resend(
@@ -158,9 +173,7 @@ async def test_concurrent_wrong_codes_never_exceed_the_cap(
     await send(stub, flow_id)
     code = await inbox.latest_code(1)
     guesses = [f"{(int(code) + i) % 1_000_000:06d}" for i in range(1, 51)]
-    results = await asyncio.gather(
-        *(failure_of(verify(stub, flow_id, guess)) for guess in guesses)
-    )
+    results = await asyncio.gather(*(failure_of(verify(stub, flow_id, guess)) for guess in guesses))
     mismatches = [r for r in results if r.reason == "CODE_MISMATCH"]
     assert len(mismatches) == 5
     assert {r.reason for r in results} == {"CODE_MISMATCH", "FLOW_FAILED"}

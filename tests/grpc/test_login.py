@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 import pytest
+from support import CLIENT, LANDLINE, MOBILE, PASSWORD, Inbox, Seeded, failure_of, seed_account
 
 from authsvc.clock import FrozenClock
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
-from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
 from authsvc.v1 import common_pb2
-from support import CLIENT, LANDLINE, MOBILE, PASSWORD, Inbox, Seeded, failure_of, seed_account
 
-Stub = pb_grpc.AuthServiceStub
+if TYPE_CHECKING:
+    from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as Stub
 
 
-def login_request(who: Seeded, *, password: str = PASSWORD, device_token: str = "") -> pb.LoginRequest:
+def login_request(
+    who: Seeded, *, password: str = PASSWORD, device_token: str = ""
+) -> pb.LoginRequest:
     return pb.LoginRequest(
         organization_siret=who.organization_siret,
         login=who.login,
@@ -25,7 +29,9 @@ def login_request(who: Seeded, *, password: str = PASSWORD, device_token: str = 
     )
 
 
-async def full_login(stub: Stub, inbox: Inbox, who: Seeded, sent_before: int = 0) -> pb.VerifyResponse:
+async def full_login(
+    stub: Stub, inbox: Inbox, who: Seeded, sent_before: int = 0
+) -> pb.VerifyResponse:
     pending = (await stub.Login(login_request(who))).pending_flow
     await stub.Challenge(pb.ChallengeRequest(flow_id=pending.flow_id, client=CLIENT))
     code = await inbox.latest_code(sent_before + 1)
@@ -60,7 +66,9 @@ async def test_code_by_sms_gives_session_and_device_token(
     code = await inbox.latest_code(1)
     assert message["text"].endswith(f"#{code}")  # WebOTP line
 
-    verified = await stub.Verify(pb.VerifyRequest(flow_id=pending.flow_id, code=code, client=CLIENT))
+    verified = await stub.Verify(
+        pb.VerifyRequest(flow_id=pending.flow_id, code=code, client=CLIENT)
+    )
     assert verified.WhichOneof("result") == "login"
     session = verified.login.session
     assert len(session.token) == 43 and len(verified.login.device_token) == 43
@@ -81,10 +89,17 @@ async def test_landline_gets_a_voice_call_reading_the_digits(
     bob = await seed_account(server, login="bob", phone=LANDLINE)
     pending = (await stub.Login(login_request(bob))).pending_flow
     assert list(pending.channels) == [common_pb2.CHANNEL_VOICE]
-    refused = await failure_of(stub.Challenge(pb.ChallengeRequest(
-        flow_id=pending.flow_id, channel=common_pb2.CHANNEL_SMS, client=CLIENT)))
+    refused = await failure_of(
+        stub.Challenge(
+            pb.ChallengeRequest(
+                flow_id=pending.flow_id, channel=common_pb2.CHANNEL_SMS, client=CLIENT
+            )
+        )
+    )
     assert (refused.code, refused.reason) == (
-        grpc.StatusCode.FAILED_PRECONDITION, "CHANNEL_NOT_AVAILABLE")
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CHANNEL_NOT_AVAILABLE",
+    )
     sent = await stub.Challenge(pb.ChallengeRequest(flow_id=pending.flow_id, client=CLIENT))
     assert sent.channel == common_pb2.CHANNEL_VOICE
     message = (await inbox.wait_for(1))[0]
@@ -92,14 +107,19 @@ async def test_landline_gets_a_voice_call_reading_the_digits(
     code = await inbox.latest_code(1)
     spoken = ", ".join(code)
     assert message["text"].count(spoken) == 2  # digit by digit, twice
-    verified = await stub.Verify(pb.VerifyRequest(flow_id=pending.flow_id, code=code, client=CLIENT))
+    verified = await stub.Verify(
+        pb.VerifyRequest(flow_id=pending.flow_id, code=code, client=CLIENT)
+    )
     assert verified.login.session.token
 
 
 async def test_mobile_may_ask_for_voice(stub: Stub, inbox: Inbox, alice: Seeded) -> None:
     pending = (await stub.Login(login_request(alice))).pending_flow
-    sent = await stub.Challenge(pb.ChallengeRequest(
-        flow_id=pending.flow_id, channel=common_pb2.CHANNEL_VOICE, client=CLIENT))
+    sent = await stub.Challenge(
+        pb.ChallengeRequest(
+            flow_id=pending.flow_id, channel=common_pb2.CHANNEL_VOICE, client=CLIENT
+        )
+    )
     assert sent.channel == common_pb2.CHANNEL_VOICE
     assert (await inbox.wait_for(1))[0]["channel"] == "voice"
 
@@ -136,10 +156,12 @@ async def test_unknown_org_unknown_login_and_wrong_password_answer_alike(
 ) -> None:
     answers = [
         await failure_of(stub.Login(login_request(alice, password="wrong password!"))),
-        await failure_of(stub.Login(login_request(
-            Seeded(alice.organization_siret, "nobody", alice.account_id)))),
-        await failure_of(stub.Login(login_request(
-            Seeded("73282932000074", alice.login, alice.account_id)))),
+        await failure_of(
+            stub.Login(login_request(Seeded(alice.organization_siret, "nobody", alice.account_id)))
+        ),
+        await failure_of(
+            stub.Login(login_request(Seeded("73282932000074", alice.login, alice.account_id)))
+        ),
     ]
     assert {(a.code, a.reason) for a in answers} == {
         (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")
