@@ -12,7 +12,6 @@ import base64
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,7 +33,7 @@ class LogFormat(StrEnum):
     CONSOLE = "console"
 
 
-Seconds = Annotated[int, Field(gt=0)]
+_DEVELOPMENT_PROVIDERS = {ProviderName.CONSOLE, ProviderName.FILE}
 
 
 class Settings(BaseSettings):
@@ -89,9 +88,15 @@ class Settings(BaseSettings):
     default_region: str = "FR"
 
     @model_validator(mode="after")
-    def _production_needs_a_key(self) -> Settings:
-        if self.environment is Environment.PRODUCTION and self.secret_key is None:
+    def _production_is_strict(self) -> Settings:
+        if self.environment is not Environment.PRODUCTION:
+            return self
+        if self.secret_key is None:
             raise ValueError("AUTHSVC_SECRET_KEY is required in production")
+        # console and file providers write codes in clear: development only.
+        for channel in ("sms", "voice", "email"):
+            if getattr(self, f"{channel}_provider") in _DEVELOPMENT_PROVIDERS:
+                raise ValueError(f"AUTHSVC_{channel.upper()}_PROVIDER: a development provider")
         return self
 
     def master_key(self) -> bytes:
