@@ -1,0 +1,125 @@
+"""The dispatcher on a real database: delivery, purge, retries, abandon, leases, no double send."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import pytest
+from sqlalchemy import select
+
+from authsvc.app import App
+from authsvc.clock import FrozenClock
+from authsvc.config import Settings
+from authsvc.courier.dispatcher import MAX_ATTEMPTS, Dispatcher
+from authsvc.courier.outbox import enqueue
+from authsvc.courier.providers import DeliveryError, Provider
+from authsvc.db import MessageStatus, OutboxMessage
+
+
+class Recorder:
+    """A provider that keeps what it was given; fails the first `failures` calls."""
+
+    def __init__(self, failures: int = 0, *, permanent: bool = False) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.failures = failures
+        self.permanent = permanent
+
+    async def send(self, *, channel: str, to: str, text: str, created_at: datetime) -> str:
+        await asyncio.sleep(0)  # let concurrent dispatchers interleave
+        if self.failures:
+            self.failures -= 1
+            raise DeliveryError("gateway said no", permanent=self.permanent)
+        self.sent.append((to, text))
+        return f"id-{len(self.sent)}"
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: FrozenClock) -> AsyncIterator[App]:
+    app = App.build(settings, clock)
+    yield app
+    await app.close()
+
+
+async def queue(app: App, count: int = 1) -> None:
+    async with app.write() as db:
+        for n in range(count):
+            enqueue(
+                app,
+                db,
+                channel="sms",
+                template="test",
+                to=f"+3361234{n:04d}",
+                masked_to="+33 •••••••00",
+                text=f"code {n:06d}",
+                flow_id=None,
+            )
+
+
+def providers(recorder: Provider) -> dict[str, Provider]:
+    return {"sms": recorder, "voice": recorder, "email": recorder}
+
+
+async def messages(app: App) -> list[OutboxMessage]:
+    async with app.read() as db:
+        return list(await db.scalars(select(OutboxMessage)))
+
+
+async def test_sent_message_is_purged(app: App) -> None:
+    recorder = Recorder()
+    await queue(app)
+    assert await Dispatcher(app, providers(recorder)).run_once() == 1
+    assert recorder.sent == [("+33612340000", "code 000000")]
+    (message,) = await messages(app)
+    assert message.status == MessageStatus.SENT and message.payload_sealed is None
+    assert message.provider_message_id == "id-1" and message.attempts == 1
+
+
+async def test_transient_failures_retry_with_backoff_then_abandon(
+    app: App, clock: FrozenClock
+) -> None:
+    recorder = Recorder(failures=MAX_ATTEMPTS)
+    dispatcher = Dispatcher(app, providers(recorder))
+    await queue(app)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        assert await dispatcher.run_once() == 1
+        (message,) = await messages(app)
+        assert message.attempts == attempt
+        if attempt < MAX_ATTEMPTS:
+            assert message.status == MessageStatus.QUEUED
+            assert await dispatcher.run_once() == 0  # not due before its backoff
+            clock.advance(2.0**attempt)
+    assert message.status == MessageStatus.ABANDONED and message.payload_sealed is None
+    assert message.last_error == "gateway said no" and recorder.sent == []
+
+
+async def test_permanent_failure_is_not_retried(app: App) -> None:
+    await queue(app)
+    await Dispatcher(app, providers(Recorder(failures=1, permanent=True))).run_once()
+    (message,) = await messages(app)
+    assert (message.status, message.attempts) == (MessageStatus.ABANDONED, 1)
+
+
+async def test_a_dead_dispatchers_lease_runs_out_and_another_sends(
+    app: App, clock: FrozenClock
+) -> None:
+    await queue(app)
+    claimed = await Dispatcher(app, providers(Recorder())).claim()  # then "dies"
+    assert len(claimed) == 1
+    survivor = Recorder()
+    assert await Dispatcher(app, providers(survivor)).run_once() == 0  # leased
+    clock.advance(61)
+    assert await Dispatcher(app, providers(survivor)).run_once() == 1
+    assert len(survivor.sent) == 1
+
+
+async def test_concurrent_dispatchers_never_send_a_message_twice(app: App) -> None:
+    await queue(app, 100)
+    recorders = [Recorder() for _ in range(4)]
+    dispatchers = [Dispatcher(app, providers(r)) for r in recorders]
+    for _ in range(10):
+        await asyncio.gather(*(d.run_once() for d in dispatchers))
+    sent = [item for r in recorders for item in r.sent]
+    assert len(sent) == 100 and len(set(sent)) == 100
+    assert {m.status for m in await messages(app)} == {MessageStatus.SENT}
