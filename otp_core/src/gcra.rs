@@ -155,28 +155,32 @@ impl RateLimiter {
         (h >> (64 - SHARDS.trailing_zeros())) as usize
     }
 
+    /// Unit requests that fit between `tat` and `now + limit`: `floor((now + limit - tat) / T)`,
+    /// clamped to `0..=burst`. The clamped difference fits in `i64`, so the division is a
+    /// 64-bit one (an `i128` division costs several times more on the hot path).
+    fn units_left(&self, now: i128, tat: i128) -> u64 {
+        let room = (now + i128::from(self.limit) - tat).clamp(0, i128::from(self.limit)) as u64;
+        room / self.interval as u64
+    }
+
     /// The GCRA step for a key whose stored TAT is `tat` (None: unknown key).
-    /// Returns the decision and, when allowed, the TAT to store.
+    /// Returns the decision and, when allowed, the TAT to store. `i128` sums cannot overflow.
     fn decide(&self, tat: Option<i64>, cost: i64, now: i64) -> (Decision, Option<i64>) {
-        let (now, interval, limit) = (
-            i128::from(now),
-            i128::from(self.interval),
-            i128::from(self.limit),
-        );
+        let now = i128::from(now);
         let tat = tat.map_or(now, |t| i128::from(t).max(now));
-        let remaining_now = ((now + limit - tat) / interval).max(0) as u64;
         if cost > self.burst {
+            let remaining = self.units_left(now, tat);
             let d = Decision {
                 allowed: false,
                 retry_after: f64::INFINITY,
-                remaining: remaining_now,
+                remaining,
             };
             return (d, None);
         }
-        let new_tat = tat + i128::from(cost) * interval;
-        let allow_at = new_tat - limit;
+        let new_tat = tat + i128::from(cost) * i128::from(self.interval);
+        let allow_at = new_tat - i128::from(self.limit);
         if allow_at <= now {
-            let remaining = ((now + limit - new_tat) / interval).max(0) as u64;
+            let remaining = self.units_left(now, new_tat);
             let stored = i64::try_from(new_tat).unwrap_or(i64::MAX);
             (
                 Decision {
@@ -190,7 +194,7 @@ impl RateLimiter {
             let d = Decision {
                 allowed: false,
                 retry_after: ns_to_seconds(allow_at - now),
-                remaining: remaining_now,
+                remaining: self.units_left(now, tat),
             };
             (d, None)
         }

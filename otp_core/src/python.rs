@@ -100,13 +100,37 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Seconds {
     }
 }
 
+/// A new `str` holding `ascii`, which must be ASCII.
+///
+/// Creating the compact ASCII object directly and copying the bytes in skips the UTF-8 decoder
+/// that `PyString::new` runs; for a batch of short codes that decoder is most of the cost.
+fn ascii_str<'py>(py: Python<'py>, ascii: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    if !ascii.is_ascii() {
+        // Unreachable for codes (digits only); kept so the unsafe block's contract always holds.
+        return Err(OtpError::NonAsciiCode.into());
+    }
+    // SAFETY: PyUnicode_New(len, 127) returns a new compact ASCII string of exactly `len`
+    // one-byte characters (or NULL with an exception set, turned into Err by from_owned_ptr_or_err).
+    // PyUnicode_DATA points at its `len` bytes, which we fill before the object is shared; the
+    // bytes are ASCII as checked above, so the string's invariants hold.
+    unsafe {
+        let ptr = pyo3::ffi::PyUnicode_New(ascii.len() as pyo3::ffi::Py_ssize_t, 127);
+        let obj = Bound::from_owned_ptr_or_err(py, ptr)?;
+        std::ptr::copy_nonoverlapping(
+            ascii.as_ptr(),
+            pyo3::ffi::PyUnicode_DATA(ptr).cast::<u8>(),
+            ascii.len(),
+        );
+        Ok(obj.cast_into_unchecked())
+    }
+}
+
 /// Builds a `list[str]` from a flat buffer of fixed-width ASCII codes.
 fn codes_to_list<'py>(py: Python<'py>, flat: &[u8], width: usize) -> PyResult<Bound<'py, PyList>> {
     let strings = flat
         .chunks_exact(width)
-        .map(|c| std::str::from_utf8(c).map(|s| PyString::new(py, s)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PyErr::from(OtpError::Entropy(e.to_string())))?;
+        .map(|c| ascii_str(py, c))
+        .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, strings)
 }
 
@@ -249,7 +273,8 @@ impl CodeHasher {
 }
 
 /// The verdict of `RateLimiter.check`.
-#[pyclass(frozen, get_all, module = "authsvc._otp_core")]
+// A freelist: `check` returns one Decision per call, and recycling them saves an allocation.
+#[pyclass(frozen, get_all, freelist = 64, module = "authsvc._otp_core")]
 struct Decision {
     /// Whether the request is allowed (and was recorded).
     allowed: bool,
@@ -324,27 +349,18 @@ impl RateLimiter {
         now: Option<Seconds>,
     ) -> PyResult<Vec<bool>> {
         let now = self.now_ns(now)?;
-        let items = keys
-            .try_iter()?
-            .map(|item| Ok(item?.cast_into::<PyString>()?))
-            .collect::<PyResult<Vec<_>>>()?;
-        if items.len() < DETACH_KEYS {
-            let strs = items
-                .iter()
-                .map(|s| s.to_str())
-                .collect::<PyResult<Vec<&str>>>()?;
-            return Ok(self.inner.check_many(&strs, now));
-        }
-        // Large batch: copy the keys into one buffer the detached thread can own, then let
-        // other Python threads run while the shards are processed.
+        // One pass copies every key into a single buffer (no per-key allocation, no Python
+        // references held), so the batch can then run with or without the GIL.
         let mut buf = String::new();
-        let mut ends = Vec::with_capacity(items.len());
-        for s in &items {
-            buf.push_str(s.to_str()?);
+        let mut ends: Vec<usize> = Vec::with_capacity(keys.len().unwrap_or(0));
+        for item in keys.try_iter()? {
+            let item = item?;
+            buf.push_str(item.cast::<PyString>()?.to_str()?);
             ends.push(buf.len());
         }
         let inner = &self.inner;
-        Ok(py.detach(move || {
+        let detach = ends.len() >= DETACH_KEYS;
+        let run = move || {
             let mut start = 0;
             let strs: Vec<&str> = ends
                 .iter()
@@ -355,7 +371,13 @@ impl RateLimiter {
                 })
                 .collect();
             inner.check_many(&strs, now)
-        }))
+        };
+        // Small batches keep the GIL: releasing and re-taking it costs more than the work.
+        if detach {
+            Ok(py.detach(run))
+        } else {
+            Ok(run())
+        }
     }
 
     /// Forgets `key`.
