@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ahash::RandomState;
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use crate::error::{OtpError, Result};
@@ -50,7 +51,16 @@ pub struct Decision {
     pub remaining: u64,
 }
 
-type Shard = Mutex<std::collections::HashMap<Box<str>, i64, RandomState>>;
+/// One key's state. The key's hash is computed once per call (it picks the shard and the
+/// bucket) and stored, so growing a table never rehashes the strings.
+struct Entry {
+    hash: u64,
+    key: Box<str>,
+    tat: i64,
+}
+
+type Table = HashTable<Entry>;
+type Shard = Mutex<Table>;
 
 /// A GCRA limiter keyed by strings. See the module documentation.
 pub struct RateLimiter {
@@ -61,7 +71,8 @@ pub struct RateLimiter {
     max_keys: usize,
     headroom: usize,
     shards: Box<[Shard]>,
-    shard_hasher: RandomState,
+    /// Keyed (randomly seeded) hasher: keys chosen by clients cannot be made to collide.
+    hasher: RandomState,
     len: AtomicUsize,
     evicting: Mutex<()>,
     epoch: Instant,
@@ -117,9 +128,7 @@ impl RateLimiter {
             )));
         }
         let max_keys = usize::try_from(max_keys).unwrap_or(usize::MAX);
-        let shards = (0..SHARDS)
-            .map(|_| Mutex::new(std::collections::HashMap::with_hasher(RandomState::new())))
-            .collect();
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect();
         Ok(RateLimiter {
             interval,
             burst,
@@ -127,7 +136,7 @@ impl RateLimiter {
             max_keys,
             headroom: (max_keys / 16).max(1),
             shards,
-            shard_hasher: RandomState::new(),
+            hasher: RandomState::new(),
             len: AtomicUsize::new(0),
             evicting: Mutex::new(()),
             epoch: Instant::now(),
@@ -149,10 +158,14 @@ impl RateLimiter {
         self.len() == 0
     }
 
-    fn shard_index(&self, key: &str) -> usize {
-        let h = self.shard_hasher.hash_one(key);
-        // High bits: the map inside the shard uses an independent hasher anyway.
-        (h >> (64 - SHARDS.trailing_zeros())) as usize
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a hash: bits 32.. , disjoint from the low bits hashbrown uses for the
+    /// bucket and the top 7 it uses as a tag, so keys in one shard still spread evenly.
+    fn shard_of(hash: u64) -> usize {
+        (hash >> 32) as usize & (SHARDS - 1)
     }
 
     /// Unit requests that fit between `tat` and `now + limit`: `floor((now + limit - tat) / T)`,
@@ -213,23 +226,32 @@ impl RateLimiter {
     /// none is free (the caller must release the shard lock, evict, and retry).
     fn apply(
         &self,
-        map: &mut std::collections::HashMap<Box<str>, i64, RandomState>,
+        table: &mut Table,
+        hash: u64,
         key: &str,
         cost: i64,
         now: i64,
     ) -> std::result::Result<Decision, ()> {
-        if let Some(tat) = map.get_mut(key) {
-            let (d, new_tat) = self.decide(Some(*tat), cost, now);
+        if let Some(entry) = table.find_mut(hash, |e| &*e.key == key) {
+            let (d, new_tat) = self.decide(Some(entry.tat), cost, now);
             if let Some(t) = new_tat {
-                *tat = t;
+                entry.tat = t;
             }
             return Ok(d);
         }
         let (d, new_tat) = self.decide(None, cost, now);
         match new_tat {
             None => Ok(d),
-            Some(t) if self.try_reserve() => {
-                map.insert(key.into(), t);
+            Some(tat) if self.try_reserve() => {
+                table.insert_unique(
+                    hash,
+                    Entry {
+                        hash,
+                        key: key.into(),
+                        tat,
+                    },
+                    |e| e.hash,
+                );
                 Ok(d)
             }
             Some(_) => Err(()),
@@ -241,9 +263,10 @@ impl RateLimiter {
         if cost < 1 {
             return Err(OtpError::Cost(cost));
         }
-        let shard = &self.shards[self.shard_index(key)];
+        let hash = self.hash(key);
+        let shard = &self.shards[Self::shard_of(hash)];
         loop {
-            if let Ok(d) = self.apply(&mut shard.lock(), key, cost, now) {
+            if let Ok(d) = self.apply(&mut shard.lock(), hash, key, cost, now) {
                 return Ok(d);
             }
             self.evict(now);
@@ -256,19 +279,33 @@ impl RateLimiter {
     /// for any one key is kept, and different keys do not interact).
     pub fn check_many<S: AsRef<str>>(&self, keys: &[S], now: i64) -> Vec<bool> {
         let mut out = vec![false; keys.len()];
-        let mut by_shard: Vec<Vec<u32>> = vec![Vec::new(); SHARDS];
-        for (i, k) in keys.iter().enumerate() {
-            by_shard[self.shard_index(k.as_ref())].push(i as u32);
+        // Counting sort of (hash, index) by shard: one allocation, order kept within a shard.
+        let hashes: Vec<u64> = keys.iter().map(|k| self.hash(k.as_ref())).collect();
+        let mut starts = [0usize; SHARDS + 1];
+        for &h in &hashes {
+            starts[Self::shard_of(h) + 1] += 1;
         }
-        for (s, idxs) in by_shard.iter().enumerate() {
+        for s in 0..SHARDS {
+            starts[s + 1] += starts[s];
+        }
+        let mut fill = starts;
+        let mut order = vec![0u32; keys.len()];
+        for (i, &h) in hashes.iter().enumerate() {
+            let s = Self::shard_of(h);
+            order[fill[s]] = i as u32;
+            fill[s] += 1;
+        }
+        for s in 0..SHARDS {
+            let idxs = &order[starts[s]..starts[s + 1]];
             if idxs.is_empty() {
                 continue;
             }
             let mut map = self.shards[s].lock();
             for &i in idxs {
                 let key = keys[i as usize].as_ref();
+                let hash = hashes[i as usize];
                 loop {
-                    match self.apply(&mut map, key, 1, now) {
+                    match self.apply(&mut map, hash, key, 1, now) {
                         Ok(d) => {
                             out[i as usize] = d.allowed;
                             break;
@@ -288,8 +325,10 @@ impl RateLimiter {
 
     /// Forgets `key` (its next request is treated as the first).
     pub fn reset(&self, key: &str) {
-        let shard = &self.shards[self.shard_index(key)];
-        if shard.lock().remove(key).is_some() {
+        let hash = self.hash(key);
+        let mut table = self.shards[Self::shard_of(hash)].lock();
+        if let Ok(entry) = table.find_entry(hash, |e| &*e.key == key) {
+            entry.remove();
             self.len.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -304,7 +343,7 @@ impl RateLimiter {
         for shard in self.shards.iter() {
             let mut map = shard.lock();
             let before = map.len();
-            map.retain(|_, tat| *tat > now);
+            map.retain(|e| e.tat > now);
             self.len.fetch_sub(before - map.len(), Ordering::AcqRel);
         }
         let target = self.max_keys - self.headroom;
@@ -315,7 +354,7 @@ impl RateLimiter {
         let excess = len - target;
         let mut tats: Vec<i64> = Vec::with_capacity(len);
         for shard in self.shards.iter() {
-            tats.extend(shard.lock().values().copied());
+            tats.extend(shard.lock().iter().map(|e| e.tat));
         }
         if tats.is_empty() {
             return;
@@ -327,10 +366,10 @@ impl RateLimiter {
         for shard in self.shards.iter() {
             let mut map = shard.lock();
             let before = map.len();
-            map.retain(|_, tat| {
-                if *tat < threshold {
+            map.retain(|e| {
+                if e.tat < threshold {
                     false
-                } else if *tat == threshold && equal_budget > 0 {
+                } else if e.tat == threshold && equal_budget > 0 {
                     equal_budget -= 1;
                     false
                 } else {
@@ -343,7 +382,11 @@ impl RateLimiter {
 
     /// Whether `key` currently holds a slot (for tests and introspection).
     pub fn contains(&self, key: &str) -> bool {
-        self.shards[self.shard_index(key)].lock().contains_key(key)
+        let hash = self.hash(key);
+        self.shards[Self::shard_of(hash)]
+            .lock()
+            .find(hash, |e| &*e.key == key)
+            .is_some()
     }
 }
 
