@@ -93,11 +93,33 @@ pub fn generate_codes_flat(n: i64, digits: i64) -> Result<Vec<u8>> {
     }
     // A fresh ChaCha12 stream per batch, keyed by 32 bytes from the OS.
     let mut rng = StdRng::try_from_rng(&mut SysRng)?;
-    for chunk in out.chunks_exact_mut(d) {
-        let value = sample_below(m, || Ok::<u64, OtpError>(rng.next_u64()))?;
-        write_padded(value, chunk);
+    // One monomorphised loop per digit count: with the modulus a constant, `% M` and the
+    // rejection bound compile to multiplications instead of a 64-bit division per code.
+    match digits {
+        6 => fill::<6, 1_000_000>(&mut rng, &mut out),
+        7 => fill::<7, 10_000_000>(&mut rng, &mut out),
+        8 => fill::<8, 100_000_000>(&mut rng, &mut out),
+        9 => fill::<9, 1_000_000_000>(&mut rng, &mut out),
+        _ => {
+            debug_assert_eq!(m, 10_000_000_000);
+            fill::<10, 10_000_000_000>(&mut rng, &mut out)
+        }
     }
     Ok(out)
+}
+
+/// Fills `out` with `D`-digit codes uniform in `0..M` (`M = 10^D`), by rejection sampling.
+fn fill<const D: usize, const M: u64>(rng: &mut StdRng, out: &mut [u8]) {
+    let zone = (u64::MAX / M) * M;
+    for chunk in out.chunks_exact_mut(D) {
+        let value = loop {
+            let x = rng.next_u64();
+            if x < zone {
+                break x % M;
+            }
+        };
+        write_padded(value, chunk);
+    }
 }
 
 /// `n` uniform codes of `digits` digits.

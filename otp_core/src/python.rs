@@ -126,12 +126,24 @@ fn ascii_str<'py>(py: Python<'py>, ascii: &[u8]) -> PyResult<Bound<'py, PyString
 }
 
 /// Builds a `list[str]` from a flat buffer of fixed-width ASCII codes.
+///
+/// The list is allocated at its final size and filled in place (no intermediate `Vec`).
 fn codes_to_list<'py>(py: Python<'py>, flat: &[u8], width: usize) -> PyResult<Bound<'py, PyList>> {
-    let strings = flat
-        .chunks_exact(width)
-        .map(|c| ascii_str(py, c))
-        .collect::<PyResult<Vec<_>>>()?;
-    PyList::new(py, strings)
+    let n = flat.len() / width.max(1);
+    // SAFETY: PyList_New(n) returns a new list of n NULL slots (or NULL with an exception set).
+    // Each slot is written exactly once with PyList_SET_ITEM, which steals the new reference
+    // from `into_ptr`. If a string allocation fails midway, the list is dropped with some slots
+    // still NULL, which list deallocation (Py_XDECREF) handles.
+    unsafe {
+        let list =
+            Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyList_New(n as pyo3::ffi::Py_ssize_t))?
+                .cast_into_unchecked::<PyList>();
+        for (i, chunk) in flat.chunks_exact(width).enumerate() {
+            let s = ascii_str(py, chunk)?;
+            pyo3::ffi::PyList_SET_ITEM(list.as_ptr(), i as pyo3::ffi::Py_ssize_t, s.into_ptr());
+        }
+        Ok(list)
+    }
 }
 
 /// A uniform random code of `digits` digits from the OS CSPRNG.
