@@ -106,6 +106,10 @@ def idempotency_key(value: str, field: str = "idempotency_key") -> str | None:
 def ip_address(value: str, field: str = "client.ip_address") -> str:
     if not value:
         return ""
+    # An IPv6 zone id ("fe80::1%eth0") names an interface of the caller's own host: meaningless
+    # for an end user's address, and `ipaddress` accepts any text there.
+    if "%" in value or len(value) > 45:
+        raise invalid_field(field, "not an IPv4 or IPv6 address")
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

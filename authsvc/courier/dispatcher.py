@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import uuid
 from datetime import timedelta
 
@@ -27,6 +28,15 @@ log = structlog.get_logger("authsvc.dispatcher")
 MAX_ATTEMPTS = 5
 LEASE_S = 60
 BATCH = 32
+
+
+# A run of digits long enough to be a phone number, however a gateway spaces or prefixes it.
+_NUMBER = re.compile(r"\+?\d(?:[\s().-]*\d){5,}")
+
+
+def redact(error: str) -> str:
+    """Provider errors often quote the destination: drop numbers before storing or logging."""
+    return _NUMBER.sub("[number]", error)[:1000]
 
 
 def backoff_s(attempt: int) -> float:
@@ -84,9 +94,9 @@ class Dispatcher:
                 created_at=message.created_at,
             )
         except DeliveryError as error:
-            await self._failed(message, str(error), permanent=error.permanent)
+            await self._failed(message, redact(str(error)), permanent=error.permanent)
         except Exception as error:  # a provider bug must not kill the dispatcher
-            await self._failed(message, f"{type(error).__name__}: {error}", permanent=False)
+            await self._failed(message, redact(f"{type(error).__name__}: {error}"), permanent=False)
         else:
             await self._finish(message.id, MessageStatus.SENT, provider_id=provider_id)
             log.info(
@@ -119,7 +129,7 @@ class Dispatcher:
                     status=MessageStatus.QUEUED,
                     next_attempt_at=retry_at,
                     lease_until=None,
-                    last_error=error[:1000],
+                    last_error=error,
                 )
             )
         log.info(
@@ -149,7 +159,7 @@ class Dispatcher:
                     payload_sealed=None,
                     lease_until=None,
                     provider_message_id=provider_id,
-                    last_error=error and error[:1000],
+                    last_error=error,
                     sent_at=now if status is MessageStatus.SENT else None,
                 )
             )

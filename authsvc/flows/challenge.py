@@ -157,7 +157,8 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
 def _check_send_allowed(app: App, flow: Flow, now: datetime) -> None:
     settings = app.settings
     if flow.send_count >= settings.max_sends_per_flow:
-        raise failures.send_limit_reached()
+        valid_for = (flow.code_expires_at - now).total_seconds() if flow.code_expires_at else 0.0
+        raise failures.send_limit_reached(valid_for)
     if flow.last_sent_at is not None:
         resend_at = flow.last_sent_at + timedelta(seconds=settings.resend_cooldown_s)
         if now < resend_at:

@@ -60,9 +60,13 @@ def resend_too_soon(retry_after: float) -> Failure:
     )
 
 
-def send_limit_reached() -> Failure:
+def send_limit_reached(last_code_valid_for: float) -> Failure:
+    # RetryInfo: the last code sent can still be entered for this long; after that, log in again.
     return Failure(
-        "RESOURCE_EXHAUSTED", "SEND_LIMIT_REACHED", "no more codes for this flow; log in again"
+        "RESOURCE_EXHAUSTED",
+        "SEND_LIMIT_REACHED",
+        "no more codes for this flow; enter the last one or log in again",
+        retry_after=max(last_code_valid_for, 0.0),
     )
 
 

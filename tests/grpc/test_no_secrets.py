@@ -301,12 +301,6 @@ class RefusingProvider:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the dispatcher stores the provider's error text verbatim in "
-    "outbox_messages.last_error and logs it (message_retry / message_abandoned): a provider "
-    "error that quotes the destination puts the full phone number in clear at rest and in logs",
-)
 @pytest.mark.parametrize("permanent", [True, False], ids=["abandoned", "retried"])
 async def test_provider_errors_leave_no_phone_number_behind(
     quiet_stub: Stub,
