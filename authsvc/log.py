@@ -14,6 +14,20 @@ import structlog
 from authsvc.config import LogFormat
 
 
+class _StderrLogger:
+    """Writes each line to whatever sys.stderr is at that moment, so that a configured logger
+    never holds on to a stream that was since replaced (test capture, daemonising)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = error = critical = exception = msg
+
+
+def _stderr_logger(*_args: object) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def configure(log_format: LogFormat = LogFormat.AUTO, level: str = "info") -> None:
     use_json = log_format is LogFormat.JSON or (
         log_format is LogFormat.AUTO and not sys.stderr.isatty()
@@ -32,6 +46,6 @@ def configure(log_format: LogFormat = LogFormat.AUTO, level: str = "info") -> No
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
