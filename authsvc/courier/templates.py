@@ -1,25 +1,233 @@
-"""Message texts, in French, in one place.
+"""Message texts, in French, in one place: edit the wording here and nowhere else.
 
-The SMS names the service, gives the code and its lifetime, warns never to share it, and ends
-with the WebOTP line (`@domain #code`) so that browsers can offer to fill the code in. The voice
-text reads the digits one by one, twice.
+- `code_text(channel, purpose=..., code=..., minutes=..., service=..., domain=...)`: the text
+  that carries a one-time code. The SMS names the service, gives the code and its lifetime, warns
+  never to share it, and ends with the WebOTP line (`@domain #code`) so that browsers can offer to
+  fill the code in; it stays within one GSM-7 segment (no ê, ç, curly quotes...). The voice text
+  reads the digits one by one, twice. For email it is the plain-text body.
+- `email(kind, **fields)`: notifications and activation, as an `EmailText` (subject, plain text,
+  and an HTML alternative made from the same paragraphs).
 """
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
 
-def code_sms(*, service: str, code: str, minutes: int, domain: str) -> str:
+CHANNELS: Final = ("sms", "voice", "email")
+PURPOSES: Final = ("login", "step_up", "contact_verification")
+
+# What the code is for, as each channel says it.
+_SMS_WHAT = {
+    "login": "votre code de connexion",
+    "step_up": "votre code de confirmation",
+    "contact_verification": "votre code de vérification de ce numéro",
+}
+_VOICE_WHAT = {
+    "login": "votre code de connexion à {service}",
+    "step_up": "votre code pour confirmer une opération sensible sur {service}",
+    "contact_verification": "votre code de vérification de ce numéro pour {service}",
+}
+_EMAIL_WHAT = {
+    "login": ("Code de connexion", "Voici votre code de connexion à {service}"),
+    "step_up": (
+        "Confirmation d'une opération sensible",
+        "Voici votre code pour confirmer une opération sensible sur {service}",
+    ),
+    "contact_verification": (
+        "Vérification de votre adresse électronique",
+        "Voici le code qui confirme cette adresse électronique pour {service}",
+    ),
+}
+
+_NEVER_SHARE = "Ne le communiquez jamais à personne."
+_NOT_YOU = (
+    "Si vous n'êtes pas à l'origine de cette opération, prévenez sans attendre "
+    "l'administrateur des comptes de votre organisation."
+)
+
+
+def _minutes(minutes: int) -> str:
+    return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
+
+
+def _check(purpose: str, code: str, minutes: int) -> None:
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}; one of {PURPOSES}")
+    if not code:
+        raise ValueError("empty code")
+    if minutes < 1:
+        raise ValueError("a code lives at least one minute")
+
+
+def code_sms(*, service: str, code: str, minutes: int, domain: str, purpose: str = "login") -> str:
+    _check(purpose, code, minutes)
     return (
-        f"{service} : votre code de connexion est {code}. "
-        f"Il expire dans {minutes} minutes. Ne le communiquez jamais à personne.\n\n"
+        f"{service} : {_SMS_WHAT[purpose]} est {code}. "
+        f"Il expire dans {_minutes(minutes)}. {_NEVER_SHARE}\n\n"
         f"@{domain} #{code}"
     )
 
 
-def code_voice(*, service: str, code: str, minutes: int) -> str:
+def code_voice(*, service: str, code: str, minutes: int, purpose: str = "login") -> str:
+    _check(purpose, code, minutes)
     digits = ", ".join(code)
+    what = _VOICE_WHAT[purpose].format(service=service)
     return (
-        f"Bonjour. Voici votre code de connexion à {service}. "
+        f"Bonjour. Voici {what}. "
         f"Votre code est : {digits}. Je répète : {digits}. "
-        f"Ce code expire dans {minutes} minutes. Ne le communiquez jamais à personne. Au revoir."
+        f"Ce code expire dans {_minutes(minutes)}. {_NEVER_SHARE} Au revoir."
     )
+
+
+def _code_email(*, purpose: str, service: str, code: str, minutes: int) -> EmailText:
+    _check(purpose, code, minutes)
+    title, intro = _EMAIL_WHAT[purpose]
+    return _mail(
+        f"{service} : {title.lower()}",
+        "Bonjour,",
+        f"{intro.format(service=service)} : {code}",
+        f"Ce code expire dans {_minutes(minutes)}. {_NEVER_SHARE} {service} ne vous le "
+        "demandera jamais, ni par téléphone ni par courriel.",
+        "Si vous n'avez rien demandé, ignorez ce message : sans ce code, personne ne peut "
+        "utiliser votre compte.",
+        signature=service,
+    )
+
+
+def code_text(
+    channel: str, *, purpose: str, code: str, minutes: int, service: str, domain: str
+) -> str:
+    """The text that carries a code on `channel` ("sms", "voice", or "email": the plain body)."""
+    if channel == "sms":
+        return code_sms(service=service, code=code, minutes=minutes, domain=domain, purpose=purpose)
+    if channel == "voice":
+        return code_voice(service=service, code=code, minutes=minutes, purpose=purpose)
+    if channel == "email":
+        return _code_email(purpose=purpose, service=service, code=code, minutes=minutes).text
+    raise ValueError(f"unknown channel {channel!r}; one of {CHANNELS}")
+
+
+def code_email(*, purpose: str, code: str, minutes: int, service: str) -> EmailText:
+    """A code by email, with its subject (the body is `code_text("email", ...)`)."""
+    return _code_email(purpose=purpose, service=service, code=code, minutes=minutes)
+
+
+# ---- emails -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmailText:
+    subject: str
+    text: str
+    html: str | None = None
+
+
+def _mail(subject: str, *paragraphs: str, signature: str) -> EmailText:
+    body = [*paragraphs, f"-- \n{signature}"]
+    rendered = "".join(
+        f"<p>{html.escape(paragraph).replace(chr(10), '<br>')}</p>\n" for paragraph in body
+    )
+    return EmailText(
+        subject=" ".join(subject.split()),  # never a line break in a header
+        text="\n\n".join(body) + "\n",
+        html=(
+            '<!DOCTYPE html>\n<html lang="fr"><head><meta charset="utf-8">'
+            f"<title>{html.escape(subject)}</title></head>\n<body>\n{rendered}</body></html>\n"
+        ),
+    )
+
+
+def _activation(*, display_name: str, activation_token: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : activez votre compte",
+        f"Bonjour {display_name},",
+        f"Un compte {service} vient d'être créé pour vous par l'administrateur des comptes de "
+        "votre organisation.",
+        f"Votre code d'activation : {activation_token}",
+        "Il sert une seule fois. Ne le communiquez à personne. Lors de l'activation, vous "
+        "choisirez votre mot de passe ; un code vous sera ensuite envoyé par SMS ou par appel "
+        "vocal à chaque première connexion depuis un nouvel appareil.",
+        "Si vous ne vous attendiez pas à ce message, ignorez-le.",
+        signature=service,
+    )
+
+
+def _contact_changed(*, display_name: str, what: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : vos coordonnées ont été modifiées",
+        f"Bonjour {display_name},",
+        f"Modification de vos coordonnées sur {service} : {what}.",
+        _NOT_YOU,
+        signature=service,
+    )
+
+
+def _password_changed(*, display_name: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : votre mot de passe a été modifié",
+        f"Bonjour {display_name},",
+        f"Le mot de passe de votre compte {service} vient d'être modifié. Vos appareils de "
+        "confiance devront de nouveau saisir un code à la prochaine connexion.",
+        _NOT_YOU,
+        signature=service,
+    )
+
+
+def _new_admin(*, display_name: str, admin_name: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : nouvel administrateur des comptes",
+        f"Bonjour {display_name},",
+        f"{admin_name} est désormais administrateur des comptes de votre organisation sur "
+        f"{service}.",
+        "Si ce changement vous surprend, signalez-le à la direction de votre organisation.",
+        signature=service,
+    )
+
+
+def _code_failures(*, display_name: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : codes erronés sur votre compte",
+        f"Bonjour {display_name},",
+        f"Votre mot de passe {service} a été saisi correctement, mais plusieurs codes de "
+        "vérification erronés ont suivi. La saisie des codes est suspendue pour un moment.",
+        "Si ce n'était pas vous, votre mot de passe est probablement connu d'un tiers : "
+        "changez-le dès que possible et prévenez l'administrateur des comptes de votre "
+        "organisation.",
+        signature=service,
+    )
+
+
+def _email_verification(*, display_name: str, code: str, minutes: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : confirmez votre nouvelle adresse électronique",
+        f"Bonjour {display_name},",
+        f"Pour confirmer cette adresse électronique sur {service}, saisissez le code : {code}",
+        f"Ce code expire dans {_minutes(int(minutes))}. {_NEVER_SHARE}",
+        "Si vous n'avez rien demandé, ignorez ce message : votre adresse ne sera pas modifiée.",
+        signature=service,
+    )
+
+
+_EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
+    "activation": (_activation, {"display_name", "activation_token", "service"}),
+    "contact_changed": (_contact_changed, {"display_name", "what", "service"}),
+    "password_changed": (_password_changed, {"display_name", "service"}),
+    "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
+    "code_failures": (_code_failures, {"display_name", "service"}),
+    "email_verification": (_email_verification, {"display_name", "code", "minutes", "service"}),
+}
+EMAIL_KINDS: Final = tuple(_EMAILS)
+
+
+def email(kind: str, **fields: str) -> EmailText:
+    """An email of `kind`; every field it names is required, and no other is accepted."""
+    if kind not in _EMAILS:
+        raise ValueError(f"unknown email kind {kind!r}; one of {EMAIL_KINDS}")
+    render, names = _EMAILS[kind]
+    if set(fields) != names:
+        missing, extra = sorted(names - set(fields)), sorted(set(fields) - names)
+        raise ValueError(f"email {kind!r}: missing fields {missing}, unexpected fields {extra}")
+    return render(**fields)

@@ -1,7 +1,11 @@
 """The outbox: messages written in the same transaction as the challenge they deliver.
 
 The destination and the text are sealed while queued (the text holds a code); once the message is
-sent the sealed payload is purged, leaving the masked destination and the template name.
+sent or abandoned the sealed payload is purged, leaving the masked destination, the template name
+and a code-free rendering of the text (`summary`).
+
+Statuses: queued -> sending (claimed, under a lease) -> sent | failed (to be retried at
+next_attempt_at) -> ... -> abandoned (permanent refusal, or the last attempt failed).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class OutboxMessage(Base):
     template: Mapped[str] = mapped_column(String(64))
     destination_masked: Mapped[str] = mapped_column(String(320))
     payload_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    summary: Mapped[str | None] = mapped_column(Text)
     status: Mapped[MessageStatus] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime]
