@@ -12,8 +12,9 @@ import base64
 import secrets
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,8 +24,43 @@ class Environment(StrEnum):
 
 
 class ProviderName(StrEnum):
-    CONSOLE = "console"
-    FILE = "file"
+    CONSOLE = "console"  # development: prints messages (codes in clear) on stderr
+    FILE = "file"  # development: appends JSON lines to outbox_file
+    HTTP = "http"  # any SMS/voice/email gateway with an HTTP API (HttpGateway, per channel)
+    SMTP = "smtp"  # email only
+    KANNEL = "kannel"  # SMS only: Kannel's smsbox sendsms interface
+
+
+class SmtpSecurity(StrEnum):
+    STARTTLS = "starttls"
+    TLS = "tls"  # implicit TLS, usually port 465
+    NONE = "none"  # a relay on the loopback only; refused in production
+
+
+def _default_http_body() -> dict[str, Any]:
+    return {"to": "$to", "text": "$text", "channel": "$channel", "reference": "$message_id"}
+
+
+class HttpGateway(BaseModel):
+    """One channel's HTTP gateway, e.g. AUTHSVC_SMS_HTTP='{"url": "https://...", ...}'.
+
+    `body` is a JSON template: in every string value, $to, $text, $subject, $channel and
+    $message_id are replaced (then the whole body is JSON-encoded, so texts need no escaping).
+    The request is signed: `signature_header: sha256=<hex HMAC-SHA-256 of the body>`. A 2xx
+    answer is accepted, 408/429/5xx and timeouts are retried, other 4xx are permanent failures.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(pattern=r"^https?://")
+    method: Literal["POST", "PUT"] = "POST"
+    headers: dict[str, SecretStr] = {}
+    body: dict[str, Any] = Field(default_factory=_default_http_body)
+    timeout_s: float = Field(default=5.0, gt=0, le=30)
+    hmac_secret: SecretStr | None = None
+    signature_header: str = "X-Authsvc-Signature"
+    # Where the gateway's message id is in a JSON answer (dotted path); absent: our reference.
+    message_id_field: str = "id"
 
 
 class LogFormat(StrEnum):
@@ -79,8 +115,41 @@ class Settings(BaseSettings):
     outbox_file: Path = Path("var/outbox.jsonl")
     dispatcher_enabled: bool = True
     dispatcher_poll_s: float = Field(default=0.2, gt=0, le=10)
+    # A claimed message is leased this long: a dispatcher that dies mid-send leaves it
+    # claimable again afterwards. Must exceed every provider timeout (checked below).
+    dispatcher_lease_s: float = Field(default=60.0, ge=5, le=600)
+    # Messages one dispatcher sends at once.
+    dispatcher_concurrency: int = Field(default=32, ge=1, le=1000)
+    # How long Challenge waits for the in-process dispatcher's outcome before answering
+    # "queued" (0: never wait). Bounded: the API must never hang on a gateway.
+    delivery_wait_s: float = Field(default=1.0, ge=0, le=5)
+    sms_http: HttpGateway | None = None
+    voice_http: HttpGateway | None = None
+    email_http: HttpGateway | None = None
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: SmtpSecurity = SmtpSecurity.STARTTLS
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "PEP's <ne-pas-repondre@peps.cnracl.example>"
+    smtp_timeout_s: float = Field(default=10.0, gt=0, le=30)
+    smtp_ca_file: Path | None = None  # trust this CA (PEM) instead of the system's
+    kannel_url: str = Field(default="http://127.0.0.1:13013/cgi-bin/sendsms", pattern=r"^https?://")
+    kannel_username: str = "authsvc"
+    kannel_password: SecretStr | None = None
+    kannel_from: str | None = None  # sender id, when the operator allows one
+    kannel_smsc: str | None = None  # route to this SMSC id
+    kannel_timeout_s: float = Field(default=5.0, gt=0, le=30)
     service_name: str = "PEP's"
     webotp_domain: str = "peps.cnracl.example"
+
+    # Account administration.
+    activation_ttl_s: int = Field(default=3 * 86400, ge=600, le=7 * 86400)
+    services: dict[str, str] = {
+        "DECLARATIONS": "Déclarations individuelles",
+        "DOSSIERS": "Dossiers de pension",
+        "SIMULATIONS": "Simulations de pension",
+    }
 
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
@@ -88,9 +157,33 @@ class Settings(BaseSettings):
     default_region: str = "FR"
 
     @model_validator(mode="after")
+    def _providers_fit_channels(self) -> Settings:
+        for channel in ("sms", "voice", "email"):
+            name = getattr(self, f"{channel}_provider")
+            if name is ProviderName.SMTP and channel != "email":
+                raise ValueError(f"AUTHSVC_{channel.upper()}_PROVIDER: smtp sends email only")
+            if name is ProviderName.KANNEL and channel != "sms":
+                raise ValueError(f"AUTHSVC_{channel.upper()}_PROVIDER: kannel sends SMS only")
+            gateway = getattr(self, f"{channel}_http")
+            if name is ProviderName.HTTP and gateway is None:
+                raise ValueError(f"AUTHSVC_{channel.upper()}_HTTP is required by the http provider")
+            timeout = {
+                ProviderName.HTTP: gateway.timeout_s if gateway else 0.0,
+                ProviderName.SMTP: self.smtp_timeout_s,
+                ProviderName.KANNEL: self.kannel_timeout_s,
+            }.get(name, 0.0)
+            if self.dispatcher_lease_s < 2 * timeout:
+                raise ValueError(
+                    "AUTHSVC_DISPATCHER_LEASE_S must be at least twice every provider timeout"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _production_is_strict(self) -> Settings:
         if self.environment is not Environment.PRODUCTION:
             return self
+        if self.email_provider is ProviderName.SMTP and self.smtp_security is SmtpSecurity.NONE:
+            raise ValueError("AUTHSVC_SMTP_SECURITY: none is for development")
         if self.secret_key is None:
             raise ValueError("AUTHSVC_SECRET_KEY is required in production")
         # console and file providers write codes in clear: development only.

@@ -53,6 +53,7 @@ class Keys:
     code_hasher: CodeHasher
     sealer: Sealer
     lookup_key: bytes
+    binding_key: bytes
 
     @classmethod
     def derive(cls, master: bytes) -> Keys:
@@ -60,8 +61,13 @@ class Keys:
             code_hasher=CodeHasher(_subkey(master, "authsvc/v1 code digest")),
             sealer=Sealer(_subkey(master, "authsvc/v1 seal")),
             lookup_key=_subkey(master, "authsvc/v1 lookup digest"),
+            binding_key=_subkey(master, "authsvc/v1 grant binding"),
         )
 
     def lookup_digest(self, value: str) -> bytes:
         """A keyed digest of a value that must be found again but not kept (a phone number)."""
         return hmac.new(self.lookup_key, value.encode(), hashlib.sha256).digest()
+
+    def binding_digest(self, canonical: str) -> bytes:
+        """What an action grant is bound to: a keyed digest of the exact values it allows."""
+        return hmac.new(self.binding_key, canonical.encode(), hashlib.sha256).digest()

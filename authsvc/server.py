@@ -18,16 +18,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
 from authsvc.app import App
 from authsvc.clock import Clock
 from authsvc.config import Settings
 from authsvc.courier.dispatcher import Dispatcher
-from authsvc.v1 import auth_service_pb2, auth_service_pb2_grpc
+from authsvc.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+)
 
 log = structlog.get_logger("authsvc.server")
 
 AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+ACCOUNT_SERVICE = account_service_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
 # Requests are small; refuse anything larger before it is parsed.
 MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -46,7 +53,8 @@ class Server:
         if self.app.settings.dispatcher_enabled:
             dispatcher = Dispatcher(self.app)
             self._dispatcher_task = asyncio.create_task(dispatcher.run(self._stop_dispatcher))
-        await self.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        for service in (AUTH_SERVICE, ACCOUNT_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -70,10 +78,11 @@ async def create_server(
         ]
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
+    account_service_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(app), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (AUTH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     port = server.add_insecure_port(listen or settings.listen)
     if port == 0:

@@ -24,6 +24,7 @@ AAL2 = "aal2"
 
 @dataclass(frozen=True)
 class SessionInfo:
+    session_id: uuid.UUID
     account_id: uuid.UUID
     login: str
     organization_id: uuid.UUID
@@ -105,6 +106,7 @@ async def validate(app: App, token: str) -> SessionInfo:
             )
         last_seen_at = now
     return SessionInfo(
+        session_id=session.id,
         account_id=account.id,
         login=account.login,
         organization_id=organization.id,

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authsvc import validation
+from authsvc import audit, validation
 from authsvc.app import App
+from authsvc.courier import templates
+from authsvc.courier.outbox import enqueue
 from authsvc.db import Account, AccountStatus, Organization, Role
 from authsvc.db.base import new_id
 from authsvc.errors import Failure
-from authsvc.phones import parse_phone
+from authsvc.flows import grants
+from authsvc.otp import random_token, token_digest
+from authsvc.phones import mask_email, parse_phone
+from authsvc.policies import password_policy
+from authsvc.policies.permissions import Action, require_admin
+from authsvc.sessions import SessionInfo
 
 
 async def create_organization(app: App, db: AsyncSession, *, siret: str, name: str) -> Organization:
@@ -69,3 +78,167 @@ async def create_account(
     )
     db.add(account)
     return account
+
+
+async def create_with_grant(
+    app: App,
+    caller: SessionInfo,
+    *,
+    grant_token: str,
+    values: grants.ActionValues,
+) -> Account:
+    """CreateAccount: redeem the grant and create the account pending activation, atomically.
+
+    The activation token goes by email through the outbox; other administrators are told when
+    the new account is an administrator.
+    """
+    async with app.read() as db:
+        admin = await db.scalar(select(Account).where(Account.id == caller.account_id))
+    assert admin is not None
+    require_admin(caller.role)
+    now = app.clock.now()
+    token = random_token(32)
+    try:
+        async with app.write() as db:
+            await grants.redeem(
+                app,
+                db,
+                token=grant_token,
+                session_id=caller.session_id,
+                action=Action.CREATE_ACCOUNT,
+                target=None,
+                values=values,
+            )
+            assert values.login and values.display_name and values.email and values.phone
+            account = await create_account(
+                app,
+                db,
+                organization_id=admin.organization_id,
+                login=values.login,
+                display_name=values.display_name,
+                email=values.email,
+                phone=values.phone,
+                role=values.role or Role.MEMBER,
+                password_hash=None,
+            )
+            account.activation_token_digest = token_digest(token)
+            account.activation_expires_at = now + timedelta(seconds=app.settings.activation_ttl_s)
+            await db.flush()
+            _notify(app, db, account, "activation", activation_token=token)
+            if account.role == Role.ADMIN:
+                await _tell_admins_of_new_admin(app, db, account, exclude=admin.id)
+            audit.record(
+                db,
+                app.clock,
+                "grant.redeemed",
+                organization_id=admin.organization_id,
+                actor=admin.id,
+                action=Action.CREATE_ACCOUNT.value,
+            )
+            audit.record(
+                db,
+                app.clock,
+                "account.created",
+                organization_id=admin.organization_id,
+                actor=admin.id,
+                target=account.id,
+                role=str(account.role),
+                email=mask_email(account.email),
+                phone=account.phone_masked or "",
+            )
+    except IntegrityError:
+        # Someone took the login between the step-up and now; the grant is not spent.
+        raise Failure(
+            "ALREADY_EXISTS",
+            "ALREADY_EXISTS",
+            "this login is taken in your organisation",
+            metadata={"field": "login"},
+        ) from None
+    app.outbox_ready.set()
+    return account
+
+
+def _notify(app: App, db: AsyncSession, account: Account, kind: str, **fields: str) -> None:
+    message = templates.email(
+        kind, display_name=account.display_name, service=app.settings.service_name, **fields
+    )
+    enqueue(
+        app,
+        db,
+        channel="email",
+        template=kind,
+        to=account.email,
+        masked_to=mask_email(account.email),
+        text=message.text,
+        subject=message.subject,
+        flow_id=None,
+    )
+
+
+async def _tell_admins_of_new_admin(
+    app: App, db: AsyncSession, new_admin: Account, *, exclude: uuid.UUID
+) -> None:
+    admins = await db.scalars(
+        select(Account).where(
+            Account.organization_id == new_admin.organization_id,
+            Account.role == Role.ADMIN,
+            Account.status == AccountStatus.ACTIVE,
+            Account.id != new_admin.id,
+        )
+    )
+    for admin in admins:
+        _notify(app, db, admin, "new_admin", admin_name=new_admin.display_name)
+
+
+async def activate(app: App, *, token: str, password: str) -> uuid.UUID:
+    """ActivateAccount: the first password, for a token that is known, unused and unexpired."""
+    now = app.clock.now()
+    digest = token_digest(token)
+    async with app.read() as db:
+        account = await db.scalar(select(Account).where(Account.activation_token_digest == digest))
+    if (
+        account is None
+        or account.status != AccountStatus.PENDING_ACTIVATION
+        or account.activation_expires_at is None
+        or account.activation_expires_at <= now
+    ):
+        raise Failure(
+            "FAILED_PRECONDITION",
+            "ACTIVATION_TOKEN_INVALID",
+            "this activation link is unknown, used or expired",
+        )
+    password_policy.check(
+        password, login=account.login, other_inputs=[account.display_name, account.email]
+    )
+    password_hash = await app.passwords.hash_async(password)
+    async with app.write() as db:
+        done = await db.execute(
+            update(Account)
+            .where(
+                Account.id == account.id,
+                Account.activation_token_digest == digest,
+                Account.status == AccountStatus.PENDING_ACTIVATION,
+            )
+            .values(
+                password_hash=password_hash,
+                status=AccountStatus.ACTIVE,
+                activation_token_digest=None,
+                activation_expires_at=None,
+                updated_at=now,
+            )
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise Failure(
+                "FAILED_PRECONDITION",
+                "ACTIVATION_TOKEN_INVALID",
+                "this activation link is unknown, used or expired",
+            )
+        audit.record(
+            db,
+            app.clock,
+            "account.activated",
+            organization_id=account.organization_id,
+            actor=account.id,
+            target=account.id,
+        )
+    return account.id

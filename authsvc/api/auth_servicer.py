@@ -11,12 +11,33 @@ from authsvc.api import convert
 from authsvc.api.rpc import rpc
 from authsvc.app import App
 from authsvc.errors import invalid_field
-from authsvc.flows import challenge, failures, login, verify
+from authsvc.flows import challenge, grants, login, stepup, verify
+from authsvc.flows.contact import ContactVerified
 from authsvc.flows.views import IssuedSession
+from authsvc.policies.permissions import OWN_ACTIONS, Action
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
 
 Ctx = ServicerContext[Any, Any]
+
+
+async def signed_in(app: App, token: str) -> sessions.SessionInfo:
+    """The caller's session, from a request's session_token field."""
+    return await sessions.validate(app, validation.token(token, "session_token"))
+
+
+def action_values(app: App, action: Action, values: pb.ActionValues) -> grants.ActionValues:
+    return grants.normalise(
+        action,
+        email=values.email if values.HasField("email") else None,
+        phone=values.phone if values.HasField("phone") else None,
+        display_name=values.display_name if values.HasField("display_name") else None,
+        login=values.login if values.HasField("login") else None,
+        role=convert.role_from_pb(values.role, "new_values.role"),
+        service_codes=convert.service_codes(values.service_codes, "new_values.service_codes"),
+        catalogue=app.settings.services,
+        default_region=app.settings.default_region,
+    )
 
 
 class AuthServicer(pb_grpc.AuthServiceServicer):
@@ -69,6 +90,23 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         code = validation.code(request.code, self._app.settings.code_digits)
         client = convert.client_info(request.client)
         result = await verify.verify(self._app, verify.VerifyRequest(flow_id, code, client))
+        if isinstance(result, grants.IssuedGrant):
+            return pb.VerifyResponse(
+                action_grant=pb.ActionGrant(
+                    grant_token=result.token,
+                    action=convert.ACTION_TO_PB[result.action],
+                    target_account_id=str(result.target_account_id or ""),
+                    expire_time=convert.timestamp(result.expires_at),
+                )
+            )
+        if isinstance(result, ContactVerified):
+            return pb.VerifyResponse(
+                contact=pb.ContactVerification(
+                    account_id=str(result.account_id),
+                    masked_email=result.masked_email,
+                    masked_phone=result.masked_phone,
+                )
+            )
         return pb.VerifyResponse(
             login=pb.LoginVerification(
                 session=convert.session(result.session),
@@ -81,9 +119,33 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     async def AuthorizeSensitiveAction(
         self, request: pb.AuthorizeSensitiveActionRequest, context: Ctx
     ) -> pb.AuthorizeSensitiveActionResponse:
-        validation.token(request.session_token, "session_token")
-        await sessions.validate(self._app, request.session_token)
-        raise failures.not_implemented("AuthorizeSensitiveAction")
+        caller = await signed_in(self._app, request.session_token)
+        action = convert.action_from_pb(request.action)
+        target = stepup.parse_target(request.target_account_id)
+        values = action_values(self._app, action, request.new_values)
+        client = convert.client_info(request.client)
+        view = await stepup.authorize(self._app, caller, action, target, values, client)
+        return pb.AuthorizeSensitiveActionResponse(pending_flow=convert.pending_flow(view))
+
+    @rpc("RedeemActionGrant")
+    async def RedeemActionGrant(
+        self, request: pb.RedeemActionGrantRequest, context: Ctx
+    ) -> pb.RedeemActionGrantResponse:
+        caller = await signed_in(self._app, request.session_token)
+        token = validation.token(request.grant_token, "grant_token")
+        action = convert.action_from_pb(request.action)
+        target = stepup.parse_target(request.target_account_id)
+        if action in OWN_ACTIONS and target is None:
+            target = caller.account_id
+        values = action_values(self._app, action, request.new_values)
+        convert.client_info(request.client)
+        grant = await grants.redeem_now(
+            self._app, caller, token=token, action=action, target=target, values=values
+        )
+        return pb.RedeemActionGrantResponse(
+            account_id=str(grant.account_id),
+            redeem_time=convert.timestamp(grant.redeemed_at or self._app.clock.now()),
+        )
 
     @rpc("ValidateSession")
     async def ValidateSession(

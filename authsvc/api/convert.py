@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from authsvc import validation
+from authsvc import audit, validation
+from authsvc.db import Role
 from authsvc.errors import invalid_field
 from authsvc.flows.login import ClientInfo
 from authsvc.flows.views import IssuedSession, PendingFlowView
+from authsvc.policies.permissions import Action
 from authsvc.v1 import common_pb2
 
 CHANNEL_TO_PB = {
@@ -27,8 +30,22 @@ DELIVERY_TO_PB = {
 PURPOSE_TO_PB = {
     "login": common_pb2.FLOW_PURPOSE_LOGIN,
     "step_up": common_pb2.FLOW_PURPOSE_STEP_UP,
+    "contact_verification": common_pb2.FLOW_PURPOSE_CONTACT_VERIFICATION,
 }
 ROLE_TO_PB = {"admin": common_pb2.ROLE_ADMIN, "member": common_pb2.ROLE_MEMBER}
+ROLE_FROM_PB: dict[int, Role] = {
+    int(common_pb2.ROLE_ADMIN): Role.ADMIN,
+    int(common_pb2.ROLE_MEMBER): Role.MEMBER,
+}
+ACTION_TO_PB = {
+    Action.CREATE_ACCOUNT: common_pb2.SENSITIVE_ACTION_CREATE_ACCOUNT,
+    Action.UPDATE_ACCOUNT_CONTACT: common_pb2.SENSITIVE_ACTION_UPDATE_ACCOUNT_CONTACT,
+    Action.GRANT_SERVICE_ACCESS: common_pb2.SENSITIVE_ACTION_GRANT_SERVICE_ACCESS,
+    Action.UPDATE_OWN_CONTACT: common_pb2.SENSITIVE_ACTION_UPDATE_OWN_CONTACT,
+    Action.CHANGE_OWN_PASSWORD: common_pb2.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD,
+}
+ACTION_FROM_PB: dict[int, Action] = {int(value): action for action, value in ACTION_TO_PB.items()}
+MAX_SERVICE_CODES = 64
 AAL_TO_PB = {"aal1": common_pb2.ASSURANCE_LEVEL_AAL1, "aal2": common_pb2.ASSURANCE_LEVEL_AAL2}
 
 
@@ -47,8 +64,31 @@ def channel_from_pb(value: int, field: str = "channel") -> str | None:
         raise invalid_field(field, "unknown channel") from None
 
 
+def role_from_pb(value: int, field: str) -> Role | None:
+    if value == common_pb2.ROLE_UNSPECIFIED:
+        return None
+    try:
+        return ROLE_FROM_PB[value]
+    except KeyError:
+        raise invalid_field(field, "unknown role") from None
+
+
+def action_from_pb(value: int, field: str = "action") -> Action:
+    try:
+        return ACTION_FROM_PB[value]
+    except KeyError:
+        raise invalid_field(field, "unknown or missing sensitive action") from None
+
+
+def service_codes(codes: Sequence[str], field: str) -> list[str]:
+    if len(codes) > MAX_SERVICE_CODES or any(len(code) > 64 for code in codes):
+        raise invalid_field(field, f"at most {MAX_SERVICE_CODES} codes of 64 characters")
+    return list(codes)
+
+
 def client_info(client: common_pb2.ClientContext, *, ip_required: bool = False) -> ClientInfo:
     ip_address = validation.ip_address(client.ip_address)
+    audit.set_ip_address(ip_address)
     if ip_required and not ip_address:
         raise invalid_field("client.ip_address", "the end user's IP address is required")
     return ClientInfo(ip_address=ip_address, user_agent=validation.user_agent(client.user_agent))

@@ -18,6 +18,7 @@ import grpc
 import structlog
 from grpc.aio import ServicerContext
 
+from authsvc import audit
 from authsvc.api.status import to_grpc_status
 from authsvc.errors import Failure
 
@@ -43,6 +44,7 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
         @functools.wraps(handler)
         async def wrapper(self: S, request: Req, context: ServicerContext[Req, Resp]) -> Resp:
             request_id = _request_id(context)
+            audit.set_request_id(request_id)
             started = time.perf_counter()
             outcome, reason = "OK", ""
             try:

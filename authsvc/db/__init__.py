@@ -1,16 +1,21 @@
 """Persistence: typed SQLAlchemy 2.0 models (one module per aggregate), engine, migrations."""
 
 from authsvc.db.account import Account, AccountStatus, Role
+from authsvc.db.audit import AuditEvent
 from authsvc.db.base import Base
 from authsvc.db.device import TrustedDevice
 from authsvc.db.flow import Flow, FlowPurpose, FlowStatus
+from authsvc.db.grant import ActionGrant
 from authsvc.db.organization import Organization
 from authsvc.db.outbox import MessageStatus, OutboxMessage
+from authsvc.db.service_access import ServiceAccess
 from authsvc.db.session import Session
 
 __all__ = [
     "Account",
     "AccountStatus",
+    "ActionGrant",
+    "AuditEvent",
     "Base",
     "Flow",
     "FlowPurpose",
@@ -19,6 +24,7 @@ __all__ = [
     "Organization",
     "OutboxMessage",
     "Role",
+    "ServiceAccess",
     "Session",
     "TrustedDevice",
 ]

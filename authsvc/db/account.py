@@ -34,13 +34,19 @@ class Account(Base):
     login: Mapped[str] = mapped_column(String(64))
     display_name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(254))
-    phone_sealed: Mapped[bytes] = mapped_column(LargeBinary)
-    phone_digest: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
-    phone_masked: Mapped[str] = mapped_column(String(32))
-    phone_kind: Mapped[str] = mapped_column(String(16))
-    phone_region: Mapped[str] = mapped_column(String(2))
+    # Null only for accounts imported without a usable number: they cannot log in (no code can
+    # reach them) until an administrator sets one; the readiness report lists them.
+    phone_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    phone_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32), index=True)
+    phone_masked: Mapped[str | None] = mapped_column(String(32))
+    phone_kind: Mapped[str | None] = mapped_column(String(16))
+    phone_region: Mapped[str | None] = mapped_column(String(2))
+    # The last time a code sent to this phone was entered correctly.
+    phone_verified_at: Mapped[datetime | None]
     role: Mapped[Role] = mapped_column(String(16))
     status: Mapped[AccountStatus] = mapped_column(String(32))
     password_hash: Mapped[str | None] = mapped_column(String(256))
+    activation_token_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
+    activation_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

@@ -20,6 +20,7 @@ from authsvc.db.base import Base, new_id
 class FlowPurpose(StrEnum):
     LOGIN = "login"
     STEP_UP = "step_up"
+    CONTACT_VERIFICATION = "contact_verification"
 
 
 class FlowStatus(StrEnum):
@@ -49,3 +50,12 @@ class Flow(Base):
     send_count: Mapped[int] = mapped_column(default=0)
     last_sent_at: Mapped[datetime | None]
     failed_attempts: Mapped[int] = mapped_column(default=0)
+    # Step-up: what the grant will be bound to.
+    session_id: Mapped[uuid.UUID | None]
+    action: Mapped[str | None] = mapped_column(String(32))
+    target_account_id: Mapped[uuid.UUID | None]
+    values_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    # Contact verification: the new email or phone, sealed; the code goes there.
+    contact_kind: Mapped[str | None] = mapped_column(String(8))
+    contact_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    contact_masked: Mapped[str | None] = mapped_column(String(320))

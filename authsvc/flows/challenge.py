@@ -12,16 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from authsvc import audit
 from authsvc.app import App
 from authsvc.courier import templates
 from authsvc.courier.outbox import enqueue
 from authsvc.db import Account, Flow, FlowStatus, MessageStatus, OutboxMessage
 from authsvc.errors import Failure
-from authsvc.flows import failures
+from authsvc.flows import destination, failures
 from authsvc.flows.views import ChallengeView
 from authsvc.otp import generate_code
-from authsvc.phones import CHANNELS_BY_KIND, PhoneKind
 
 _DELIVERY = {
     MessageStatus.QUEUED: "queued",
@@ -64,8 +65,8 @@ def ensure_open(flow: Flow, now: datetime) -> None:
         raise failures.flow_expired()
 
 
-def _pick_channel(account: Account, requested: str | None) -> str:
-    allowed = CHANNELS_BY_KIND[PhoneKind(account.phone_kind)]
+def _pick_channel(flow: Flow, account: Account, requested: str | None) -> str:
+    allowed = destination.of_flow(flow, account).channels
     if requested is None:
         return allowed[0]
     if requested not in allowed:
@@ -77,11 +78,12 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     flow, account = await load_flow(app, request.flow_id)
     now = app.clock.now()
     ensure_open(flow, now)
-    channel = _pick_channel(account, request.channel)
+    channel = _pick_channel(flow, account, request.channel)
     replay = await _idempotent_replay(app, flow, account, request, channel, now)
     if replay is not None:
         return replay
     _check_send_allowed(app, flow, now)
+    where = destination.of_flow(flow, account)
 
     settings = app.settings
     code = generate_code(settings.code_digits)
@@ -109,27 +111,17 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
             )
         )
         if sent.rowcount == 1:  # type: ignore[attr-defined]
-            phone = app.keys.sealer.open(account.phone_sealed, account.id.bytes)
-            minutes = settings.code_ttl_s // 60
-            text = (
-                templates.code_sms(
-                    service=settings.service_name,
-                    code=code,
-                    minutes=minutes,
-                    domain=settings.webotp_domain,
-                )
-                if channel == "sms"
-                else templates.code_voice(service=settings.service_name, code=code, minutes=minutes)
-            )
-            enqueue(
-                app,
+            _queue_code(app, db, flow, account, channel, code)
+            audit.record(
                 db,
+                app.clock,
+                "code.sent",
+                organization_id=account.organization_id,
+                actor=account.id,
+                flow_id=str(flow.id),
+                purpose=str(flow.purpose),
                 channel=channel,
-                template=f"login_code_{channel}",
-                to=phone,
-                masked_to=account.phone_masked,
-                text=text,
-                flow_id=flow.id,
+                to=where.masked,
             )
     if sent.rowcount != 1:  # type: ignore[attr-defined]
         # Another call changed the flow between our read and our write: answer from what it
@@ -146,11 +138,37 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     return ChallengeView(
         challenge_id=challenge_id,
         channel=channel,
-        masked_destination=account.phone_masked,
+        masked_destination=where.masked,
         code_expires_at=code_expires_at,
         resend_at=now + timedelta(seconds=settings.resend_cooldown_s),
         sends_remaining=settings.max_sends_per_flow - flow.send_count - 1,
         delivery_status="queued",
+    )
+
+
+def _queue_code(
+    app: App, db: AsyncSession, flow: Flow, account: Account, channel: str, code: str
+) -> None:
+    settings = app.settings
+    purpose = str(flow.purpose)
+    text = templates.code_text(
+        channel,
+        purpose=purpose,
+        code=code,
+        minutes=settings.code_ttl_s // 60,
+        service=settings.service_name,
+        domain=settings.webotp_domain,
+    )
+    enqueue(
+        app,
+        db,
+        channel=channel,
+        template=f"{purpose}_code_{channel}",
+        to=destination.address(app, flow, account),
+        masked_to=destination.of_flow(flow, account).masked,
+        text=text,
+        flow_id=flow.id,
+        subject=f"{settings.service_name} : votre code" if channel == "email" else None,
     )
 
 
@@ -200,7 +218,7 @@ async def _idempotent_replay(
     return ChallengeView(
         challenge_id=flow.challenge_id,
         channel=channel,
-        masked_destination=account.phone_masked,
+        masked_destination=destination.of_flow(flow, account).masked,
         code_expires_at=flow.code_expires_at,
         resend_at=flow.last_sent_at + timedelta(seconds=app.settings.resend_cooldown_s),
         sends_remaining=app.settings.max_sends_per_flow - flow.send_count,

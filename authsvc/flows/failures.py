@@ -14,6 +14,14 @@ def account_not_active() -> Failure:
     return Failure("FAILED_PRECONDITION", "ACCOUNT_NOT_ACTIVE", "this account is not active")
 
 
+def account_not_ready() -> Failure:
+    return Failure(
+        "FAILED_PRECONDITION",
+        "ACCOUNT_NOT_READY",
+        "this account has no valid phone number: an administrator must set one",
+    )
+
+
 def flow_not_found() -> Failure:
     return Failure("NOT_FOUND", "FLOW_NOT_FOUND", "no such flow")
 

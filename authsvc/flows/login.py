@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from authsvc import sessions
+from authsvc import audit, sessions
 from authsvc.app import App
 from authsvc.db import Account, AccountStatus, Flow, FlowPurpose, FlowStatus, Organization
-from authsvc.flows import failures
+from authsvc.db.base import new_id
+from authsvc.flows import destination, failures
 from authsvc.flows.views import IssuedSession, PendingFlowView
-from authsvc.phones import CHANNELS_BY_KIND, PhoneKind
 from authsvc.policies import cadence
 
 
@@ -23,15 +25,49 @@ class ClientInfo:
 
 
 def pending_view(flow: Flow, account: Account) -> PendingFlowView:
-    channels = CHANNELS_BY_KIND[PhoneKind(account.phone_kind)]
+    where = destination.of_flow(flow, account)
     return PendingFlowView(
         flow_id=flow.id,
         purpose=FlowPurpose(flow.purpose),
-        channels=channels,
-        default_channel=channels[0],
-        masked_destination=account.phone_masked,
+        channels=where.channels,
+        default_channel=where.channels[0],
+        masked_destination=where.masked,
         expires_at=flow.expires_at,
     )
+
+
+def open_flow(
+    app: App,
+    db: AsyncSession,
+    purpose: FlowPurpose,
+    account: Account,
+    client: ClientInfo,
+    **binding: Any,
+) -> Flow:
+    """Add a pending flow to the caller's transaction; `binding` holds step-up/contact fields."""
+    now = app.clock.now()
+    flow = Flow(
+        id=binding.pop("id", None) or new_id(),
+        purpose=purpose,
+        account_id=account.id,
+        status=FlowStatus.PENDING,
+        created_at=now,
+        expires_at=now + timedelta(seconds=app.settings.flow_ttl_s),
+        completed_at=None,
+        user_agent=client.user_agent,
+        ip_address=client.ip_address,
+        challenge_id=None,
+        channel=None,
+        code_digest=None,
+        code_expires_at=None,
+        idempotency_key=None,
+        send_count=0,
+        last_sent_at=None,
+        failed_attempts=0,
+        **binding,
+    )
+    db.add(flow)
+    return flow
 
 
 async def login_with_password(
@@ -44,24 +80,42 @@ async def login_with_password(
     client: ClientInfo,
 ) -> IssuedSession | PendingFlowView:
     async with app.read() as db:
-        account = await db.scalar(
-            select(Account)
-            .join(Organization, Account.organization_id == Organization.id)
-            .where(Organization.siret == siret, Account.login == login)
-        )
+        row = (
+            await db.execute(
+                select(Account, Organization.id)
+                .join(Organization, Account.organization_id == Organization.id)
+                .where(Organization.siret == siret, Account.login == login)
+            )
+        ).one_or_none()
+    account = row[0] if row else None
     # Always one argon2 verification, against a dummy hash when the account is unknown.
     stored = account.password_hash if account is not None else None
     if not await app.passwords.verify(stored, password) or account is None or stored is None:
+        async with app.write() as db:
+            audit.record(
+                db,
+                app.clock,
+                "login.password",
+                outcome="INVALID_CREDENTIALS",
+                organization_id=account.organization_id if account else None,
+                target=account.id if account else None,
+            )
         raise failures.invalid_credentials()
     if account.status != AccountStatus.ACTIVE:
         raise failures.account_not_active()
     if app.passwords.needs_rehash(stored):
         await _rehash(app, account, stored, password)
 
-    now = app.clock.now()
     async with app.write() as db:
         trusted_at = await cadence.trusted_since(app, db, account.id, device_token)
         if trusted_at is not None:
+            audit.record(
+                db,
+                app.clock,
+                "login.trusted_device",
+                organization_id=account.organization_id,
+                actor=account.id,
+            )
             return await sessions.issue(
                 app,
                 db,
@@ -70,25 +124,16 @@ async def login_with_password(
                 ip_address=client.ip_address,
                 user_agent=client.user_agent,
             )
-        flow = Flow(
-            purpose=FlowPurpose.LOGIN,
-            account_id=account.id,
-            status=FlowStatus.PENDING,
-            created_at=now,
-            expires_at=now + timedelta(seconds=app.settings.flow_ttl_s),
-            completed_at=None,
-            user_agent=client.user_agent,
-            ip_address=client.ip_address,
-            challenge_id=None,
-            channel=None,
-            code_digest=None,
-            code_expires_at=None,
-            idempotency_key=None,
-            send_count=0,
-            last_sent_at=None,
-            failed_attempts=0,
+        destination.account_phone(account)  # no code can reach an account without a phone
+        flow = open_flow(app, db, FlowPurpose.LOGIN, account, client)
+        audit.record(
+            db,
+            app.clock,
+            "login.password",
+            organization_id=account.organization_id,
+            actor=account.id,
+            flow_id=str(flow.id),
         )
-        db.add(flow)
     return pending_view(flow, account)
 
 

@@ -17,13 +17,15 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import case, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from authsvc import sessions
+from authsvc import audit, sessions
 from authsvc.app import App
-from authsvc.db import Flow, FlowPurpose, FlowStatus
+from authsvc.db import Account, Flow, FlowPurpose, FlowStatus
 from authsvc.errors import Failure
-from authsvc.flows import failures
+from authsvc.flows import contact, failures, grants
 from authsvc.flows.challenge import ensure_open, load_flow
+from authsvc.flows.contact import ContactVerified
 from authsvc.flows.login import ClientInfo
 from authsvc.flows.views import LoginVerified
 from authsvc.policies import cadence
@@ -36,7 +38,9 @@ class VerifyRequest:
     client: ClientInfo
 
 
-async def verify(app: App, request: VerifyRequest) -> LoginVerified:
+async def verify(
+    app: App, request: VerifyRequest
+) -> LoginVerified | grants.IssuedGrant | ContactVerified:
     flow, account = await load_flow(app, request.flow_id)
     now = app.clock.now()
     ensure_open(flow, now)
@@ -44,8 +48,6 @@ async def verify(app: App, request: VerifyRequest) -> LoginVerified:
         raise failures.no_active_challenge()
     if flow.code_expires_at <= now:
         raise failures.code_expired()
-    if flow.purpose != FlowPurpose.LOGIN:
-        raise failures.not_implemented("step-up verification")
     max_attempts = app.settings.max_code_attempts
     matches = app.keys.code_hasher.verify(request.code, flow.challenge_id.bytes, flow.code_digest)
 
@@ -64,16 +66,16 @@ async def verify(app: App, request: VerifyRequest) -> LoginVerified:
                 .values(status=FlowStatus.COMPLETED, completed_at=now, code_digest=None)
             )
             if won.rowcount == 1:  # type: ignore[attr-defined]
-                trust = cadence.trust_device(app, db, account.id, request.client.user_agent)
-                session = await sessions.issue(
-                    app,
+                audit.record(
                     db,
-                    account.id,
-                    last_code_time=now,
-                    ip_address=request.client.ip_address,
-                    user_agent=request.client.user_agent,
+                    app.clock,
+                    "code.verified",
+                    organization_id=account.organization_id,
+                    actor=account.id,
+                    flow_id=str(flow.id),
+                    purpose=str(flow.purpose),
                 )
-                return LoginVerified(session, trust.token, trust.expires_at)
+                return await _complete(app, db, flow, account, request.client)
         # Lost the race (or a new code replaced this one): say what the flow is now.
         raise await _why_closed(app, flow.id, superseded=flow.challenge_id)
 
@@ -95,9 +97,54 @@ async def verify(app: App, request: VerifyRequest) -> LoginVerified:
             .returning(Flow.failed_attempts)
         )
         attempts = counted.scalar_one_or_none()
+        if attempts is not None:
+            audit.record(
+                db,
+                app.clock,
+                "code.failed",
+                outcome="CODE_MISMATCH",
+                organization_id=account.organization_id,
+                actor=account.id,
+                flow_id=str(flow.id),
+                purpose=str(flow.purpose),
+                attempts=str(attempts),
+            )
     if attempts is None:
         raise await _why_closed(app, flow.id, superseded=None)
     raise failures.code_mismatch(max(max_attempts - attempts, 0))
+
+
+async def _complete(
+    app: App, db: AsyncSession, flow: Flow, account: Account, client: ClientInfo
+) -> LoginVerified | grants.IssuedGrant | ContactVerified:
+    """What a right code gives, by the flow's purpose; in the winner's transaction."""
+    now = app.clock.now()
+    if flow.purpose == FlowPurpose.STEP_UP:
+        grant = grants.issue(app, db, flow)
+        audit.record(
+            db,
+            app.clock,
+            "grant.issued",
+            organization_id=account.organization_id,
+            actor=account.id,
+            target=flow.target_account_id,
+            action=str(flow.action),
+        )
+        return grant
+    if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
+        return await contact.apply(app, db, flow)
+    # A login: the code reached the phone, which is therefore verified.
+    await db.execute(update(Account).where(Account.id == account.id).values(phone_verified_at=now))
+    trust = cadence.trust_device(app, db, account.id, client.user_agent)
+    session = await sessions.issue(
+        app,
+        db,
+        account.id,
+        last_code_time=now,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+    )
+    return LoginVerified(session, trust.token, trust.expires_at)
 
 
 async def _why_closed(app: App, flow_id: uuid.UUID, *, superseded: uuid.UUID | None) -> Failure:

@@ -31,6 +31,80 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class RedeemActionGrantRequest(_message.Message):
+    """Request of AuthService.RedeemActionGrant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    GRANT_TOKEN_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    NEW_VALUES_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """The end user's session token; the grant must have been issued to this session."""
+    grant_token: _builtins.str
+    """The grant token from Verify."""
+    action: _common_pb2.SensitiveAction.ValueType
+    """The action about to be performed."""
+    target_account_id: _builtins.str
+    """The account the action applies to (empty for SENSITIVE_ACTION_CREATE_ACCOUNT)."""
+    @_builtins.property
+    def new_values(self) -> Global___ActionValues:
+        """Exactly the values authorised by AuthorizeSensitiveAction."""
+
+    @_builtins.property
+    def client(self) -> _common_pb2.ClientContext:
+        """The end user's context."""
+
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        grant_token: _builtins.str = ...,
+        action: _common_pb2.SensitiveAction.ValueType = ...,
+        target_account_id: _builtins.str = ...,
+        new_values: Global___ActionValues | None = ...,
+        client: _common_pb2.ClientContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "new_values", b"new_values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "client", b"client", "grant_token", b"grant_token", "new_values", b"new_values", "session_token", b"session_token", "target_account_id", b"target_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemActionGrantRequest: _TypeAlias = RedeemActionGrantRequest  # noqa: Y015
+
+@_typing.final
+class RedeemActionGrantResponse(_message.Message):
+    """Response of AuthService.RedeemActionGrant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REDEEM_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account that completed the step-up (the actor)."""
+    @_builtins.property
+    def redeem_time(self) -> _timestamp_pb2.Timestamp:
+        """When the grant was redeemed."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        redeem_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["redeem_time", b"redeem_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "redeem_time", b"redeem_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemActionGrantResponse: _TypeAlias = RedeemActionGrantResponse  # noqa: Y015
+
+@_typing.final
 class LoginRequest(_message.Message):
     """Request of AuthService.Login."""
 
@@ -274,6 +348,7 @@ class VerifyResponse(_message.Message):
 
     LOGIN_FIELD_NUMBER: _builtins.int
     ACTION_GRANT_FIELD_NUMBER: _builtins.int
+    CONTACT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def login(self) -> Global___LoginVerification:
         """For a FLOW_PURPOSE_LOGIN flow: the session and the device-trust token."""
@@ -282,17 +357,22 @@ class VerifyResponse(_message.Message):
     def action_grant(self) -> Global___ActionGrant:
         """For a FLOW_PURPOSE_STEP_UP flow: the single-use grant for the sensitive action."""
 
+    @_builtins.property
+    def contact(self) -> Global___ContactVerification:
+        """A contact-verification flow: the new email or phone is now the account's."""
+
     def __init__(
         self,
         *,
         login: Global___LoginVerification | None = ...,
         action_grant: Global___ActionGrant | None = ...,
+        contact: Global___ContactVerification | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "login", b"login", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "contact", b"contact", "login", b"login", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "login", b"login", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "contact", b"contact", "login", b"login", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["login", "action_grant"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["login", "action_grant", "contact"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -381,6 +461,36 @@ class ActionGrant(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ActionGrant: _TypeAlias = ActionGrant  # noqa: Y015
+
+@_typing.final
+class ContactVerification(_message.Message):
+    """Result of a contact-verification flow (opened by AccountService.UpdateContact)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MASKED_EMAIL_FIELD_NUMBER: _builtins.int
+    MASKED_PHONE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account whose contact changed."""
+    masked_email: _builtins.str
+    """The new email, masked, when the email changed."""
+    masked_phone: _builtins.str
+    """The new phone, masked, when the phone changed."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        masked_email: _builtins.str = ...,
+        masked_phone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "masked_email", b"masked_email", "masked_phone", b"masked_phone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactVerification: _TypeAlias = ContactVerification  # noqa: Y015
 
 @_typing.final
 class AuthorizeSensitiveActionRequest(_message.Message):

@@ -65,6 +65,11 @@ class AuthServiceStub:
                 request_serializer=authsvc_dot_v1_dot_auth__service__pb2.LogoutRequest.SerializeToString,
                 response_deserializer=authsvc_dot_v1_dot_auth__service__pb2.LogoutResponse.FromString,
                 _registered_method=True)
+        self.RedeemActionGrant = channel.unary_unary(
+                '/authsvc.v1.AuthService/RedeemActionGrant',
+                request_serializer=authsvc_dot_v1_dot_auth__service__pb2.RedeemActionGrantRequest.SerializeToString,
+                response_deserializer=authsvc_dot_v1_dot_auth__service__pb2.RedeemActionGrantResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -81,8 +86,8 @@ class AuthServiceServicer:
         Unknown organisation, unknown login and wrong password answer the same error in the same
         time. An invalid or expired device_token is not an error: a code is then required.
 
-        Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_LOCKED,
-        RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
+        Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_NOT_READY,
+        ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,8 +143,8 @@ class AuthServiceServicer:
         account only.
         Requires: the values that the action needs (see SensitiveAction and ActionValues).
 
-        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
-        ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE, RATE_LIMITED.
+        Errors: INVALID_FIELD, SERVICE_UNKNOWN, ALREADY_EXISTS, SESSION_INVALID, SESSION_EXPIRED,
+        PERMISSION_DENIED, ACCOUNT_LOCKED, ACCOUNT_NOT_READY, CHANNEL_NOT_AVAILABLE, RATE_LIMITED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +173,24 @@ class AuthServiceServicer:
         Requires: a well-formed session token.
 
         Errors: INVALID_FIELD, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemActionGrant(self, request, context):
+        """Consumes an action grant for an action that the calling backend performs itself. The
+        grant must match the session, the action, the target and exactly the new values that were
+        authorised; it is consumed by the first matching call (single use, atomically).
+        AccountService's operations redeem their grant themselves: do not redeem it before them.
+
+        Required permission: an authenticated backend, plus the end user's valid session.
+        Requires: an unexpired, unused grant issued to this session for this action, target and
+        values.
+
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_NOT_FOUND, GRANT_EXPIRED,
+        GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH,
+        GRANT_SESSION_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,6 +228,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Logout,
                     request_deserializer=authsvc_dot_v1_dot_auth__service__pb2.LogoutRequest.FromString,
                     response_serializer=authsvc_dot_v1_dot_auth__service__pb2.LogoutResponse.SerializeToString,
+            ),
+            'RedeemActionGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemActionGrant,
+                    request_deserializer=authsvc_dot_v1_dot_auth__service__pb2.RedeemActionGrantRequest.FromString,
+                    response_serializer=authsvc_dot_v1_dot_auth__service__pb2.RedeemActionGrantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -370,6 +398,33 @@ class AuthService:
             '/authsvc.v1.AuthService/Logout',
             authsvc_dot_v1_dot_auth__service__pb2.LogoutRequest.SerializeToString,
             authsvc_dot_v1_dot_auth__service__pb2.LogoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemActionGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsvc.v1.AuthService/RedeemActionGrant',
+            authsvc_dot_v1_dot_auth__service__pb2.RedeemActionGrantRequest.SerializeToString,
+            authsvc_dot_v1_dot_auth__service__pb2.RedeemActionGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,8 +53,8 @@ class AuthServiceStub:
     Unknown organisation, unknown login and wrong password answer the same error in the same
     time. An invalid or expired device_token is not an error: a code is then required.
 
-    Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_LOCKED,
-    RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
+    Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_NOT_READY,
+    ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
     """
     Challenge: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ChallengeRequest, _auth_service_pb2.ChallengeResponse]
     """Sends (or re-sends) a one-time code for a pending flow, on the requested channel. Each
@@ -98,8 +98,8 @@ class AuthServiceStub:
     account only.
     Requires: the values that the action needs (see SensitiveAction and ActionValues).
 
-    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
-    ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE, RATE_LIMITED.
+    Errors: INVALID_FIELD, SERVICE_UNKNOWN, ALREADY_EXISTS, SESSION_INVALID, SESSION_EXPIRED,
+    PERMISSION_DENIED, ACCOUNT_LOCKED, ACCOUNT_NOT_READY, CHANNEL_NOT_AVAILABLE, RATE_LIMITED.
     """
     ValidateSession: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ValidateSessionRequest, _auth_service_pb2.ValidateSessionResponse]
     """Checks a session token and describes the session and its account. Backends call it on
@@ -121,6 +121,20 @@ class AuthServiceStub:
 
     Errors: INVALID_FIELD, PERMISSION_DENIED.
     """
+    RedeemActionGrant: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RedeemActionGrantRequest, _auth_service_pb2.RedeemActionGrantResponse]
+    """Consumes an action grant for an action that the calling backend performs itself. The
+    grant must match the session, the action, the target and exactly the new values that were
+    authorised; it is consumed by the first matching call (single use, atomically).
+    AccountService's operations redeem their grant themselves: do not redeem it before them.
+
+    Required permission: an authenticated backend, plus the end user's valid session.
+    Requires: an unexpired, unused grant issued to this session for this action, target and
+    values.
+
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_NOT_FOUND, GRANT_EXPIRED,
+    GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH,
+    GRANT_SESSION_MISMATCH.
+    """
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -137,8 +151,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Unknown organisation, unknown login and wrong password answer the same error in the same
     time. An invalid or expired device_token is not an error: a code is then required.
 
-    Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_LOCKED,
-    RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
+    Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_NOT_READY,
+    ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
     """
     Challenge: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ChallengeRequest, _auth_service_pb2.ChallengeResponse]  # type: ignore[assignment]
     """Sends (or re-sends) a one-time code for a pending flow, on the requested channel. Each
@@ -182,8 +196,8 @@ class AuthServiceAsyncStub(AuthServiceStub):
     account only.
     Requires: the values that the action needs (see SensitiveAction and ActionValues).
 
-    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
-    ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE, RATE_LIMITED.
+    Errors: INVALID_FIELD, SERVICE_UNKNOWN, ALREADY_EXISTS, SESSION_INVALID, SESSION_EXPIRED,
+    PERMISSION_DENIED, ACCOUNT_LOCKED, ACCOUNT_NOT_READY, CHANNEL_NOT_AVAILABLE, RATE_LIMITED.
     """
     ValidateSession: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ValidateSessionRequest, _auth_service_pb2.ValidateSessionResponse]  # type: ignore[assignment]
     """Checks a session token and describes the session and its account. Backends call it on
@@ -205,6 +219,20 @@ class AuthServiceAsyncStub(AuthServiceStub):
 
     Errors: INVALID_FIELD, PERMISSION_DENIED.
     """
+    RedeemActionGrant: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RedeemActionGrantRequest, _auth_service_pb2.RedeemActionGrantResponse]  # type: ignore[assignment]
+    """Consumes an action grant for an action that the calling backend performs itself. The
+    grant must match the session, the action, the target and exactly the new values that were
+    authorised; it is consumed by the first matching call (single use, atomically).
+    AccountService's operations redeem their grant themselves: do not redeem it before them.
+
+    Required permission: an authenticated backend, plus the end user's valid session.
+    Requires: an unexpired, unused grant issued to this session for this action, target and
+    values.
+
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_NOT_FOUND, GRANT_EXPIRED,
+    GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH,
+    GRANT_SESSION_MISMATCH.
+    """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """Two-factor authentication for the platform's users, called by the platform's backends."""
@@ -224,8 +252,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         Unknown organisation, unknown login and wrong password answer the same error in the same
         time. An invalid or expired device_token is not an error: a code is then required.
 
-        Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_LOCKED,
-        RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
+        Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_NOT_READY,
+        ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -287,8 +315,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         account only.
         Requires: the values that the action needs (see SensitiveAction and ActionValues).
 
-        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
-        ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE, RATE_LIMITED.
+        Errors: INVALID_FIELD, SERVICE_UNKNOWN, ALREADY_EXISTS, SESSION_INVALID, SESSION_EXPIRED,
+        PERMISSION_DENIED, ACCOUNT_LOCKED, ACCOUNT_NOT_READY, CHANNEL_NOT_AVAILABLE, RATE_LIMITED.
         """
 
     @_abc_1.abstractmethod
@@ -321,6 +349,26 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         Requires: a well-formed session token.
 
         Errors: INVALID_FIELD, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeemActionGrant(
+        self,
+        request: _auth_service_pb2.RedeemActionGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.RedeemActionGrantResponse, _abc.Awaitable[_auth_service_pb2.RedeemActionGrantResponse]]:
+        """Consumes an action grant for an action that the calling backend performs itself. The
+        grant must match the session, the action, the target and exactly the new values that were
+        authorised; it is consumed by the first matching call (single use, atomically).
+        AccountService's operations redeem their grant themselves: do not redeem it before them.
+
+        Required permission: an authenticated backend, plus the end user's valid session.
+        Requires: an unexpired, unused grant issued to this session for this action, target and
+        values.
+
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_NOT_FOUND, GRANT_EXPIRED,
+        GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH,
+        GRANT_SESSION_MISMATCH.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

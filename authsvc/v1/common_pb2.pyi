@@ -175,6 +175,10 @@ class _FlowPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FlowPurpo
     """Step-up before a sensitive action, opened by AuthService.AuthorizeSensitiveAction. Verify
     returns an ActionGrant.
     """
+    FLOW_PURPOSE_CONTACT_VERIFICATION: _FlowPurpose.ValueType  # 3
+    """Proves a new email or phone number before it replaces the old one; the code goes to the
+    new contact. Opened by AccountService.UpdateContact.
+    """
 
 class FlowPurpose(_FlowPurpose, metaclass=_FlowPurposeEnumTypeWrapper):
     """Why a flow (a pending second-factor exchange) was opened."""
@@ -186,6 +190,10 @@ FLOW_PURPOSE_LOGIN: FlowPurpose.ValueType  # 1
 FLOW_PURPOSE_STEP_UP: FlowPurpose.ValueType  # 2
 """Step-up before a sensitive action, opened by AuthService.AuthorizeSensitiveAction. Verify
 returns an ActionGrant.
+"""
+FLOW_PURPOSE_CONTACT_VERIFICATION: FlowPurpose.ValueType  # 3
+"""Proves a new email or phone number before it replaces the old one; the code goes to the
+new contact. Opened by AccountService.UpdateContact.
 """
 Global___FlowPurpose: _TypeAlias = FlowPurpose  # noqa: Y015
 
@@ -375,6 +383,38 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     channel. FAILED_PRECONDITION rather than ALREADY_EXISTS: the earlier challenge belongs to
     another request and is not returned; the caller must not retry as is, but use a new key.
     """
+    ERROR_REASON_GRANT_REQUIRED: _ErrorReason.ValueType  # 21
+    """FAILED_PRECONDITION. The operation needs an action grant (from a step-up Verify) and none
+    was given.
+    """
+    ERROR_REASON_GRANT_NOT_FOUND: _ErrorReason.ValueType  # 22
+    """NOT_FOUND. The grant token is unknown."""
+    ERROR_REASON_GRANT_EXPIRED: _ErrorReason.ValueType  # 23
+    """FAILED_PRECONDITION. The grant's 5 minutes are over; open a new step-up."""
+    ERROR_REASON_GRANT_ALREADY_USED: _ErrorReason.ValueType  # 24
+    """FAILED_PRECONDITION. The grant was already redeemed (grants are single use)."""
+    ERROR_REASON_GRANT_ACTION_MISMATCH: _ErrorReason.ValueType  # 25
+    """PERMISSION_DENIED. The grant was issued for another action."""
+    ERROR_REASON_GRANT_TARGET_MISMATCH: _ErrorReason.ValueType  # 26
+    """PERMISSION_DENIED. The grant was issued for another target account."""
+    ERROR_REASON_GRANT_VALUES_MISMATCH: _ErrorReason.ValueType  # 27
+    """PERMISSION_DENIED. The grant was issued for other new values than the ones presented."""
+    ERROR_REASON_GRANT_SESSION_MISMATCH: _ErrorReason.ValueType  # 28
+    """PERMISSION_DENIED. The grant belongs to another session."""
+    ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 29
+    """ALREADY_EXISTS. The login is already taken in the organisation (metadata "field")."""
+    ERROR_REASON_WEAK_PASSWORD: _ErrorReason.ValueType  # 30
+    """INVALID_ARGUMENT. The new password breaks the policy: 12 to 128 characters, not a common
+    password, not containing the login (metadata "field").
+    """
+    ERROR_REASON_ACTIVATION_TOKEN_INVALID: _ErrorReason.ValueType  # 31
+    """FAILED_PRECONDITION. The activation token is unknown, used or expired."""
+    ERROR_REASON_ACCOUNT_NOT_READY: _ErrorReason.ValueType  # 32
+    """FAILED_PRECONDITION. The account has no valid phone number, so no code can reach it: an
+    administrator must set one (UpdateContact) before it can log in.
+    """
+    ERROR_REASON_SERVICE_UNKNOWN: _ErrorReason.ValueType  # 33
+    """INVALID_ARGUMENT. A service code is not in the service catalogue (metadata "field")."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reason of an error, sent as google.rpc.ErrorInfo.reason without the "ERROR_REASON_"
@@ -467,6 +507,38 @@ ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 20
 channel. FAILED_PRECONDITION rather than ALREADY_EXISTS: the earlier challenge belongs to
 another request and is not returned; the caller must not retry as is, but use a new key.
 """
+ERROR_REASON_GRANT_REQUIRED: ErrorReason.ValueType  # 21
+"""FAILED_PRECONDITION. The operation needs an action grant (from a step-up Verify) and none
+was given.
+"""
+ERROR_REASON_GRANT_NOT_FOUND: ErrorReason.ValueType  # 22
+"""NOT_FOUND. The grant token is unknown."""
+ERROR_REASON_GRANT_EXPIRED: ErrorReason.ValueType  # 23
+"""FAILED_PRECONDITION. The grant's 5 minutes are over; open a new step-up."""
+ERROR_REASON_GRANT_ALREADY_USED: ErrorReason.ValueType  # 24
+"""FAILED_PRECONDITION. The grant was already redeemed (grants are single use)."""
+ERROR_REASON_GRANT_ACTION_MISMATCH: ErrorReason.ValueType  # 25
+"""PERMISSION_DENIED. The grant was issued for another action."""
+ERROR_REASON_GRANT_TARGET_MISMATCH: ErrorReason.ValueType  # 26
+"""PERMISSION_DENIED. The grant was issued for another target account."""
+ERROR_REASON_GRANT_VALUES_MISMATCH: ErrorReason.ValueType  # 27
+"""PERMISSION_DENIED. The grant was issued for other new values than the ones presented."""
+ERROR_REASON_GRANT_SESSION_MISMATCH: ErrorReason.ValueType  # 28
+"""PERMISSION_DENIED. The grant belongs to another session."""
+ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 29
+"""ALREADY_EXISTS. The login is already taken in the organisation (metadata "field")."""
+ERROR_REASON_WEAK_PASSWORD: ErrorReason.ValueType  # 30
+"""INVALID_ARGUMENT. The new password breaks the policy: 12 to 128 characters, not a common
+password, not containing the login (metadata "field").
+"""
+ERROR_REASON_ACTIVATION_TOKEN_INVALID: ErrorReason.ValueType  # 31
+"""FAILED_PRECONDITION. The activation token is unknown, used or expired."""
+ERROR_REASON_ACCOUNT_NOT_READY: ErrorReason.ValueType  # 32
+"""FAILED_PRECONDITION. The account has no valid phone number, so no code can reach it: an
+administrator must set one (UpdateContact) before it can log in.
+"""
+ERROR_REASON_SERVICE_UNKNOWN: ErrorReason.ValueType  # 33
+"""INVALID_ARGUMENT. A service code is not in the service catalogue (metadata "field")."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

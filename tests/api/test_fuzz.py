@@ -111,10 +111,9 @@ def _errors_by_rpc() -> dict[str, frozenset[str]]:
 
 REASON_STATUS = _reason_status()
 ERRORS_BY_RPC = _errors_by_rpc()
-# AuthorizeSensitiveAction is a stub for now (it answers NOT_IMPLEMENTED after the session
-# check), which the proto does not list for it; common.proto allows NOT_IMPLEMENTED for "a
-# feature this server does not offer yet".
-EXTRA_REASONS = {"AuthorizeSensitiveAction": frozenset({"NOT_IMPLEMENTED"})}
+# Reasons an RPC may answer beyond those its proto comment lists (none: the comments are the
+# contract).
+EXTRA_REASONS: dict[str, frozenset[str]] = {}
 NEEDS_RETRY_INFO = {"ACCOUNT_LOCKED"}
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

@@ -33,7 +33,15 @@ from authsvc.v1 import common_pb2
 AUTH_SERVICE = "authsvc.v1.AuthService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICE = "grpc.reflection.v1alpha.ServerReflection"
-RPCS = {"Login", "Challenge", "Verify", "AuthorizeSensitiveAction", "ValidateSession", "Logout"}
+RPCS = {
+    "Login",
+    "Challenge",
+    "Verify",
+    "AuthorizeSensitiveAction",
+    "ValidateSession",
+    "Logout",
+    "RedeemActionGrant",
+}
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 ADMIN_PASSWORD = "lifecycle-admin-password-2026"

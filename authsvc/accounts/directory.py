@@ -1,0 +1,104 @@
+"""Who administers my organisation, and which accounts are not ready for enforcement."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from authsvc.app import App
+from authsvc.db import Account, AccountStatus, Organization, Role
+from authsvc.phones import mask_email
+from authsvc.policies.permissions import require_admin
+from authsvc.sessions import SessionInfo
+
+
+@dataclass(frozen=True)
+class AdministratorView:
+    display_name: str
+    masked_email: str
+    masked_phone: str
+
+
+async def administrators(app: App, caller: SessionInfo) -> tuple[str, list[AdministratorView]]:
+    """Any signed-in member may ask: names and masked contacts of the active administrators."""
+    async with app.read() as db:
+        name = await db.scalar(
+            select(Organization.name).where(Organization.id == caller.organization_id)
+        )
+        admins = await db.scalars(
+            select(Account)
+            .where(
+                Account.organization_id == caller.organization_id,
+                Account.role == Role.ADMIN,
+                Account.status == AccountStatus.ACTIVE,
+            )
+            .order_by(Account.display_name)
+        )
+        views = [
+            AdministratorView(a.display_name, mask_email(a.email), a.phone_masked or "")
+            for a in admins
+        ]
+    return name or "", views
+
+
+@dataclass(frozen=True)
+class AccountIssue:
+    account_id: uuid.UUID
+    login: str
+    display_name: str
+    issue: str  # no_phone | invalid_phone | phone_unverified | pending_activation
+
+
+@dataclass
+class Readiness:
+    accounts_total: int = 0
+    with_verified_phone: int = 0
+    mobile: int = 0
+    landline: int = 0
+    without_phone: int = 0
+    pending_activation: int = 0
+    administrators: int = 0
+    reachable_administrators: int = 0
+    issues: list[AccountIssue] = field(default_factory=list)
+
+
+async def readiness(app: App, organization_id: uuid.UUID) -> Readiness:
+    """What the organisation must fix before two-factor enforcement."""
+    async with app.read() as db:
+        accounts = list(
+            await db.scalars(
+                select(Account)
+                .where(Account.organization_id == organization_id)
+                .order_by(Account.login)
+            )
+        )
+    report = Readiness(accounts_total=len(accounts))
+    kinds = Counter(a.phone_kind for a in accounts)
+    report.mobile, report.landline = kinds["mobile"], kinds["landline"]
+    for account in accounts:
+        issues: list[str] = []
+        if account.phone_kind is None:
+            report.without_phone += 1
+            issues.append("invalid_phone" if account.phone_masked else "no_phone")
+        elif account.phone_verified_at is None:
+            issues.append("phone_unverified")
+        else:
+            report.with_verified_phone += 1
+        if account.status == AccountStatus.PENDING_ACTIVATION:
+            report.pending_activation += 1
+            issues.append("pending_activation")
+        if account.role == Role.ADMIN and account.status == AccountStatus.ACTIVE:
+            report.administrators += 1
+            report.reachable_administrators += account.phone_kind is not None
+        report.issues += [
+            AccountIssue(account.id, account.login, account.display_name, issue) for issue in issues
+        ]
+    return report
+
+
+async def readiness_for(app: App, caller: SessionInfo) -> Readiness:
+    require_admin(caller.role)
+    return await readiness(app, caller.organization_id)

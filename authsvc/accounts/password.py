@@ -1,0 +1,113 @@
+"""ChangePassword: a grant, the current password, a policy-compliant new one.
+
+The change revokes the account's trusted devices (the next login needs a code) and every other
+session, in the same transaction that redeems the grant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from authsvc import audit
+from authsvc.app import App
+from authsvc.courier import templates
+from authsvc.courier.outbox import enqueue
+from authsvc.db import Account, Session, TrustedDevice
+from authsvc.flows import failures, grants
+from authsvc.phones import mask_email
+from authsvc.policies import password_policy
+from authsvc.policies.permissions import Action
+from authsvc.sessions import SessionInfo
+
+
+@dataclass(frozen=True)
+class PasswordChanged:
+    revoked_sessions: int
+    revoked_devices: int
+
+
+async def change_password(
+    app: App, caller: SessionInfo, *, grant_token: str, current: str, new: str
+) -> PasswordChanged:
+    async with app.read() as db:
+        account = await db.scalar(select(Account).where(Account.id == caller.account_id))
+    assert account is not None and account.password_hash is not None
+    if not await app.passwords.verify(account.password_hash, current):
+        raise failures.invalid_credentials()
+    password_policy.check(
+        new,
+        login=account.login,
+        other_inputs=[account.display_name, account.email],
+        field="new_password",
+    )
+    new_hash = await app.passwords.hash_async(new)
+    now = app.clock.now()
+    async with app.write() as db:
+        await grants.redeem(
+            app,
+            db,
+            token=grant_token,
+            session_id=caller.session_id,
+            action=Action.CHANGE_OWN_PASSWORD,
+            target=account.id,
+            values=grants.ActionValues(),
+        )
+        await db.execute(
+            update(Account)
+            .where(Account.id == account.id)
+            .values(password_hash=new_hash, updated_at=now)
+        )
+        devices = await db.execute(
+            update(TrustedDevice)
+            .where(TrustedDevice.account_id == account.id, TrustedDevice.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        sessions = await db.execute(
+            update(Session)
+            .where(
+                Session.account_id == account.id,
+                Session.id != caller.session_id,
+                Session.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+        notice = templates.email(
+            "password_changed",
+            display_name=account.display_name,
+            service=app.settings.service_name,
+        )
+        enqueue(
+            app,
+            db,
+            channel="email",
+            template="password_changed",
+            to=account.email,
+            masked_to=mask_email(account.email),
+            text=notice.text,
+            subject=notice.subject,
+            flow_id=None,
+        )
+        audit.record(
+            db,
+            app.clock,
+            "grant.redeemed",
+            organization_id=account.organization_id,
+            actor=account.id,
+            target=account.id,
+            action=Action.CHANGE_OWN_PASSWORD.value,
+        )
+        audit.record(
+            db,
+            app.clock,
+            "password.changed",
+            organization_id=account.organization_id,
+            actor=account.id,
+            target=account.id,
+        )
+    app.outbox_ready.set()
+    return PasswordChanged(
+        revoked_sessions=sessions.rowcount,  # type: ignore[attr-defined]
+        revoked_devices=devices.rowcount,  # type: ignore[attr-defined]
+    )

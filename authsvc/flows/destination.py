@@ -1,0 +1,40 @@
+"""Where a flow's code goes: the account's phone, or the new contact being verified."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authsvc.app import App
+from authsvc.db import Account, Flow, FlowPurpose
+from authsvc.flows import failures
+from authsvc.phones import CHANNELS_BY_KIND, PhoneKind
+
+
+@dataclass(frozen=True)
+class Destination:
+    channels: tuple[str, ...]  # the first is the default
+    masked: str
+
+
+def account_phone(account: Account) -> Destination:
+    if account.phone_kind is None or account.phone_masked is None:
+        raise failures.account_not_ready()
+    return Destination(CHANNELS_BY_KIND[PhoneKind(account.phone_kind)], account.phone_masked)
+
+
+def of_flow(flow: Flow, account: Account) -> Destination:
+    if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
+        assert flow.contact_kind is not None and flow.contact_masked is not None
+        if flow.contact_kind == "email":
+            return Destination(("email",), flow.contact_masked)
+        return Destination(CHANNELS_BY_KIND[PhoneKind(flow.contact_kind)], flow.contact_masked)
+    return account_phone(account)
+
+
+def address(app: App, flow: Flow, account: Account) -> str:
+    """The full address, unsealed only at the moment a message is queued."""
+    if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
+        assert flow.contact_sealed is not None
+        return app.keys.sealer.open(flow.contact_sealed, flow.id.bytes)
+    assert account.phone_sealed is not None
+    return app.keys.sealer.open(account.phone_sealed, account.id.bytes)

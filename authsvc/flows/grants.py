@@ -1,0 +1,243 @@
+"""Action grants: bound to account, session, action, target and the exact new values.
+
+The values are normalised (phone to E.164, services sorted) and serialised canonically before
+their keyed digest is taken, so that the same request always binds the same way and any change
+of value, however small, does not match. Redemption is one conditional UPDATE: of concurrent
+redemptions of a grant exactly one succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authsvc import audit, validation
+from authsvc.app import App
+from authsvc.db import ActionGrant, Flow, Role
+from authsvc.errors import Failure, invalid_field
+from authsvc.otp import random_token, token_digest
+from authsvc.phones import parse_phone
+from authsvc.policies.permissions import Action
+
+if TYPE_CHECKING:
+    from authsvc.sessions import SessionInfo
+
+GRANT_TTL_S = 300
+
+
+@dataclass(frozen=True)
+class ActionValues:
+    """The new values of a sensitive action, normalised."""
+
+    email: str | None = None
+    phone: str | None = None
+    display_name: str | None = None
+    login: str | None = None
+    role: Role | None = None
+    service_codes: tuple[str, ...] = field(default=())
+
+    def canonical(self, action: Action, target: uuid.UUID | None) -> str:
+        return json.dumps(
+            {
+                "action": action.value,
+                "target": str(target) if target else "",
+                "email": self.email,
+                "phone": self.phone,
+                "display_name": self.display_name,
+                "login": self.login,
+                "role": self.role.value if self.role else None,
+                "service_codes": list(self.service_codes),
+            },
+            sort_keys=True,
+            ensure_ascii=True,
+        )
+
+
+def normalise(
+    action: Action,
+    *,
+    email: str | None,
+    phone: str | None,
+    display_name: str | None,
+    login: str | None,
+    role: Role | None,
+    service_codes: list[str],
+    catalogue: dict[str, str],
+    default_region: str,
+) -> ActionValues:
+    """Check that the action gets exactly the values it needs, valid, and normalise them."""
+    given = {
+        "email": email is not None,
+        "phone": phone is not None,
+        "display_name": display_name is not None,
+        "login": login is not None,
+        "role": role is not None,
+        "service_codes": bool(service_codes),
+    }
+    if action is Action.CREATE_ACCOUNT:
+        needed, allowed = {"email", "phone", "display_name", "login"}, {"role"}
+    elif action in (Action.UPDATE_ACCOUNT_CONTACT, Action.UPDATE_OWN_CONTACT):
+        if given["email"] == given["phone"]:
+            raise invalid_field("new_values", "give exactly one of email and phone")
+        needed, allowed = set(), {"email", "phone"}
+    elif action is Action.GRANT_SERVICE_ACCESS:
+        needed, allowed = {"service_codes"}, set()
+    else:
+        needed, allowed = set(), set()
+    for name, present in given.items():
+        if name in needed and not present:
+            raise invalid_field(f"new_values.{name}", f"{action.value} needs {name}")
+        if present and name not in needed | allowed:
+            raise invalid_field(f"new_values.{name}", f"{action.value} takes no {name}")
+    codes = tuple(sorted(set(service_codes)))
+    for code in codes:
+        if code not in catalogue:
+            raise Failure(
+                "INVALID_ARGUMENT",
+                "SERVICE_UNKNOWN",
+                f"no service {code[:64]!r} in the catalogue",
+                metadata={"field": "new_values.service_codes"},
+            )
+    return ActionValues(
+        email=validation.email(email, "new_values.email") if email is not None else None,
+        phone=(
+            parse_phone(phone, field="new_values.phone", default_region=default_region).e164
+            if phone is not None
+            else None
+        ),
+        display_name=(
+            validation.name(display_name, "new_values.display_name")
+            if display_name is not None
+            else None
+        ),
+        login=validation.login(login, "new_values.login") if login is not None else None,
+        role=(role or Role.MEMBER) if action is Action.CREATE_ACCOUNT else None,
+        service_codes=codes,
+    )
+
+
+@dataclass(frozen=True)
+class IssuedGrant:
+    token: str
+    action: Action
+    target_account_id: uuid.UUID | None
+    expires_at: datetime
+
+
+def issue(app: App, db: AsyncSession, flow: Flow) -> IssuedGrant:
+    """Add the grant of a completed step-up flow to the caller's transaction."""
+    assert flow.session_id and flow.action and flow.values_digest
+    now = app.clock.now()
+    token = random_token(32)
+    expires_at = now + timedelta(seconds=GRANT_TTL_S)
+    db.add(
+        ActionGrant(
+            token_digest=token_digest(token),
+            account_id=flow.account_id,
+            session_id=flow.session_id,
+            flow_id=flow.id,
+            action=flow.action,
+            target_account_id=flow.target_account_id,
+            values_digest=flow.values_digest,
+            created_at=now,
+            expires_at=expires_at,
+            redeemed_at=None,
+        )
+    )
+    return IssuedGrant(token, Action(flow.action), flow.target_account_id, expires_at)
+
+
+def _failure(reason: str, status: str, message: str) -> Failure:
+    return Failure(status, reason, message)
+
+
+async def redeem(
+    app: App,
+    db: AsyncSession,
+    *,
+    token: str,
+    session_id: uuid.UUID,
+    action: Action,
+    target: uuid.UUID | None,
+    values: ActionValues,
+) -> ActionGrant:
+    """Consume the grant in the caller's transaction, or refuse with the precise reason.
+
+    The caller's operation runs in the same transaction: if it fails, the grant is not spent.
+    """
+    now = app.clock.now()
+    digest = token_digest(token)
+    values_digest = app.keys.binding_digest(values.canonical(action, target))
+    spent = await db.execute(
+        update(ActionGrant)
+        .where(
+            ActionGrant.token_digest == digest,
+            ActionGrant.redeemed_at.is_(None),
+            ActionGrant.expires_at > now,
+            ActionGrant.session_id == session_id,
+            ActionGrant.action == action.value,
+            (ActionGrant.target_account_id == target)
+            if target is not None
+            else ActionGrant.target_account_id.is_(None),
+            ActionGrant.values_digest == values_digest,
+        )
+        .values(redeemed_at=now)
+        .returning(ActionGrant)
+    )
+    grant = spent.scalar_one_or_none()
+    if grant is not None:
+        return grant
+    # Not spent: say why, most fundamental reason first.
+    stored = await db.scalar(select(ActionGrant).where(ActionGrant.token_digest == digest))
+    if stored is None:
+        raise _failure("GRANT_NOT_FOUND", "NOT_FOUND", "unknown grant")
+    if stored.session_id != session_id:
+        raise _failure("GRANT_SESSION_MISMATCH", "PERMISSION_DENIED", "grant of another session")
+    if stored.redeemed_at is not None:
+        raise _failure("GRANT_ALREADY_USED", "FAILED_PRECONDITION", "this grant was used")
+    if stored.expires_at <= now:
+        raise _failure("GRANT_EXPIRED", "FAILED_PRECONDITION", "this grant has expired")
+    if stored.action != action.value:
+        raise _failure("GRANT_ACTION_MISMATCH", "PERMISSION_DENIED", "grant of another action")
+    if stored.target_account_id != target:
+        raise _failure("GRANT_TARGET_MISMATCH", "PERMISSION_DENIED", "grant for another account")
+    raise _failure("GRANT_VALUES_MISMATCH", "PERMISSION_DENIED", "grant for other values")
+
+
+async def redeem_now(
+    app: App,
+    caller: SessionInfo,
+    *,
+    token: str,
+    action: Action,
+    target: uuid.UUID | None,
+    values: ActionValues,
+) -> ActionGrant:
+    """RedeemActionGrant: another backend consumes the grant for an action it performs."""
+    async with app.write() as db:
+        grant = await redeem(
+            app,
+            db,
+            token=token,
+            session_id=caller.session_id,
+            action=action,
+            target=target,
+            values=values,
+        )
+        audit.record(
+            db,
+            app.clock,
+            "grant.redeemed",
+            organization_id=caller.organization_id,
+            actor=caller.account_id,
+            target=target,
+            action=action.value,
+            by="backend",
+        )
+    return grant

@@ -1,0 +1,64 @@
+"""Who may ask for which sensitive action, on which account.
+
+Administrators act only inside their own organisation; a member acts only on their own account.
+A target outside the caller's organisation gets the same answer as a target that does not exist,
+so account ids of other organisations cannot be probed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from authsvc.db import Account, AccountStatus, Role
+from authsvc.errors import Failure
+
+
+class Action(StrEnum):
+    CREATE_ACCOUNT = "create_account"
+    UPDATE_ACCOUNT_CONTACT = "update_account_contact"
+    GRANT_SERVICE_ACCESS = "grant_service_access"
+    UPDATE_OWN_CONTACT = "update_own_contact"
+    CHANGE_OWN_PASSWORD = "change_own_password"  # noqa: S105 (an action name)
+
+
+ADMIN_ACTIONS = frozenset(
+    {Action.CREATE_ACCOUNT, Action.UPDATE_ACCOUNT_CONTACT, Action.GRANT_SERVICE_ACCESS}
+)
+OWN_ACTIONS = frozenset({Action.UPDATE_OWN_CONTACT, Action.CHANGE_OWN_PASSWORD})
+
+
+def denied(message: str = "not allowed") -> Failure:
+    return Failure("PERMISSION_DENIED", "PERMISSION_DENIED", message)
+
+
+def require_admin(role: Role) -> None:
+    if role != Role.ADMIN:
+        raise denied("an administrator's action")
+
+
+def check_target(
+    action: Action,
+    *,
+    caller_id: uuid.UUID,
+    caller_role: Role,
+    caller_organization: uuid.UUID,
+    target: Account | None,
+) -> uuid.UUID | None:
+    """The target account id the action applies to (None for CREATE_ACCOUNT), or refuse."""
+    if action in OWN_ACTIONS:
+        if target is not None and target.id != caller_id:
+            raise denied("this action applies to your own account only")
+        return caller_id
+    require_admin(caller_role)
+    if action is Action.CREATE_ACCOUNT:
+        if target is not None:
+            raise denied("an account to create has no target")
+        return None
+    if target is None or target.organization_id != caller_organization:
+        raise denied("no such account in your organisation")
+    if target.id == caller_id:
+        raise denied("use the own-account action for your own account")
+    if target.status == AccountStatus.DISABLED:
+        raise denied("this account is disabled")
+    return target.id
