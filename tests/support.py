@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from google.rpc import error_details_pb2
@@ -19,7 +20,11 @@ from sqlalchemy import select
 from authsvc.accounts import create_account, create_organization
 from authsvc.db import Organization, Role
 from authsvc.server import Server
+from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as Stub
 
 PASSWORD = "correct horse battery staple"
 SIRET = "21180001500011"
@@ -73,6 +78,7 @@ class Inbox:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._read = 0  # messages before this index were consumed by next_to()
 
     def messages(self) -> list[dict[str, str]]:
         if not self.path.exists():
@@ -95,6 +101,30 @@ class Inbox:
             r"code est : ((?:\d, ){5}\d)", message["text"]
         )
         assert match, message["text"]
+        return match.group(1).replace(", ", "")
+
+    async def next_to(self, to: str) -> dict[str, str]:
+        """The next message to `to` that no earlier call returned."""
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while True:
+            messages = self.messages()
+            for index in range(self._read, len(messages)):
+                if messages[index]["to"] == to:
+                    self._read = index + 1
+                    return messages[index]
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no new message to {to}")
+            await asyncio.sleep(0.02)
+
+    async def code_to(self, to: str) -> str:
+        """The code in the next message to `to` (SMS, voice or email)."""
+        text = (await self.next_to(to))["text"]
+        match = (
+            re.search(r"#(\d{6})$", text)
+            or re.search(r"code est : ((?:\d, ){5}\d)", text)
+            or re.search(r"\b(\d{6})\b", text)
+        )
+        assert match, text
         return match.group(1).replace(", ", "")
 
 
@@ -126,3 +156,67 @@ async def failure_of(call: Awaitable[object]) -> RpcFailure:
                 retry_after = retry.retry_delay.ToTimedelta().total_seconds()
         return RpcFailure(error.code(), reason, metadata, retry_after)
     raise AssertionError("the call succeeded")
+
+
+# ---- signing in and stepping up over gRPC --------------------------------------------------
+
+
+async def sign_in(
+    stub: Stub, inbox: Inbox, who: Seeded, *, phone: str = MOBILE, password: str = PASSWORD
+) -> pb.LoginVerification:
+    """A full login with a code read from the phone; returns the session and device token."""
+    pending = (
+        await stub.Login(
+            pb.LoginRequest(
+                organization_siret=who.organization_siret,
+                login=who.login,
+                password=pb.PasswordCredential(password=password),
+                client=CLIENT,
+            )
+        )
+    ).pending_flow
+    await stub.Challenge(pb.ChallengeRequest(flow_id=pending.flow_id, client=CLIENT))
+    code = await inbox.code_to(phone)
+    verified = await stub.Verify(
+        pb.VerifyRequest(flow_id=pending.flow_id, code=code, client=CLIENT)
+    )
+    return verified.login
+
+
+async def open_step_up(
+    stub: Stub,
+    session: str,
+    action: common_pb2.SensitiveAction.ValueType,
+    *,
+    target: str = "",
+    values: pb.ActionValues | None = None,
+) -> pb.AuthorizeSensitiveActionResponse:
+    return await stub.AuthorizeSensitiveAction(
+        pb.AuthorizeSensitiveActionRequest(
+            session_token=session,
+            action=action,
+            target_account_id=target,
+            new_values=values or pb.ActionValues(),
+            client=CLIENT,
+        )
+    )
+
+
+async def step_up(
+    stub: Stub,
+    inbox: Inbox,
+    session: str,
+    action: common_pb2.SensitiveAction.ValueType,
+    *,
+    target: str = "",
+    values: pb.ActionValues | None = None,
+    phone: str = MOBILE,
+) -> pb.ActionGrant:
+    """AuthorizeSensitiveAction -> Challenge -> Verify: the grant."""
+    flow = (await open_step_up(stub, session, action, target=target, values=values)).pending_flow
+    assert flow.purpose == common_pb2.FLOW_PURPOSE_STEP_UP
+    await stub.Challenge(pb.ChallengeRequest(flow_id=flow.flow_id, client=CLIENT))
+    code = await inbox.code_to(phone)
+    verified = await stub.Verify(pb.VerifyRequest(flow_id=flow.flow_id, code=code, client=CLIENT))
+    assert verified.WhichOneof("result") == "action_grant"
+    return verified.action_grant

@@ -14,7 +14,7 @@ from authsvc.api.auth_servicer import action_values, signed_in
 from authsvc.api.rpc import rpc
 from authsvc.app import App
 from authsvc.db import Account
-from authsvc.errors import invalid_field
+from authsvc.errors import Failure, invalid_field
 from authsvc.flows import contact, stepup
 from authsvc.phones import mask_email
 from authsvc.policies.permissions import Action, require_admin
@@ -53,6 +53,16 @@ def summary(account: Account, service_codes: list[str]) -> pb.AccountSummary:
     )
 
 
+def required_grant(token: str) -> str:
+    """No grant, no change: the operation needs a fresh code first."""
+    if not token:
+        raise Failure(
+            "FAILED_PRECONDITION", "GRANT_REQUIRED",
+            "this change needs an action grant: AuthorizeSensitiveAction, Challenge, Verify",
+        )
+    return validation.token(token, "grant_token")
+
+
 class AccountServicer(pb_grpc.AccountServiceServicer):
     def __init__(self, app: App) -> None:
         self._app = app
@@ -63,7 +73,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
     ) -> pb.CreateAccountResponse:
         caller = await signed_in(self._app, request.session_token)
         require_admin(caller.role)
-        token = validation.token(request.grant_token, "grant_token")
+        token = required_grant(request.grant_token)
         values = action_values(
             self._app,
             Action.CREATE_ACCOUNT,
@@ -96,7 +106,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         self, request: pb.UpdateContactRequest, context: Ctx
     ) -> pb.UpdateContactResponse:
         caller = await signed_in(self._app, request.session_token)
-        token = validation.token(request.grant_token, "grant_token")
+        token = required_grant(request.grant_token)
         target = stepup.parse_target(request.target_account_id)
         which = request.WhichOneof("contact")
         if which is None:
@@ -118,7 +128,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         self, request: pb.ChangePasswordRequest, context: Ctx
     ) -> pb.ChangePasswordResponse:
         caller = await signed_in(self._app, request.session_token)
-        token = validation.token(request.grant_token, "grant_token")
+        token = required_grant(request.grant_token)
         current = validation.password(request.current_password, "current_password")
         if not request.new_password:
             raise invalid_field("new_password", "the new password is required")
@@ -135,7 +145,7 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         self, request: pb.GrantServiceAccessRequest, context: Ctx
     ) -> pb.GrantServiceAccessResponse:
         caller = await signed_in(self._app, request.session_token)
-        token = validation.token(request.grant_token, "grant_token")
+        token = required_grant(request.grant_token)
         target = stepup.parse_target(request.target_account_id)
         codes = convert.service_codes(request.service_codes, "service_codes")
         convert.client_info(request.client)
