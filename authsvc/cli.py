@@ -121,6 +121,34 @@ def cmd_serve(settings: Settings, listen: str | None) -> int:
     return 0
 
 
+async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Drain the outbox until SIGTERM/SIGINT (or `stop`): the dispatcher without the API."""
+    import signal
+
+    import structlog
+
+    from authsvc.app import App
+    from authsvc.courier.dispatcher import Dispatcher
+
+    logger = structlog.get_logger("authsvc.dispatch")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    app = App.build(settings)
+    try:
+        logger.info("dispatching", environment=settings.environment.value)
+        await Dispatcher(app).run(stop)
+        logger.info("stopped")
+    finally:
+        await app.close()
+
+
+def cmd_dispatch(settings: Settings) -> int:
+    asyncio.run(_dispatch(settings))
+    return 0
+
+
 def cmd_dev_run(args: argparse.Namespace) -> int:
     """`make run`: migrate the SQLite database, create the demo organisation once, serve."""
     settings = _settings(
@@ -281,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", help="create or upgrade the database schema")
 
+    commands.add_parser(
+        "dispatch", help="deliver queued messages without serving the API (scale delivery apart)"
+    )
+
     bootstrap = commands.add_parser("bootstrap", help="create an organisation and its first admin")
     bootstrap.add_argument("--org-siret", required=True)
     bootstrap.add_argument("--org-name", required=True)
@@ -324,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(cmd_serve(settings, args.listen))
     if args.command == "migrate":
         raise SystemExit(cmd_migrate(settings))
+    if args.command == "dispatch":
+        raise SystemExit(cmd_dispatch(settings))
     if args.command == "bootstrap":
         raise SystemExit(cmd_bootstrap(settings, args))
     raise SystemExit(2)

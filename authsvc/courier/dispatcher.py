@@ -1,32 +1,52 @@
 """The dispatcher: claims due outbox messages, delivers them, purges their codes.
 
-A claim is one conditional UPDATE that moves rows from queued (or from a sending lease that ran
-out, when a dispatcher died mid-send) to sending. On PostgreSQL the candidate rows are chosen with
-FOR UPDATE SKIP LOCKED so that concurrent dispatchers never wait on or take the same message; the
-status condition is repeated in the UPDATE so that a row claimed meanwhile is never claimed twice.
-SQLite serialises writers, which makes the same statement atomic there.
+Statuses: queued -> sending (claimed under a lease) -> sent, or failed (retried at
+next_attempt_at with exponential backoff and jitter) -> sending -> ... -> abandoned after the
+fifth attempt or a permanent refusal. Sent and abandoned messages lose their sealed payload (the
+destination and the text with its code) in the same statement that records the outcome; the
+masked destination and the code-free summary stay.
+
+A claim is one conditional UPDATE that moves due rows (queued or failed and due, or sending with
+a lease that ran out because a dispatcher died mid-send) to sending and counts the attempt. On
+PostgreSQL the candidate rows are chosen with FOR UPDATE SKIP LOCKED, so concurrent dispatchers
+(tasks, processes, replicas) never wait on or take the same message; the due condition is
+repeated in the UPDATE, so a row claimed meanwhile is never claimed twice. SQLite serialises
+writers, which makes the same statement atomic there. Every outcome is written only if the row is
+still the one this dispatcher claimed (status sending and the same attempt number): a dispatcher
+whose lease ran out cannot overwrite the outcome of the one that took over.
+
+Provider calls run as tasks, at most `dispatcher_concurrency` at once, so a slow gateway never
+holds back a message queued meanwhile; the API never waits on a provider (Challenge waits at most
+`delivery_wait_s` for a notice, see outcomes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
-import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from authsvc.app import App
+from authsvc.courier import outcomes
 from authsvc.courier.outbox import Payload
-from authsvc.courier.providers import DeliveryError, Provider, build_providers
+from authsvc.courier.providers import (
+    DeliveryError,
+    MessageProvider,
+    Outgoing,
+    Provider,
+    build_providers,
+)
 from authsvc.db import MessageStatus, OutboxMessage
 
 log = structlog.get_logger("authsvc.dispatcher")
 
 MAX_ATTEMPTS = 5
-LEASE_S = 60
 BATCH = 32
 
 
@@ -40,20 +60,24 @@ def redact(error: str) -> str:
 
 
 def backoff_s(attempt: int) -> float:
-    """Exponential backoff with full jitter: up to 2, 4, 8, 16 s after attempts 1 to 4."""
-    return random.uniform(0.5, 2.0**attempt)  # noqa: S311 (jitter, not a secret)
+    """Exponential backoff with jitter: between 1-2, 2-4, 4-8, 8-16 s after attempts 1 to 4."""
+    ceiling = 2.0**attempt
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
 
 
 class Dispatcher:
-    def __init__(self, app: App, providers: dict[str, Provider] | None = None) -> None:
+    def __init__(self, app: App, providers: Mapping[str, Provider] | None = None) -> None:
         self._app = app
-        self._providers = providers or build_providers(app.settings)
+        self._providers = providers if providers is not None else build_providers(app.settings)
+        self._owns_providers = providers is None
 
-    async def claim(self) -> list[OutboxMessage]:
+    # ---- claim ---------------------------------------------------------------------------------
+
+    async def claim(self, limit: int = BATCH) -> list[OutboxMessage]:
         now = self._app.clock.now()
         due = or_(
             and_(
-                OutboxMessage.status == MessageStatus.QUEUED,
+                OutboxMessage.status.in_([MessageStatus.QUEUED, MessageStatus.FAILED]),
                 OutboxMessage.next_attempt_at <= now,
             ),
             and_(OutboxMessage.status == MessageStatus.SENDING, OutboxMessage.lease_until < now),
@@ -62,7 +86,7 @@ class Dispatcher:
             select(OutboxMessage.id)
             .where(due)
             .order_by(OutboxMessage.next_attempt_at)
-            .limit(BATCH)
+            .limit(limit)
             .with_for_update(skip_locked=True)
         )
         async with self._app.write() as db:
@@ -71,7 +95,7 @@ class Dispatcher:
                 .where(OutboxMessage.id.in_(candidates.scalar_subquery()), due)
                 .values(
                     status=MessageStatus.SENDING,
-                    lease_until=now + timedelta(seconds=LEASE_S),
+                    lease_until=now + timedelta(seconds=self._app.settings.dispatcher_lease_s),
                     attempts=OutboxMessage.attempts + 1,
                 )
                 .returning(OutboxMessage)
@@ -79,81 +103,125 @@ class Dispatcher:
             )
             return list(result.scalars())
 
-    async def deliver(self, message: OutboxMessage) -> None:
+    # ---- deliver -------------------------------------------------------------------------------
+
+    async def deliver(self, message: OutboxMessage) -> MessageStatus:
+        """One attempt at one claimed message; returns the status it was left in."""
         if message.payload_sealed is None:  # purged by an earlier, slower dispatcher
-            return
+            return MessageStatus(message.status)
+        if message.attempts > MAX_ATTEMPTS:  # the last attempt's dispatcher died mid-send
+            return await self._abandon(message, "lease expired on the last attempt")
+        if message.flow_id is not None and self._code_expired(message):
+            return await self._abandon(message, "the code expired before delivery")
         payload = Payload.loads(
             self._app.keys.sealer.open(message.payload_sealed, message.id.bytes)
         )
         provider = self._providers[message.channel]
         try:
-            provider_id = await provider.send(
-                channel=message.channel,
-                to=payload.to,
-                text=payload.text,
-                created_at=message.created_at,
-            )
+            if isinstance(provider, MessageProvider):
+                provider_id = await provider.deliver(
+                    Outgoing(
+                        id=message.id,
+                        channel=message.channel,
+                        to=payload.to,
+                        text=payload.text,
+                        created_at=message.created_at,
+                        attempt=message.attempts,
+                        subject=payload.subject,
+                        html=payload.html,
+                    )
+                )
+            else:
+                provider_id = await provider.send(
+                    channel=message.channel,
+                    to=payload.to,
+                    text=payload.text,
+                    created_at=message.created_at,
+                )
         except DeliveryError as error:
-            await self._failed(message, redact(str(error)), permanent=error.permanent)
+            return await self._failed(message, redact(str(error)), permanent=error.permanent)
         except Exception as error:  # a provider bug must not kill the dispatcher
-            await self._failed(message, redact(f"{type(error).__name__}: {error}"), permanent=False)
-        else:
-            await self._finish(message.id, MessageStatus.SENT, provider_id=provider_id)
-            log.info(
-                "message_sent",
-                message_id=str(message.id),
-                channel=message.channel,
-                to=message.destination_masked,
-                attempt=message.attempts,
-            )
+            detail = redact(f"{type(error).__name__}: {error}")
+            return await self._failed(message, detail, permanent=False)
+        if not await self._finish(message, MessageStatus.SENT, provider_id=provider_id[:128]):
+            return MessageStatus.SENT
+        log.info(
+            "message_sent",
+            message_id=str(message.id),
+            channel=message.channel,
+            template=message.template,
+            to=message.destination_masked,
+            attempt=message.attempts,
+        )
+        return MessageStatus.SENT
 
-    async def _failed(self, message: OutboxMessage, error: str, *, permanent: bool) -> None:
+    def _code_expired(self, message: OutboxMessage) -> bool:
+        lifetime = timedelta(seconds=self._app.settings.code_ttl_s)
+        return message.created_at + lifetime <= self._app.clock.now()
+
+    async def _abandon(self, message: OutboxMessage, error: str) -> MessageStatus:
+        await self._finish(message, MessageStatus.ABANDONED, error=error)
+        log.warning(
+            "message_abandoned",
+            message_id=str(message.id),
+            channel=message.channel,
+            template=message.template,
+            to=message.destination_masked,
+            attempt=message.attempts,
+            error=error,
+        )
+        return MessageStatus.ABANDONED
+
+    async def _failed(
+        self, message: OutboxMessage, error: str, *, permanent: bool
+    ) -> MessageStatus:
         if permanent or message.attempts >= MAX_ATTEMPTS:
-            await self._finish(message.id, MessageStatus.ABANDONED, error=error)
-            log.warning(
-                "message_abandoned",
-                message_id=str(message.id),
-                channel=message.channel,
-                to=message.destination_masked,
-                error=error,
-            )
-            return
-        retry_at = self._app.clock.now() + timedelta(seconds=backoff_s(message.attempts))
+            return await self._abandon(message, error)
+        retry_in = backoff_s(message.attempts)
         async with self._app.write() as db:
             await db.execute(
                 update(OutboxMessage)
-                .where(
-                    OutboxMessage.id == message.id, OutboxMessage.status == MessageStatus.SENDING
-                )
+                .where(self._still_ours(message))
                 .values(
-                    status=MessageStatus.QUEUED,
-                    next_attempt_at=retry_at,
+                    status=MessageStatus.FAILED,
+                    next_attempt_at=self._app.clock.now() + timedelta(seconds=retry_in),
                     lease_until=None,
                     last_error=error,
                 )
             )
+        outcomes.notify(message.flow_id)
         log.info(
             "message_retry",
             message_id=str(message.id),
             channel=message.channel,
             attempt=message.attempts,
+            retry_in_s=round(retry_in, 1),
             error=error,
+        )
+        return MessageStatus.FAILED
+
+    @staticmethod
+    def _still_ours(message: OutboxMessage) -> ColumnElement[bool]:
+        return and_(
+            OutboxMessage.id == message.id,
+            OutboxMessage.status == MessageStatus.SENDING,
+            OutboxMessage.attempts == message.attempts,
         )
 
     async def _finish(
         self,
-        message_id: uuid.UUID,
+        message: OutboxMessage,
         status: MessageStatus,
         *,
         provider_id: str | None = None,
         error: str | None = None,
-    ) -> None:
+    ) -> bool:
         # The sealed payload (destination and code) is dropped for good in the same statement.
         now = self._app.clock.now()
         async with self._app.write() as db:
-            await db.execute(
+            result = await db.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id == message_id)
+                .where(self._still_ours(message))
                 .values(
                     status=status,
                     payload_sealed=None,
@@ -163,29 +231,82 @@ class Dispatcher:
                     sent_at=now if status is MessageStatus.SENT else None,
                 )
             )
+        outcomes.notify(message.flow_id)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # ---- loops ---------------------------------------------------------------------------------
 
     async def run_once(self) -> int:
+        """Claim one batch and deliver it; the number of messages claimed."""
         messages = await self.claim()
         await asyncio.gather(*(self.deliver(message) for message in messages))
         return len(messages)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Drain the outbox until `stop` is set; wake early when a flow queues a message."""
+        """Deliver until `stop` is set, then let the calls in flight finish. Wakes at once when a
+        flow of this process queues a message, otherwise polls every `dispatcher_poll_s`.
+        Cancelling the task (a crash, in tests) abandons the calls in flight: their messages
+        stay leased, and are claimed again once the lease runs out."""
+        settings = self._app.settings
         ready = self._app.outbox_ready
-        while not stop.is_set():
-            ready.clear()  # before claiming, so a message queued meanwhile wakes the next wait
-            try:
-                sent = await self.run_once()
-            except Exception:
-                log.exception("dispatcher_error")
-                sent = 0
-            if sent:
-                continue
-            waiters = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(stop.wait())]
+        in_flight: set[asyncio.Task[MessageStatus]] = set()
+        try:
+            while not stop.is_set():
+                ready.clear()  # before claiming: a message queued meanwhile wakes the next wait
+                free = settings.dispatcher_concurrency - len(in_flight)
+                claimed: list[OutboxMessage] = []
+                if free > 0:
+                    try:
+                        claimed = await self.claim(min(free, BATCH))
+                    except Exception:
+                        log.exception("dispatcher_error")
+                for message in claimed:
+                    task = asyncio.create_task(self._deliver_logged(message))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if claimed and len(claimed) == min(free, BATCH):
+                    continue  # maybe more are due
+                await self._idle(stop, in_flight, full=free <= 0)
+            if in_flight:
+                await asyncio.wait(in_flight)
+        except asyncio.CancelledError:
+            for task in in_flight:
+                task.cancel()
+            raise
+        finally:
+            if self._owns_providers:
+                await self.close()
+
+    async def _deliver_logged(self, message: OutboxMessage) -> MessageStatus:
+        try:
+            return await self.deliver(message)
+        except Exception:  # a database error while recording: the lease will run out
+            log.exception("dispatcher_error", message_id=str(message.id))
+            return MessageStatus.SENDING
+
+    async def _idle(
+        self, stop: asyncio.Event, in_flight: set[asyncio.Task[MessageStatus]], *, full: bool
+    ) -> None:
+        waiters: set[asyncio.Future[object]] = {
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._app.outbox_ready.wait()),
+        }
+        watched: set[asyncio.Future[object]] = set(waiters)
+        if full:  # nothing can be claimed before a call in flight ends
+            watched |= set(in_flight)  # type: ignore[arg-type]
+        try:
             await asyncio.wait(
-                waiters,
+                watched,
                 timeout=self._app.settings.dispatcher_poll_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
+        finally:
             for waiter in waiters:
                 waiter.cancel()
+
+    async def close(self) -> None:
+        """Release the providers' connections."""
+        for provider in {id(p): p for p in self._providers.values()}.values():
+            if isinstance(provider, MessageProvider):
+                with contextlib.suppress(Exception):
+                    await provider.aclose()

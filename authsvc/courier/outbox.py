@@ -36,21 +36,25 @@ class Payload:
     to: str
     text: str
     subject: str | None = None
+    html: str | None = None
 
     def dumps(self) -> str:
         data = {"to": self.to, "text": self.text}
         if self.subject is not None:
             data["subject"] = self.subject
+        if self.html is not None:
+            data["html"] = self.html
         return json.dumps(data)
 
     @classmethod
     def loads(cls, data: str) -> Payload:
         raw = json.loads(data)
-        subject = raw.get("subject")
+        subject, html = raw.get("subject"), raw.get("html")
         return cls(
             to=str(raw["to"]),
             text=str(raw["text"]),
             subject=None if subject is None else str(subject),
+            html=None if html is None else str(html),
         )
 
 
@@ -66,12 +70,14 @@ def enqueue(
     flow_id: uuid.UUID | None,
     subject: str | None = None,
     summary: str | None = None,
+    html: str | None = None,
 ) -> uuid.UUID:
     """Queue one message; the caller's transaction commits it with whatever it belongs to.
 
-    `subject` is for email. `summary` is what stays after delivery; by default the text (with
-    the subject) with every code, number and token masked. Call `app.outbox_ready.set()` after
-    the commit so that the in-process dispatcher sends at once.
+    `subject` and `html` (an alternative to the plain `text`) are for email. `summary` is what
+    stays after delivery; by default the text (with the subject) with every code, number and
+    token masked. Call `app.outbox_ready.set()` after the commit so that the in-process
+    dispatcher sends at once.
     """
     if channel not in ("sms", "voice", "email"):
         raise ValueError(f"unknown channel {channel!r}")
@@ -87,7 +93,7 @@ def enqueue(
             template=template,
             destination_masked=masked_to,
             payload_sealed=app.keys.sealer.seal(
-                Payload(to, text, subject).dumps(), message_id.bytes
+                Payload(to, text, subject, html).dumps(), message_id.bytes
             ),
             summary=summary,
             status=MessageStatus.QUEUED,

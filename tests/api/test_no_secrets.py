@@ -322,7 +322,7 @@ async def test_provider_errors_leave_no_phone_number_behind(
     if permanent:  # abandoned: the payload is purged like a sent one
         assert row["status"] == MessageStatus.ABANDONED and row["payload_sealed"] is None
     else:  # to be retried: still sealed
-        assert row["status"] == MessageStatus.QUEUED and row["payload_sealed"] is not None
+        assert row["status"] == MessageStatus.FAILED and row["payload_sealed"] is not None
     assert row["last_error"]
     assert leaks_at_rest(tables, settings, secrets) == []
     assert find_leaks("the logs", logs.everything(), secrets) == []

@@ -1,0 +1,67 @@
+"""What every provider shares: the message handed over, the failure it may report."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+
+class DeliveryError(Exception):
+    """The provider did not accept the message. `permanent` ones are not retried."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message as a provider receives it, unsealed for the time of the call only."""
+
+    id: uuid.UUID
+    channel: str
+    to: str
+    text: str
+    created_at: datetime
+    attempt: int
+    subject: str | None = None
+    html: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """Our id for the message, the same on every attempt: gateways can deduplicate on it."""
+        return str(self.id)
+
+
+@runtime_checkable
+class MessageProvider(Protocol):
+    """A provider of this service: `deliver` returns the provider's message id or raises
+    DeliveryError; `aclose` releases its connections when the dispatcher stops."""
+
+    async def deliver(self, message: Outgoing) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SendProvider(Protocol):
+    """The minimal form (a test double, a quick adapter): channel, destination and text."""
+
+    async def send(self, *, channel: str, to: str, text: str, created_at: datetime) -> str:
+        """Hand the message over; return the provider's message id."""
+        ...
+
+
+Provider = MessageProvider | SendProvider
+
+
+def classify_http_status(status: int) -> bool | None:
+    """None when accepted (2xx); otherwise whether the failure is permanent.
+
+    408 (timeout) and 429 (rate limited) are worth retrying like 5xx; other 4xx say the request
+    itself is wrong (bad number, bad credentials): sending it again would fail again.
+    """
+    if 200 <= status < 300:
+        return None
+    return 400 <= status < 500 and status not in (408, 425, 429)
