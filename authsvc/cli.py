@@ -189,6 +189,95 @@ def cmd_dev_run(args: argparse.Namespace) -> int:
     return cmd_serve(settings, args.listen)
 
 
+# ---- readiness and import ---------------------------------------------------------------
+
+
+async def _readiness(settings: Settings, siret: str) -> tuple[str, Any]:
+    from sqlalchemy import select
+
+    from authsvc.accounts.directory import readiness
+    from authsvc.app import App
+    from authsvc.db import Organization
+
+    app = App.build(settings)
+    try:
+        async with app.read() as db:
+            organization = await db.scalar(select(Organization).where(Organization.siret == siret))
+        if organization is None:
+            raise SystemExit(f"no organisation {siret}")
+        return organization.name, await readiness(app, organization.id)
+    finally:
+        await app.close()
+
+
+def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
+    """What an organisation must fix before enforcement, as a table, CSV or JSON."""
+    import csv
+    import dataclasses
+
+    name, report = asyncio.run(_readiness(settings, args.org))
+    counts = {k: v for k, v in dataclasses.asdict(report).items() if k != "issues"}
+    issues = [
+        {
+            "account_id": str(i.account_id),
+            "login": i.login,
+            "display_name": i.display_name,
+            "issue": i.issue,
+        }
+        for i in report.issues
+    ]
+    if args.format == "json":
+        print(
+            json.dumps(
+                {"organization": name, "siret": args.org, **counts, "accounts": issues},
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    elif args.format == "csv":
+        writer = csv.DictWriter(
+            sys.stdout, fieldnames=["account_id", "login", "display_name", "issue"]
+        )
+        writer.writeheader()
+        writer.writerows(issues)
+    else:
+        print(f"{name} ({args.org})")
+        for key, value in counts.items():
+            print(f"  {key.replace('_', ' '):<26} {value}")
+        if issues:
+            print("\n  login                  issue")
+            for issue in issues:
+                print(f"  {issue['login']:<22} {issue['issue']}")
+    return 0
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from authsvc.accounts.importer import import_rows, read_csv
+    from authsvc.app import App
+
+    async def run() -> Any:
+        app = App.build(settings)
+        try:
+            return await import_rows(app, args.org, read_csv(args.file))
+        finally:
+            await app.close()
+
+    try:
+        report = asyncio.run(run())
+    except Failure as failure:
+        print(f"import refused: {failure.message}", file=sys.stderr)
+        return 2
+    print(
+        f"imported: {report.imported}, not ready: {len(report.not_ready)}, "
+        f"rejected: {len(report.rejected)}"
+    )
+    for line, login, why in report.not_ready:
+        print(f"  not ready  line {line}: {login}: {why}")
+    for line, login, why in report.rejected:
+        print(f"  rejected   line {line}: {login}: {why}")
+    return 1 if report.rejected else 0
+
+
 # ---- client -------------------------------------------------------------------------------
 
 
@@ -321,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--admin-phone", required=True)
     bootstrap.add_argument("--admin-name")
 
+    readiness = commands.add_parser("readiness", help="which accounts are not ready")
+    readiness.add_argument("--org", required=True, help="organisation SIRET")
+    readiness.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    importer = commands.add_parser("import-accounts", help="import accounts from a CSV file")
+    importer.add_argument("file", help="CSV: login,display_name,email,phone[,role]")
+    importer.add_argument("--org", required=True, help="organisation SIRET")
+
     dev_run = commands.add_parser("dev-run", help="migrate, create the demo org, serve (make run)")
     dev_run.add_argument("--listen")
 
@@ -360,4 +457,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(cmd_dispatch(settings))
     if args.command == "bootstrap":
         raise SystemExit(cmd_bootstrap(settings, args))
+    if args.command == "readiness":
+        raise SystemExit(cmd_readiness(settings, args))
+    if args.command == "import-accounts":
+        raise SystemExit(cmd_import(settings, args))
     raise SystemExit(2)

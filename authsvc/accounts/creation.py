@@ -18,7 +18,7 @@ from authsvc.db.base import new_id
 from authsvc.errors import Failure
 from authsvc.flows import grants
 from authsvc.otp import random_token, token_digest
-from authsvc.phones import mask_email, parse_phone
+from authsvc.phones import mask_e164, mask_email, parse_phone
 from authsvc.policies import password_policy
 from authsvc.policies.permissions import Action, require_admin
 from authsvc.sessions import SessionInfo
@@ -51,14 +51,43 @@ async def create_account(
     phone: str,
     role: Role,
     password_hash: str | None,
+    importing: bool = False,
 ) -> Account:
-    """Add an account to the caller's transaction. Phone and email are both mandatory."""
+    """Add an account to the caller's transaction. Phone and email are both mandatory.
+
+    `importing` (migration of existing accounts only) keeps an account whose phone is missing
+    or invalid, without a phone: it cannot log in until an administrator sets one, and the
+    readiness report lists it. Nothing else may create an account without a phone.
+    """
     login = validation.login(login)
     display_name = validation.name(display_name, "display_name")
     email = validation.email(email)
-    parsed = parse_phone(phone, default_region=app.settings.default_region)
     now = app.clock.now()
     account_id = new_id()
+    try:
+        parsed = parse_phone(phone, default_region=app.settings.default_region)
+    except Failure:
+        if not importing:
+            raise
+        account = Account(
+            id=account_id,
+            organization_id=organization_id,
+            login=login,
+            display_name=display_name,
+            email=email,
+            phone_sealed=None,
+            phone_digest=None,
+            phone_masked=mask_e164(phone) if phone.strip() else None,
+            phone_kind=None,
+            phone_region=None,
+            role=role,
+            status=AccountStatus.PENDING_ACTIVATION,
+            password_hash=None,
+            created_at=now,
+            updated_at=now,
+        )
+        db.add(account)
+        return account
     account = Account(
         id=account_id,
         organization_id=organization_id,
@@ -124,7 +153,7 @@ async def create_with_grant(
             account.activation_token_digest = token_digest(token)
             account.activation_expires_at = now + timedelta(seconds=app.settings.activation_ttl_s)
             await db.flush()
-            _notify(app, db, account, "activation", activation_token=token)
+            notify(app, db, account, "activation", activation_token=token)
             if account.role == Role.ADMIN:
                 await _tell_admins_of_new_admin(app, db, account, exclude=admin.id)
             audit.record(
@@ -158,7 +187,7 @@ async def create_with_grant(
     return account
 
 
-def _notify(app: App, db: AsyncSession, account: Account, kind: str, **fields: str) -> None:
+def notify(app: App, db: AsyncSession, account: Account, kind: str, **fields: str) -> None:
     message = templates.email(
         kind, display_name=account.display_name, service=app.settings.service_name, **fields
     )
@@ -187,7 +216,7 @@ async def _tell_admins_of_new_admin(
         )
     )
     for admin in admins:
-        _notify(app, db, admin, "new_admin", admin_name=new_admin.display_name)
+        notify(app, db, admin, "new_admin", admin_name=new_admin.display_name)
 
 
 async def activate(app: App, *, token: str, password: str) -> uuid.UUID:

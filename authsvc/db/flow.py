@@ -33,7 +33,7 @@ class Flow(Base):
     __tablename__ = "flows"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
-    purpose: Mapped[FlowPurpose] = mapped_column(String(16))
+    purpose: Mapped[FlowPurpose] = mapped_column(String(32))
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
     status: Mapped[FlowStatus] = mapped_column(String(16))
     created_at: Mapped[datetime]

@@ -65,7 +65,7 @@ def upgrade() -> None:
     op.create_table(
         "flows",
         sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("purpose", sa.String(length=16), nullable=False),
+        sa.Column("purpose", sa.String(length=32), nullable=False),
         sa.Column("account_id", sa.Uuid(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
