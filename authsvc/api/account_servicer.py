@@ -57,7 +57,8 @@ def required_grant(token: str) -> str:
     """No grant, no change: the operation needs a fresh code first."""
     if not token:
         raise Failure(
-            "FAILED_PRECONDITION", "GRANT_REQUIRED",
+            "FAILED_PRECONDITION",
+            "GRANT_REQUIRED",
             "this change needs an action grant: AuthorizeSensitiveAction, Challenge, Verify",
         )
     return validation.token(token, "grant_token")
