@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
 from authsvc.app import App
-from authsvc.courier import templates
+from authsvc.courier import outcomes, templates
 from authsvc.courier.outbox import enqueue
 from authsvc.db import Account, Flow, FlowStatus, MessageStatus, OutboxMessage
 from authsvc.errors import Failure
@@ -28,7 +28,7 @@ _DELIVERY = {
     MessageStatus.QUEUED: "queued",
     MessageStatus.SENDING: "queued",
     MessageStatus.SENT: "sent",
-    MessageStatus.FAILED: "failed",
+    MessageStatus.FAILED: "queued",  # a failed attempt that will be retried
     MessageStatus.ABANDONED: "failed",
 }
 
@@ -142,7 +142,8 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         code_expires_at=code_expires_at,
         resend_at=now + timedelta(seconds=settings.resend_cooldown_s),
         sends_remaining=settings.max_sends_per_flow - flow.send_count - 1,
-        delivery_status="queued",
+        # Waits up to delivery_wait_s for the in-process dispatcher (courier/outcomes.py).
+        delivery_status=await outcomes.delivery_status(app, flow.id),
     )
 
 
