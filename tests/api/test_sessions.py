@@ -25,8 +25,9 @@ async def signed_in(stub: Stub, inbox: Inbox, who: Seeded) -> str:
             )
         )
     ).pending_flow
+    delivered = len(inbox.messages())  # before: Challenge may return once the SMS is out
     await stub.Challenge(pb.ChallengeRequest(flow_id=pending.flow_id, client=CLIENT))
-    code = await inbox.latest_code(len(inbox.messages()) + 1)
+    code = await inbox.latest_code(delivered + 1)
     verified = await stub.Verify(
         pb.VerifyRequest(flow_id=pending.flow_id, code=code, client=CLIENT)
     )
