@@ -123,6 +123,160 @@ READINESS_ISSUE_PENDING_ACTIVATION: ReadinessIssue.ValueType  # 4
 Global___ReadinessIssue: _TypeAlias = ReadinessIssue  # noqa: Y015
 
 @_typing.final
+class FederatedSubject(_message.Message):
+    """A federated identity named by an administrator."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    """The trusted issuer ("iss")."""
+    subject: _builtins.str
+    """The subject at that issuer ("sub")."""
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issuer", b"issuer", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FederatedSubject: _TypeAlias = FederatedSubject  # noqa: Y015
+
+@_typing.final
+class LinkFederatedIdentityRequest(_message.Message):
+    """Request of AccountService.LinkFederatedIdentity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    TARGET_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ASSERTION_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """The acting user's session token."""
+    target_account_id: _builtins.str
+    """The account to link; empty means the caller's own."""
+    assertion: _builtins.str
+    """A fresh assertion of the account holder (own account only): it proves the identity."""
+    @_builtins.property
+    def subject(self) -> Global___FederatedSubject:
+        """The issuer and subject (administrators, for a member of their organisation)."""
+
+    @_builtins.property
+    def client(self) -> _common_pb2.ClientContext:
+        """The end user's context."""
+
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        target_account_id: _builtins.str = ...,
+        assertion: _builtins.str = ...,
+        subject: Global___FederatedSubject | None = ...,
+        client: _common_pb2.ClientContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assertion", b"assertion", "client", b"client", "identity", b"identity", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assertion", b"assertion", "client", b"client", "identity", b"identity", "session_token", b"session_token", "subject", b"subject", "target_account_id", b"target_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_identity: _TypeAlias = _typing.Literal["assertion", "subject"]  # noqa: Y015
+    _WhichOneofArgType_identity: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_identity) -> _WhichOneofReturnType_identity | None: ...
+
+Global___LinkFederatedIdentityRequest: _TypeAlias = LinkFederatedIdentityRequest  # noqa: Y015
+
+@_typing.final
+class LinkFederatedIdentityResponse(_message.Message):
+    """Response of AccountService.LinkFederatedIdentity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FLOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pending_flow(self) -> _common_pb2.PendingFlow:
+        """The flow to complete with Challenge and Verify."""
+
+    def __init__(
+        self,
+        *,
+        pending_flow: _common_pb2.PendingFlow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_flow", b"pending_flow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_flow", b"pending_flow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkFederatedIdentityResponse: _TypeAlias = LinkFederatedIdentityResponse  # noqa: Y015
+
+@_typing.final
+class UnlinkFederatedIdentityRequest(_message.Message):
+    """Request of AccountService.UnlinkFederatedIdentity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    TARGET_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    """The acting user's session token."""
+    target_account_id: _builtins.str
+    """The account to unlink; empty means the caller's own."""
+    issuer: _builtins.str
+    """The issuer whose identity is removed."""
+    @_builtins.property
+    def client(self) -> _common_pb2.ClientContext:
+        """The end user's context."""
+
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        target_account_id: _builtins.str = ...,
+        issuer: _builtins.str = ...,
+        client: _common_pb2.ClientContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "issuer", b"issuer", "session_token", b"session_token", "target_account_id", b"target_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkFederatedIdentityRequest: _TypeAlias = UnlinkFederatedIdentityRequest  # noqa: Y015
+
+@_typing.final
+class UnlinkFederatedIdentityResponse(_message.Message):
+    """Response of AccountService.UnlinkFederatedIdentity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PENDING_FLOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pending_flow(self) -> _common_pb2.PendingFlow:
+        """The flow to complete with Challenge and Verify."""
+
+    def __init__(
+        self,
+        *,
+        pending_flow: _common_pb2.PendingFlow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pending_flow", b"pending_flow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_flow", b"pending_flow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkFederatedIdentityResponse: _TypeAlias = UnlinkFederatedIdentityResponse  # noqa: Y015
+
+@_typing.final
 class AccountSummary(_message.Message):
     """An account, as administrators see it: contacts masked."""
 

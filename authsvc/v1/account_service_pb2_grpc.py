@@ -86,6 +86,16 @@ class AccountServiceStub:
                 request_serializer=authsvc_dot_v1_dot_account__service__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=authsvc_dot_v1_dot_account__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.LinkFederatedIdentity = channel.unary_unary(
+                '/authsvc.v1.AccountService/LinkFederatedIdentity',
+                request_serializer=authsvc_dot_v1_dot_account__service__pb2.LinkFederatedIdentityRequest.SerializeToString,
+                response_deserializer=authsvc_dot_v1_dot_account__service__pb2.LinkFederatedIdentityResponse.FromString,
+                _registered_method=True)
+        self.UnlinkFederatedIdentity = channel.unary_unary(
+                '/authsvc.v1.AccountService/UnlinkFederatedIdentity',
+                request_serializer=authsvc_dot_v1_dot_account__service__pb2.UnlinkFederatedIdentityRequest.SerializeToString,
+                response_deserializer=authsvc_dot_v1_dot_account__service__pb2.UnlinkFederatedIdentityResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -213,6 +223,38 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LinkFederatedIdentity(self, request, context):
+        """Links a federated identity (Net-entreprises) to an account, so that the account can log in
+        through the portal (still with the code cadence). Opens a flow: Challenge sends a code to
+        the acting user's phone, Verify makes the link.
+        The account holder presents a fresh assertion of their own (after a password and code
+        login); an administrator may instead name the issuer and subject for a member of their
+        organisation.
+
+        Required permission: a session; ROLE_ADMIN for another account or for `subject`.
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
+        IDENTITY_ALREADY_LINKED, SIRET_MISMATCH, ASSERTION_MALFORMED, ASSERTION_TOO_LARGE,
+        ASSERTION_ALGORITHM_REFUSED, ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN,
+        ASSERTION_SIGNATURE_INVALID, ASSERTION_AUDIENCE_MISMATCH, ASSERTION_EXPIRED,
+        ASSERTION_NOT_YET_VALID, ASSERTION_LIFETIME_TOO_LONG, ASSERTION_CLAIM_MISSING,
+        ASSERTION_REPLAYED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlinkFederatedIdentity(self, request, context):
+        """Removes an account's federated identity of one issuer. Opens a flow: Challenge sends a
+        code to the acting user's phone, Verify removes the link.
+
+        Required permission: a session; ROLE_ADMIN for another account.
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
+        IDENTITY_NOT_LINKED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +307,16 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=authsvc_dot_v1_dot_account__service__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=authsvc_dot_v1_dot_account__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'LinkFederatedIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkFederatedIdentity,
+                    request_deserializer=authsvc_dot_v1_dot_account__service__pb2.LinkFederatedIdentityRequest.FromString,
+                    response_serializer=authsvc_dot_v1_dot_account__service__pb2.LinkFederatedIdentityResponse.SerializeToString,
+            ),
+            'UnlinkFederatedIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlinkFederatedIdentity,
+                    request_deserializer=authsvc_dot_v1_dot_account__service__pb2.UnlinkFederatedIdentityRequest.FromString,
+                    response_serializer=authsvc_dot_v1_dot_account__service__pb2.UnlinkFederatedIdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -539,6 +591,60 @@ class AccountService:
             '/authsvc.v1.AccountService/ListAuditEvents',
             authsvc_dot_v1_dot_account__service__pb2.ListAuditEventsRequest.SerializeToString,
             authsvc_dot_v1_dot_account__service__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkFederatedIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsvc.v1.AccountService/LinkFederatedIdentity',
+            authsvc_dot_v1_dot_account__service__pb2.LinkFederatedIdentityRequest.SerializeToString,
+            authsvc_dot_v1_dot_account__service__pb2.LinkFederatedIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlinkFederatedIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authsvc.v1.AccountService/UnlinkFederatedIdentity',
+            authsvc_dot_v1_dot_account__service__pb2.UnlinkFederatedIdentityRequest.SerializeToString,
+            authsvc_dot_v1_dot_account__service__pb2.UnlinkFederatedIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -124,6 +124,30 @@ class AccountServiceStub:
     Required permission: a session of a ROLE_ADMIN account (own organisation).
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED.
     """
+    LinkFederatedIdentity: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.LinkFederatedIdentityRequest, _account_service_pb2.LinkFederatedIdentityResponse]
+    """Links a federated identity (Net-entreprises) to an account, so that the account can log in
+    through the portal (still with the code cadence). Opens a flow: Challenge sends a code to
+    the acting user's phone, Verify makes the link.
+    The account holder presents a fresh assertion of their own (after a password and code
+    login); an administrator may instead name the issuer and subject for a member of their
+    organisation.
+
+    Required permission: a session; ROLE_ADMIN for another account or for `subject`.
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
+    IDENTITY_ALREADY_LINKED, SIRET_MISMATCH, ASSERTION_MALFORMED, ASSERTION_TOO_LARGE,
+    ASSERTION_ALGORITHM_REFUSED, ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN,
+    ASSERTION_SIGNATURE_INVALID, ASSERTION_AUDIENCE_MISMATCH, ASSERTION_EXPIRED,
+    ASSERTION_NOT_YET_VALID, ASSERTION_LIFETIME_TOO_LONG, ASSERTION_CLAIM_MISSING,
+    ASSERTION_REPLAYED.
+    """
+    UnlinkFederatedIdentity: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.UnlinkFederatedIdentityRequest, _account_service_pb2.UnlinkFederatedIdentityResponse]
+    """Removes an account's federated identity of one issuer. Opens a flow: Challenge sends a
+    code to the acting user's phone, Verify removes the link.
+
+    Required permission: a session; ROLE_ADMIN for another account.
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
+    IDENTITY_NOT_LINKED.
+    """
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -211,6 +235,30 @@ class AccountServiceAsyncStub(AccountServiceStub):
 
     Required permission: a session of a ROLE_ADMIN account (own organisation).
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED.
+    """
+    LinkFederatedIdentity: _aio.UnaryUnaryMultiCallable[_account_service_pb2.LinkFederatedIdentityRequest, _account_service_pb2.LinkFederatedIdentityResponse]  # type: ignore[assignment]
+    """Links a federated identity (Net-entreprises) to an account, so that the account can log in
+    through the portal (still with the code cadence). Opens a flow: Challenge sends a code to
+    the acting user's phone, Verify makes the link.
+    The account holder presents a fresh assertion of their own (after a password and code
+    login); an administrator may instead name the issuer and subject for a member of their
+    organisation.
+
+    Required permission: a session; ROLE_ADMIN for another account or for `subject`.
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
+    IDENTITY_ALREADY_LINKED, SIRET_MISMATCH, ASSERTION_MALFORMED, ASSERTION_TOO_LARGE,
+    ASSERTION_ALGORITHM_REFUSED, ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN,
+    ASSERTION_SIGNATURE_INVALID, ASSERTION_AUDIENCE_MISMATCH, ASSERTION_EXPIRED,
+    ASSERTION_NOT_YET_VALID, ASSERTION_LIFETIME_TOO_LONG, ASSERTION_CLAIM_MISSING,
+    ASSERTION_REPLAYED.
+    """
+    UnlinkFederatedIdentity: _aio.UnaryUnaryMultiCallable[_account_service_pb2.UnlinkFederatedIdentityRequest, _account_service_pb2.UnlinkFederatedIdentityResponse]  # type: ignore[assignment]
+    """Removes an account's federated identity of one issuer. Opens a flow: Challenge sends a
+    code to the acting user's phone, Verify removes the link.
+
+    Required permission: a session; ROLE_ADMIN for another account.
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
+    IDENTITY_NOT_LINKED.
     """
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -356,6 +404,42 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Required permission: a session of a ROLE_ADMIN account (own organisation).
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def LinkFederatedIdentity(
+        self,
+        request: _account_service_pb2.LinkFederatedIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_service_pb2.LinkFederatedIdentityResponse, _abc.Awaitable[_account_service_pb2.LinkFederatedIdentityResponse]]:
+        """Links a federated identity (Net-entreprises) to an account, so that the account can log in
+        through the portal (still with the code cadence). Opens a flow: Challenge sends a code to
+        the acting user's phone, Verify makes the link.
+        The account holder presents a fresh assertion of their own (after a password and code
+        login); an administrator may instead name the issuer and subject for a member of their
+        organisation.
+
+        Required permission: a session; ROLE_ADMIN for another account or for `subject`.
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
+        IDENTITY_ALREADY_LINKED, SIRET_MISMATCH, ASSERTION_MALFORMED, ASSERTION_TOO_LARGE,
+        ASSERTION_ALGORITHM_REFUSED, ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN,
+        ASSERTION_SIGNATURE_INVALID, ASSERTION_AUDIENCE_MISMATCH, ASSERTION_EXPIRED,
+        ASSERTION_NOT_YET_VALID, ASSERTION_LIFETIME_TOO_LONG, ASSERTION_CLAIM_MISSING,
+        ASSERTION_REPLAYED.
+        """
+
+    @_abc_1.abstractmethod
+    def UnlinkFederatedIdentity(
+        self,
+        request: _account_service_pb2.UnlinkFederatedIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_service_pb2.UnlinkFederatedIdentityResponse, _abc.Awaitable[_account_service_pb2.UnlinkFederatedIdentityResponse]]:
+        """Removes an account's federated identity of one issuer. Opens a flow: Challenge sends a
+        code to the acting user's phone, Verify removes the link.
+
+        Required permission: a session; ROLE_ADMIN for another account.
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
+        IDENTITY_NOT_LINKED.
         """
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from authsvc.v1 import common_pb2 as authsvc_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61uthsvc/v1/auth_service.proto\x12\nauthsvc.v1\x1a\x17\x61uthsvc/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x01\n\x18RedeemActionGrantRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0bgrant_token\x18\x02 \x01(\t\x12+\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1b.authsvc.v1.SensitiveAction\x12\x19\n\x11target_account_id\x18\x04 \x01(\t\x12,\n\nnew_values\x18\x05 \x01(\x0b\x32\x18.authsvc.v1.ActionValues\x12)\n\x06\x63lient\x18\x06 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"`\n\x19RedeemActionGrantResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12/\n\x0bredeem_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbc\x01\n\x0cLoginRequest\x12\x1a\n\x12organization_siret\x18\x01 \x01(\t\x12\r\n\x05login\x18\x02 \x01(\t\x12\x32\n\x08password\x18\x03 \x01(\x0b\x32\x1e.authsvc.v1.PasswordCredentialH\x00\x12\x14\n\x0c\x64\x65vice_token\x18\x05 \x01(\t\x12)\n\x06\x63lient\x18\x06 \x01(\x0b\x32\x19.authsvc.v1.ClientContextB\x0c\n\ncredential\"&\n\x12PasswordCredential\x12\x10\n\x08password\x18\x01 \x01(\t\"r\n\rLoginResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x13.authsvc.v1.SessionH\x00\x12/\n\x0cpending_flow\x18\x02 \x01(\x0b\x32\x17.authsvc.v1.PendingFlowH\x00\x42\x08\n\x06result\"\x8d\x01\n\x10\x43hallengeRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.authsvc.v1.Channel\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12)\n\x06\x63lient\x18\x04 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\xa0\x02\n\x11\x43hallengeResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.authsvc.v1.Channel\x12\x1a\n\x12masked_destination\x18\x03 \x01(\t\x12\x34\n\x10\x63ode_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresend_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fsends_remaining\x18\x06 \x01(\x05\x12\x33\n\x0f\x64\x65livery_status\x18\x07 \x01(\x0e\x32\x1a.authsvc.v1.DeliveryStatus\"Y\n\rVerifyRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12)\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\xaf\x01\n\x0eVerifyResponse\x12.\n\x05login\x18\x01 \x01(\x0b\x32\x1d.authsvc.v1.LoginVerificationH\x00\x12/\n\x0c\x61\x63tion_grant\x18\x02 \x01(\x0b\x32\x17.authsvc.v1.ActionGrantH\x00\x12\x32\n\x07\x63ontact\x18\x03 \x01(\x0b\x32\x1f.authsvc.v1.ContactVerificationH\x00\x42\x08\n\x06result\"\x8d\x01\n\x11LoginVerification\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.authsvc.v1.Session\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12<\n\x18\x64\x65vice_trust_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x0b\x41\x63tionGrant\x12\x13\n\x0bgrant_token\x18\x01 \x01(\t\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.authsvc.v1.SensitiveAction\x12\x19\n\x11target_account_id\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x13\x43ontactVerification\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0cmasked_email\x18\x02 \x01(\t\x12\x14\n\x0cmasked_phone\x18\x03 \x01(\t\"\xd9\x01\n\x1f\x41uthorizeSensitiveActionRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.authsvc.v1.SensitiveAction\x12\x19\n\x11target_account_id\x18\x03 \x01(\t\x12,\n\nnew_values\x18\x04 \x01(\x0b\x32\x18.authsvc.v1.ActionValues\x12)\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\xcb\x01\n\x0c\x41\x63tionValues\x12\x12\n\x05\x65mail\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05phone\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x64isplay_name\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x12\n\x05login\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x1e\n\x04role\x18\x05 \x01(\x0e\x32\x10.authsvc.v1.Role\x12\x15\n\rservice_codes\x18\x06 \x03(\tB\x08\n\x06_emailB\x08\n\x06_phoneB\x0f\n\r_display_nameB\x08\n\x06_login\"Q\n AuthorizeSensitiveActionResponse\x12-\n\x0cpending_flow\x18\x01 \x01(\x0b\x32\x17.authsvc.v1.PendingFlow\"Z\n\x16ValidateSessionRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12)\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\x90\x03\n\x17ValidateSessionResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05login\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x1a\n\x12organization_siret\x18\x04 \x01(\t\x12\x1e\n\x04role\x18\x05 \x01(\x0e\x32\x10.authsvc.v1.Role\x12\x33\n\x0f\x61ssurance_level\x18\x06 \x01(\x0e\x32\x1a.authsvc.v1.AssuranceLevel\x12-\n\tauth_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_code_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10idle_expire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\rLogoutRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12)\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\x10\n\x0eLogoutResponse2\xcc\x04\n\x0b\x41uthService\x12<\n\x05Login\x12\x18.authsvc.v1.LoginRequest\x1a\x19.authsvc.v1.LoginResponse\x12H\n\tChallenge\x12\x1c.authsvc.v1.ChallengeRequest\x1a\x1d.authsvc.v1.ChallengeResponse\x12?\n\x06Verify\x12\x19.authsvc.v1.VerifyRequest\x1a\x1a.authsvc.v1.VerifyResponse\x12u\n\x18\x41uthorizeSensitiveAction\x12+.authsvc.v1.AuthorizeSensitiveActionRequest\x1a,.authsvc.v1.AuthorizeSensitiveActionResponse\x12Z\n\x0fValidateSession\x12\".authsvc.v1.ValidateSessionRequest\x1a#.authsvc.v1.ValidateSessionResponse\x12?\n\x06Logout\x12\x19.authsvc.v1.LogoutRequest\x1a\x1a.authsvc.v1.LogoutResponse\x12`\n\x11RedeemActionGrant\x12$.authsvc.v1.RedeemActionGrantRequest\x1a%.authsvc.v1.RedeemActionGrantResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61uthsvc/v1/auth_service.proto\x12\nauthsvc.v1\x1a\x17\x61uthsvc/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x01\n\x18RedeemActionGrantRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0bgrant_token\x18\x02 \x01(\t\x12+\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1b.authsvc.v1.SensitiveAction\x12\x19\n\x11target_account_id\x18\x04 \x01(\t\x12,\n\nnew_values\x18\x05 \x01(\x0b\x32\x18.authsvc.v1.ActionValues\x12)\n\x06\x63lient\x18\x06 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"`\n\x19RedeemActionGrantResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12/\n\x0bredeem_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf2\x01\n\x0cLoginRequest\x12\x1a\n\x12organization_siret\x18\x01 \x01(\t\x12\r\n\x05login\x18\x02 \x01(\t\x12\x32\n\x08password\x18\x03 \x01(\x0b\x32\x1e.authsvc.v1.PasswordCredentialH\x00\x12\x34\n\tfederated\x18\x04 \x01(\x0b\x32\x1f.authsvc.v1.FederatedCredentialH\x00\x12\x14\n\x0c\x64\x65vice_token\x18\x05 \x01(\t\x12)\n\x06\x63lient\x18\x06 \x01(\x0b\x32\x19.authsvc.v1.ClientContextB\x0c\n\ncredential\"&\n\x12PasswordCredential\x12\x10\n\x08password\x18\x01 \x01(\t\"(\n\x13\x46\x65\x64\x65ratedCredential\x12\x11\n\tassertion\x18\x01 \x01(\t\"r\n\rLoginResponse\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x13.authsvc.v1.SessionH\x00\x12/\n\x0cpending_flow\x18\x02 \x01(\x0b\x32\x17.authsvc.v1.PendingFlowH\x00\x42\x08\n\x06result\"\x8d\x01\n\x10\x43hallengeRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.authsvc.v1.Channel\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12)\n\x06\x63lient\x18\x04 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\xa0\x02\n\x11\x43hallengeResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12$\n\x07\x63hannel\x18\x02 \x01(\x0e\x32\x13.authsvc.v1.Channel\x12\x1a\n\x12masked_destination\x18\x03 \x01(\t\x12\x34\n\x10\x63ode_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bresend_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fsends_remaining\x18\x06 \x01(\x05\x12\x33\n\x0f\x64\x65livery_status\x18\x07 \x01(\x0e\x32\x1a.authsvc.v1.DeliveryStatus\"Y\n\rVerifyRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12)\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\xea\x01\n\x0eVerifyResponse\x12.\n\x05login\x18\x01 \x01(\x0b\x32\x1d.authsvc.v1.LoginVerificationH\x00\x12/\n\x0c\x61\x63tion_grant\x18\x02 \x01(\x0b\x32\x17.authsvc.v1.ActionGrantH\x00\x12\x32\n\x07\x63ontact\x18\x03 \x01(\x0b\x32\x1f.authsvc.v1.ContactVerificationH\x00\x12\x39\n\x0e\x66\x65\x64\x65rated_link\x18\x04 \x01(\x0b\x32\x1f.authsvc.v1.FederatedLinkResultH\x00\x42\x08\n\x06result\"\x8d\x01\n\x11LoginVerification\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.authsvc.v1.Session\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12<\n\x18\x64\x65vice_trust_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x0b\x41\x63tionGrant\x12\x13\n\x0bgrant_token\x18\x01 \x01(\t\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.authsvc.v1.SensitiveAction\x12\x19\n\x11target_account_id\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x13\x43ontactVerification\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0cmasked_email\x18\x02 \x01(\t\x12\x14\n\x0cmasked_phone\x18\x03 \x01(\t\"I\n\x13\x46\x65\x64\x65ratedLinkResult\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t\x12\x0e\n\x06linked\x18\x03 \x01(\x08\"\xd9\x01\n\x1f\x41uthorizeSensitiveActionRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.authsvc.v1.SensitiveAction\x12\x19\n\x11target_account_id\x18\x03 \x01(\t\x12,\n\nnew_values\x18\x04 \x01(\x0b\x32\x18.authsvc.v1.ActionValues\x12)\n\x06\x63lient\x18\x05 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\xcb\x01\n\x0c\x41\x63tionValues\x12\x12\n\x05\x65mail\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05phone\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x64isplay_name\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x12\n\x05login\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x1e\n\x04role\x18\x05 \x01(\x0e\x32\x10.authsvc.v1.Role\x12\x15\n\rservice_codes\x18\x06 \x03(\tB\x08\n\x06_emailB\x08\n\x06_phoneB\x0f\n\r_display_nameB\x08\n\x06_login\"Q\n AuthorizeSensitiveActionResponse\x12-\n\x0cpending_flow\x18\x01 \x01(\x0b\x32\x17.authsvc.v1.PendingFlow\"Z\n\x16ValidateSessionRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12)\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\x90\x03\n\x17ValidateSessionResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\r\n\x05login\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x1a\n\x12organization_siret\x18\x04 \x01(\t\x12\x1e\n\x04role\x18\x05 \x01(\x0e\x32\x10.authsvc.v1.Role\x12\x33\n\x0f\x61ssurance_level\x18\x06 \x01(\x0e\x32\x1a.authsvc.v1.AssuranceLevel\x12-\n\tauth_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_code_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10idle_expire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\rLogoutRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12)\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\x10\n\x0eLogoutResponse2\xcc\x04\n\x0b\x41uthService\x12<\n\x05Login\x12\x18.authsvc.v1.LoginRequest\x1a\x19.authsvc.v1.LoginResponse\x12H\n\tChallenge\x12\x1c.authsvc.v1.ChallengeRequest\x1a\x1d.authsvc.v1.ChallengeResponse\x12?\n\x06Verify\x12\x19.authsvc.v1.VerifyRequest\x1a\x1a.authsvc.v1.VerifyResponse\x12u\n\x18\x41uthorizeSensitiveAction\x12+.authsvc.v1.AuthorizeSensitiveActionRequest\x1a,.authsvc.v1.AuthorizeSensitiveActionResponse\x12Z\n\x0fValidateSession\x12\".authsvc.v1.ValidateSessionRequest\x1a#.authsvc.v1.ValidateSessionResponse\x12?\n\x06Logout\x12\x19.authsvc.v1.LogoutRequest\x1a\x1a.authsvc.v1.LogoutResponse\x12`\n\x11RedeemActionGrant\x12$.authsvc.v1.RedeemActionGrantRequest\x1a%.authsvc.v1.RedeemActionGrantResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,39 +38,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REDEEMACTIONGRANTRESPONSE']._serialized_start=337
   _globals['_REDEEMACTIONGRANTRESPONSE']._serialized_end=433
   _globals['_LOGINREQUEST']._serialized_start=436
-  _globals['_LOGINREQUEST']._serialized_end=624
-  _globals['_PASSWORDCREDENTIAL']._serialized_start=626
-  _globals['_PASSWORDCREDENTIAL']._serialized_end=664
-  _globals['_LOGINRESPONSE']._serialized_start=666
-  _globals['_LOGINRESPONSE']._serialized_end=780
-  _globals['_CHALLENGEREQUEST']._serialized_start=783
-  _globals['_CHALLENGEREQUEST']._serialized_end=924
-  _globals['_CHALLENGERESPONSE']._serialized_start=927
-  _globals['_CHALLENGERESPONSE']._serialized_end=1215
-  _globals['_VERIFYREQUEST']._serialized_start=1217
-  _globals['_VERIFYREQUEST']._serialized_end=1306
-  _globals['_VERIFYRESPONSE']._serialized_start=1309
-  _globals['_VERIFYRESPONSE']._serialized_end=1484
-  _globals['_LOGINVERIFICATION']._serialized_start=1487
-  _globals['_LOGINVERIFICATION']._serialized_end=1628
-  _globals['_ACTIONGRANT']._serialized_start=1631
-  _globals['_ACTIONGRANT']._serialized_end=1786
-  _globals['_CONTACTVERIFICATION']._serialized_start=1788
-  _globals['_CONTACTVERIFICATION']._serialized_end=1873
-  _globals['_AUTHORIZESENSITIVEACTIONREQUEST']._serialized_start=1876
-  _globals['_AUTHORIZESENSITIVEACTIONREQUEST']._serialized_end=2093
-  _globals['_ACTIONVALUES']._serialized_start=2096
-  _globals['_ACTIONVALUES']._serialized_end=2299
-  _globals['_AUTHORIZESENSITIVEACTIONRESPONSE']._serialized_start=2301
-  _globals['_AUTHORIZESENSITIVEACTIONRESPONSE']._serialized_end=2382
-  _globals['_VALIDATESESSIONREQUEST']._serialized_start=2384
-  _globals['_VALIDATESESSIONREQUEST']._serialized_end=2474
-  _globals['_VALIDATESESSIONRESPONSE']._serialized_start=2477
-  _globals['_VALIDATESESSIONRESPONSE']._serialized_end=2877
-  _globals['_LOGOUTREQUEST']._serialized_start=2879
-  _globals['_LOGOUTREQUEST']._serialized_end=2960
-  _globals['_LOGOUTRESPONSE']._serialized_start=2962
-  _globals['_LOGOUTRESPONSE']._serialized_end=2978
-  _globals['_AUTHSERVICE']._serialized_start=2981
-  _globals['_AUTHSERVICE']._serialized_end=3569
+  _globals['_LOGINREQUEST']._serialized_end=678
+  _globals['_PASSWORDCREDENTIAL']._serialized_start=680
+  _globals['_PASSWORDCREDENTIAL']._serialized_end=718
+  _globals['_FEDERATEDCREDENTIAL']._serialized_start=720
+  _globals['_FEDERATEDCREDENTIAL']._serialized_end=760
+  _globals['_LOGINRESPONSE']._serialized_start=762
+  _globals['_LOGINRESPONSE']._serialized_end=876
+  _globals['_CHALLENGEREQUEST']._serialized_start=879
+  _globals['_CHALLENGEREQUEST']._serialized_end=1020
+  _globals['_CHALLENGERESPONSE']._serialized_start=1023
+  _globals['_CHALLENGERESPONSE']._serialized_end=1311
+  _globals['_VERIFYREQUEST']._serialized_start=1313
+  _globals['_VERIFYREQUEST']._serialized_end=1402
+  _globals['_VERIFYRESPONSE']._serialized_start=1405
+  _globals['_VERIFYRESPONSE']._serialized_end=1639
+  _globals['_LOGINVERIFICATION']._serialized_start=1642
+  _globals['_LOGINVERIFICATION']._serialized_end=1783
+  _globals['_ACTIONGRANT']._serialized_start=1786
+  _globals['_ACTIONGRANT']._serialized_end=1941
+  _globals['_CONTACTVERIFICATION']._serialized_start=1943
+  _globals['_CONTACTVERIFICATION']._serialized_end=2028
+  _globals['_FEDERATEDLINKRESULT']._serialized_start=2030
+  _globals['_FEDERATEDLINKRESULT']._serialized_end=2103
+  _globals['_AUTHORIZESENSITIVEACTIONREQUEST']._serialized_start=2106
+  _globals['_AUTHORIZESENSITIVEACTIONREQUEST']._serialized_end=2323
+  _globals['_ACTIONVALUES']._serialized_start=2326
+  _globals['_ACTIONVALUES']._serialized_end=2529
+  _globals['_AUTHORIZESENSITIVEACTIONRESPONSE']._serialized_start=2531
+  _globals['_AUTHORIZESENSITIVEACTIONRESPONSE']._serialized_end=2612
+  _globals['_VALIDATESESSIONREQUEST']._serialized_start=2614
+  _globals['_VALIDATESESSIONREQUEST']._serialized_end=2704
+  _globals['_VALIDATESESSIONRESPONSE']._serialized_start=2707
+  _globals['_VALIDATESESSIONRESPONSE']._serialized_end=3107
+  _globals['_LOGOUTREQUEST']._serialized_start=3109
+  _globals['_LOGOUTREQUEST']._serialized_end=3190
+  _globals['_LOGOUTRESPONSE']._serialized_start=3192
+  _globals['_LOGOUTRESPONSE']._serialized_end=3208
+  _globals['_AUTHSERVICE']._serialized_start=3211
+  _globals['_AUTHSERVICE']._serialized_end=3799
 # @@protoc_insertion_point(module_scope)

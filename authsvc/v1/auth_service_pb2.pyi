@@ -113,6 +113,7 @@ class LoginRequest(_message.Message):
     ORGANIZATION_SIRET_FIELD_NUMBER: _builtins.int
     LOGIN_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    FEDERATED_FIELD_NUMBER: _builtins.int
     DEVICE_TOKEN_FIELD_NUMBER: _builtins.int
     CLIENT_FIELD_NUMBER: _builtins.int
     organization_siret: _builtins.str
@@ -131,6 +132,13 @@ class LoginRequest(_message.Message):
         """A password (classic login)."""
 
     @_builtins.property
+    def federated(self) -> Global___FederatedCredential:
+        """A signed assertion from a trusted federated issuer (the Net-entreprises portal). The
+        account is the one linked to the assertion's (iss, sub); organization_siret and login
+        may then be left empty, and when given they must match.
+        """
+
+    @_builtins.property
     def client(self) -> _common_pb2.ClientContext:
         """The end user's context. Required (client.ip_address at least)."""
 
@@ -140,14 +148,15 @@ class LoginRequest(_message.Message):
         organization_siret: _builtins.str = ...,
         login: _builtins.str = ...,
         password: Global___PasswordCredential | None = ...,
+        federated: Global___FederatedCredential | None = ...,
         device_token: _builtins.str = ...,
         client: _common_pb2.ClientContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "credential", b"credential", "password", b"password"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "credential", b"credential", "federated", b"federated", "password", b"password"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "credential", b"credential", "device_token", b"device_token", "login", b"login", "organization_siret", b"organization_siret", "password", b"password"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "credential", b"credential", "device_token", b"device_token", "federated", b"federated", "login", b"login", "organization_siret", b"organization_siret", "password", b"password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_credential: _TypeAlias = _typing.Literal["password"]  # noqa: Y015
+    _WhichOneofReturnType_credential: _TypeAlias = _typing.Literal["password", "federated"]  # noqa: Y015
     _WhichOneofArgType_credential: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_credential) -> _WhichOneofReturnType_credential | None: ...
 
@@ -174,6 +183,31 @@ class PasswordCredential(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PasswordCredential: _TypeAlias = PasswordCredential  # noqa: Y015
+
+@_typing.final
+class FederatedCredential(_message.Message):
+    """A federated first factor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSERTION_FIELD_NUMBER: _builtins.int
+    assertion: _builtins.str
+    """The compact JWS (JWT) signed by a trusted issuer (RS256, ES256 or EdDSA), with the claims
+    iss, aud (this service's client id), sub, iat, exp (at most 5 minutes after iat), jti and
+    siret. Single use; at most 8 KiB.
+    """
+    def __init__(
+        self,
+        *,
+        assertion: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assertion", b"assertion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FederatedCredential: _TypeAlias = FederatedCredential  # noqa: Y015
 
 @_typing.final
 class LoginResponse(_message.Message):
@@ -349,6 +383,7 @@ class VerifyResponse(_message.Message):
     LOGIN_FIELD_NUMBER: _builtins.int
     ACTION_GRANT_FIELD_NUMBER: _builtins.int
     CONTACT_FIELD_NUMBER: _builtins.int
+    FEDERATED_LINK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def login(self) -> Global___LoginVerification:
         """For a FLOW_PURPOSE_LOGIN flow: the session and the device-trust token."""
@@ -361,18 +396,23 @@ class VerifyResponse(_message.Message):
     def contact(self) -> Global___ContactVerification:
         """A contact-verification flow: the new email or phone is now the account's."""
 
+    @_builtins.property
+    def federated_link(self) -> Global___FederatedLinkResult:
+        """A federated-link or federated-unlink flow: the link as it now is."""
+
     def __init__(
         self,
         *,
         login: Global___LoginVerification | None = ...,
         action_grant: Global___ActionGrant | None = ...,
         contact: Global___ContactVerification | None = ...,
+        federated_link: Global___FederatedLinkResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "contact", b"contact", "login", b"login", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "contact", b"contact", "federated_link", b"federated_link", "login", b"login", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "contact", b"contact", "login", b"login", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "contact", b"contact", "federated_link", b"federated_link", "login", b"login", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["login", "action_grant", "contact"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["login", "action_grant", "contact", "federated_link"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -491,6 +531,36 @@ class ContactVerification(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContactVerification: _TypeAlias = ContactVerification  # noqa: Y015
+
+@_typing.final
+class FederatedLinkResult(_message.Message):
+    """Result of a federated-link or federated-unlink flow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    LINKED_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account whose link changed."""
+    issuer: _builtins.str
+    """The federated issuer."""
+    linked: _builtins.bool
+    """True when the identity is now linked, false when it was unlinked."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        issuer: _builtins.str = ...,
+        linked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "issuer", b"issuer", "linked", b"linked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FederatedLinkResult: _TypeAlias = FederatedLinkResult  # noqa: Y015
 
 @_typing.final
 class AuthorizeSensitiveActionRequest(_message.Message):

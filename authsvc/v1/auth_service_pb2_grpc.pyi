@@ -54,7 +54,12 @@ class AuthServiceStub:
     time. An invalid or expired device_token is not an error: a code is then required.
 
     Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_NOT_READY,
-    ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
+    ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED; with a federated
+    credential also ASSERTION_MALFORMED, ASSERTION_TOO_LARGE, ASSERTION_ALGORITHM_REFUSED,
+    ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN, ASSERTION_SIGNATURE_INVALID,
+    ASSERTION_AUDIENCE_MISMATCH, ASSERTION_EXPIRED, ASSERTION_NOT_YET_VALID,
+    ASSERTION_LIFETIME_TOO_LONG, ASSERTION_CLAIM_MISSING, ASSERTION_REPLAYED, SIRET_MISMATCH,
+    IDENTITY_NOT_LINKED.
     """
     Challenge: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ChallengeRequest, _auth_service_pb2.ChallengeResponse]
     """Sends (or re-sends) a one-time code for a pending flow, on the requested channel. Each
@@ -152,7 +157,12 @@ class AuthServiceAsyncStub(AuthServiceStub):
     time. An invalid or expired device_token is not an error: a code is then required.
 
     Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_NOT_READY,
-    ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
+    ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED; with a federated
+    credential also ASSERTION_MALFORMED, ASSERTION_TOO_LARGE, ASSERTION_ALGORITHM_REFUSED,
+    ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN, ASSERTION_SIGNATURE_INVALID,
+    ASSERTION_AUDIENCE_MISMATCH, ASSERTION_EXPIRED, ASSERTION_NOT_YET_VALID,
+    ASSERTION_LIFETIME_TOO_LONG, ASSERTION_CLAIM_MISSING, ASSERTION_REPLAYED, SIRET_MISMATCH,
+    IDENTITY_NOT_LINKED.
     """
     Challenge: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ChallengeRequest, _auth_service_pb2.ChallengeResponse]  # type: ignore[assignment]
     """Sends (or re-sends) a one-time code for a pending flow, on the requested channel. Each
@@ -253,7 +263,12 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         time. An invalid or expired device_token is not an error: a code is then required.
 
         Errors: INVALID_FIELD, INVALID_CREDENTIALS, ACCOUNT_NOT_ACTIVE, ACCOUNT_NOT_READY,
-        ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED.
+        ACCOUNT_LOCKED, RATE_LIMITED, NOT_IMPLEMENTED, PERMISSION_DENIED; with a federated
+        credential also ASSERTION_MALFORMED, ASSERTION_TOO_LARGE, ASSERTION_ALGORITHM_REFUSED,
+        ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN, ASSERTION_SIGNATURE_INVALID,
+        ASSERTION_AUDIENCE_MISMATCH, ASSERTION_EXPIRED, ASSERTION_NOT_YET_VALID,
+        ASSERTION_LIFETIME_TOO_LONG, ASSERTION_CLAIM_MISSING, ASSERTION_REPLAYED, SIRET_MISMATCH,
+        IDENTITY_NOT_LINKED.
         """
 
     @_abc_1.abstractmethod

@@ -179,6 +179,14 @@ class _FlowPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FlowPurpo
     """Proves a new email or phone number before it replaces the old one; the code goes to the
     new contact. Opened by AccountService.UpdateContact.
     """
+    FLOW_PURPOSE_FEDERATED_LINK: _FlowPurpose.ValueType  # 4
+    """Links a federated identity to an account, opened by AccountService.LinkFederatedIdentity;
+    the code goes to the acting user's phone and Verify makes the link.
+    """
+    FLOW_PURPOSE_FEDERATED_UNLINK: _FlowPurpose.ValueType  # 5
+    """Removes a federated identity from an account, opened by
+    AccountService.UnlinkFederatedIdentity; Verify removes it.
+    """
 
 class FlowPurpose(_FlowPurpose, metaclass=_FlowPurposeEnumTypeWrapper):
     """Why a flow (a pending second-factor exchange) was opened."""
@@ -194,6 +202,14 @@ returns an ActionGrant.
 FLOW_PURPOSE_CONTACT_VERIFICATION: FlowPurpose.ValueType  # 3
 """Proves a new email or phone number before it replaces the old one; the code goes to the
 new contact. Opened by AccountService.UpdateContact.
+"""
+FLOW_PURPOSE_FEDERATED_LINK: FlowPurpose.ValueType  # 4
+"""Links a federated identity to an account, opened by AccountService.LinkFederatedIdentity;
+the code goes to the acting user's phone and Verify makes the link.
+"""
+FLOW_PURPOSE_FEDERATED_UNLINK: FlowPurpose.ValueType  # 5
+"""Removes a federated identity from an account, opened by
+AccountService.UnlinkFederatedIdentity; Verify removes it.
 """
 Global___FlowPurpose: _TypeAlias = FlowPurpose  # noqa: Y015
 
@@ -415,6 +431,48 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_SERVICE_UNKNOWN: _ErrorReason.ValueType  # 33
     """INVALID_ARGUMENT. A service code is not in the service catalogue (metadata "field")."""
+    ERROR_REASON_ASSERTION_MALFORMED: _ErrorReason.ValueType  # 34
+    """INVALID_ARGUMENT. The federated assertion is not a compact JWS (JWT)."""
+    ERROR_REASON_ASSERTION_TOO_LARGE: _ErrorReason.ValueType  # 35
+    """INVALID_ARGUMENT. The federated assertion is longer than 8 KiB."""
+    ERROR_REASON_ASSERTION_ALGORITHM_REFUSED: _ErrorReason.ValueType  # 36
+    """UNAUTHENTICATED. The assertion's "alg" is not one this service accepts (RS256, ES256,
+    EdDSA): "none" and HMAC algorithms are always refused.
+    """
+    ERROR_REASON_ASSERTION_ISSUER_UNKNOWN: _ErrorReason.ValueType  # 37
+    """UNAUTHENTICATED. The assertion's issuer ("iss") is not a configured trusted issuer."""
+    ERROR_REASON_ASSERTION_KEY_UNKNOWN: _ErrorReason.ValueType  # 38
+    """UNAUTHENTICATED. The issuer has no key with the assertion's "kid", even after refreshing its
+    key set.
+    """
+    ERROR_REASON_ASSERTION_SIGNATURE_INVALID: _ErrorReason.ValueType  # 39
+    """UNAUTHENTICATED. The assertion's signature does not verify."""
+    ERROR_REASON_ASSERTION_AUDIENCE_MISMATCH: _ErrorReason.ValueType  # 40
+    """UNAUTHENTICATED. The assertion's audience ("aud") is not this service's client id."""
+    ERROR_REASON_ASSERTION_EXPIRED: _ErrorReason.ValueType  # 41
+    """UNAUTHENTICATED. The assertion has expired ("exp", with a small clock-skew allowance)."""
+    ERROR_REASON_ASSERTION_NOT_YET_VALID: _ErrorReason.ValueType  # 42
+    """UNAUTHENTICATED. The assertion is not valid yet ("iat" or "nbf" in the future)."""
+    ERROR_REASON_ASSERTION_LIFETIME_TOO_LONG: _ErrorReason.ValueType  # 43
+    """UNAUTHENTICATED. The assertion lives longer than 5 minutes ("exp" - "iat")."""
+    ERROR_REASON_ASSERTION_CLAIM_MISSING: _ErrorReason.ValueType  # 44
+    """UNAUTHENTICATED. A required claim is missing or empty (metadata "claim": iss, aud, sub,
+    iat, exp, jti or siret).
+    """
+    ERROR_REASON_ASSERTION_REPLAYED: _ErrorReason.ValueType  # 45
+    """UNAUTHENTICATED. This assertion ("jti") was already used: assertions are single use."""
+    ERROR_REASON_SIRET_MISMATCH: _ErrorReason.ValueType  # 46
+    """PERMISSION_DENIED. The assertion's SIRET is not the organisation of the linked account (or
+    of the request).
+    """
+    ERROR_REASON_IDENTITY_NOT_LINKED: _ErrorReason.ValueType  # 47
+    """FAILED_PRECONDITION. The federated identity is valid but linked to no account: the account
+    holder must link it first (LinkFederatedIdentity after a password and code login).
+    """
+    ERROR_REASON_IDENTITY_ALREADY_LINKED: _ErrorReason.ValueType  # 48
+    """ALREADY_EXISTS. This federated identity is already linked to an account, or the account
+    already has an identity of this issuer.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reason of an error, sent as google.rpc.ErrorInfo.reason without the "ERROR_REASON_"
@@ -539,6 +597,48 @@ administrator must set one (UpdateContact) before it can log in.
 """
 ERROR_REASON_SERVICE_UNKNOWN: ErrorReason.ValueType  # 33
 """INVALID_ARGUMENT. A service code is not in the service catalogue (metadata "field")."""
+ERROR_REASON_ASSERTION_MALFORMED: ErrorReason.ValueType  # 34
+"""INVALID_ARGUMENT. The federated assertion is not a compact JWS (JWT)."""
+ERROR_REASON_ASSERTION_TOO_LARGE: ErrorReason.ValueType  # 35
+"""INVALID_ARGUMENT. The federated assertion is longer than 8 KiB."""
+ERROR_REASON_ASSERTION_ALGORITHM_REFUSED: ErrorReason.ValueType  # 36
+"""UNAUTHENTICATED. The assertion's "alg" is not one this service accepts (RS256, ES256,
+EdDSA): "none" and HMAC algorithms are always refused.
+"""
+ERROR_REASON_ASSERTION_ISSUER_UNKNOWN: ErrorReason.ValueType  # 37
+"""UNAUTHENTICATED. The assertion's issuer ("iss") is not a configured trusted issuer."""
+ERROR_REASON_ASSERTION_KEY_UNKNOWN: ErrorReason.ValueType  # 38
+"""UNAUTHENTICATED. The issuer has no key with the assertion's "kid", even after refreshing its
+key set.
+"""
+ERROR_REASON_ASSERTION_SIGNATURE_INVALID: ErrorReason.ValueType  # 39
+"""UNAUTHENTICATED. The assertion's signature does not verify."""
+ERROR_REASON_ASSERTION_AUDIENCE_MISMATCH: ErrorReason.ValueType  # 40
+"""UNAUTHENTICATED. The assertion's audience ("aud") is not this service's client id."""
+ERROR_REASON_ASSERTION_EXPIRED: ErrorReason.ValueType  # 41
+"""UNAUTHENTICATED. The assertion has expired ("exp", with a small clock-skew allowance)."""
+ERROR_REASON_ASSERTION_NOT_YET_VALID: ErrorReason.ValueType  # 42
+"""UNAUTHENTICATED. The assertion is not valid yet ("iat" or "nbf" in the future)."""
+ERROR_REASON_ASSERTION_LIFETIME_TOO_LONG: ErrorReason.ValueType  # 43
+"""UNAUTHENTICATED. The assertion lives longer than 5 minutes ("exp" - "iat")."""
+ERROR_REASON_ASSERTION_CLAIM_MISSING: ErrorReason.ValueType  # 44
+"""UNAUTHENTICATED. A required claim is missing or empty (metadata "claim": iss, aud, sub,
+iat, exp, jti or siret).
+"""
+ERROR_REASON_ASSERTION_REPLAYED: ErrorReason.ValueType  # 45
+"""UNAUTHENTICATED. This assertion ("jti") was already used: assertions are single use."""
+ERROR_REASON_SIRET_MISMATCH: ErrorReason.ValueType  # 46
+"""PERMISSION_DENIED. The assertion's SIRET is not the organisation of the linked account (or
+of the request).
+"""
+ERROR_REASON_IDENTITY_NOT_LINKED: ErrorReason.ValueType  # 47
+"""FAILED_PRECONDITION. The federated identity is valid but linked to no account: the account
+holder must link it first (LinkFederatedIdentity after a password and code login).
+"""
+ERROR_REASON_IDENTITY_ALREADY_LINKED: ErrorReason.ValueType  # 48
+"""ALREADY_EXISTS. This federated identity is already linked to an account, or the account
+already has an identity of this issuer.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
