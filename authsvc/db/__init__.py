@@ -4,6 +4,7 @@ from authsvc.db.account import Account, AccountStatus, Role
 from authsvc.db.audit import AuditEvent
 from authsvc.db.base import Base
 from authsvc.db.device import TrustedDevice
+from authsvc.db.federation import FederatedIdentity, UsedAssertion
 from authsvc.db.flow import Flow, FlowPurpose, FlowStatus
 from authsvc.db.grant import ActionGrant
 from authsvc.db.organization import Organization
@@ -17,6 +18,7 @@ __all__ = [
     "ActionGrant",
     "AuditEvent",
     "Base",
+    "FederatedIdentity",
     "Flow",
     "FlowPurpose",
     "FlowStatus",
@@ -27,4 +29,5 @@ __all__ = [
     "ServiceAccess",
     "Session",
     "TrustedDevice",
+    "UsedAssertion",
 ]

@@ -21,6 +21,8 @@ class FlowPurpose(StrEnum):
     LOGIN = "login"
     STEP_UP = "step_up"
     CONTACT_VERIFICATION = "contact_verification"
+    FEDERATED_LINK = "federated_link"
+    FEDERATED_UNLINK = "federated_unlink"
 
 
 class FlowStatus(StrEnum):
@@ -59,3 +61,6 @@ class Flow(Base):
     contact_kind: Mapped[str | None] = mapped_column(String(8))
     contact_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     contact_masked: Mapped[str | None] = mapped_column(String(320))
+    # Federated link/unlink: the identity concerned.
+    federated_issuer: Mapped[str | None] = mapped_column(String(256))
+    federated_subject: Mapped[str | None] = mapped_column(String(256))
