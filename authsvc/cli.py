@@ -114,10 +114,39 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(settings: Settings, listen: str | None) -> int:
+def cmd_serve(settings: Settings, listen: str | None, workers: int = 1) -> int:
+    if workers > 1:
+        from authsvc.workers import serve_workers
+
+        return serve_workers(settings, listen, workers)
     from authsvc.server import serve
 
     asyncio.run(serve(settings, listen))
+    return 0
+
+
+def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
+    """Test organisations and accounts for load tests (development databases only)."""
+    from authsvc.app import App
+    from authsvc.seeding import seed
+
+    async def run() -> Any:
+        app = App.build(settings)
+        try:
+            return await seed(app, orgs=args.orgs, accounts=args.accounts, start=args.start)
+        finally:
+            await app.close()
+
+    try:
+        report = asyncio.run(run())
+    except (RuntimeError, ValueError) as error:
+        print(f"seed refused: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"seeded {report.organizations} organisations and {report.accounts} accounts "
+        f"in {report.seconds:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -395,6 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="serve the gRPC API")
     serve.add_argument("--listen", help="HOST:PORT (default AUTHSVC_LISTEN or 127.0.0.1:50051)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (SO_REUSEPORT); the dispatcher runs once, in the parent",
+    )
+
+    seed = commands.add_parser("seed", help="test organisations and accounts (load tests)")
+    seed.add_argument("--orgs", type=int, default=100, help="organisations")
+    seed.add_argument("--accounts", type=int, default=10_000, help="accounts, over all orgs")
+    seed.add_argument("--start", type=int, default=0, help="index of the first account")
 
     commands.add_parser("migrate", help="create or upgrade the database schema")
 
@@ -450,7 +490,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = _settings()
     log.configure(settings.log_format, settings.log_level)
     if args.command == "serve":
-        raise SystemExit(cmd_serve(settings, args.listen))
+        raise SystemExit(cmd_serve(settings, args.listen, args.workers))
+    if args.command == "seed":
+        raise SystemExit(cmd_seed(settings, args))
     if args.command == "migrate":
         raise SystemExit(cmd_migrate(settings))
     if args.command == "dispatch":

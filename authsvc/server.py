@@ -67,14 +67,21 @@ class Server:
 
 
 async def create_server(
-    settings: Settings, *, clock: Clock | None = None, listen: str | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    listen: str | None = None,
+    reuse_port: bool = False,
 ) -> Server:
-    """Build (not start) the server; `listen` may end in :0 to take a free port."""
+    """Build (not start) the server; `listen` may end in :0 to take a free port.
+
+    `reuse_port` (serve --workers only) lets several processes bind the same port.
+    """
     app = App.build(settings, clock)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
@@ -90,8 +97,15 @@ async def create_server(
     return Server(grpc_server=server, port=port, app=app, health=health_servicer)
 
 
-async def serve(settings: Settings, listen: str | None = None) -> None:
-    server = await create_server(settings, listen=listen)
+async def serve(
+    settings: Settings,
+    listen: str | None = None,
+    *,
+    reuse_port: bool = False,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, or until `stop` is set when the caller handles signals."""
+    server = await create_server(settings, listen=listen, reuse_port=reuse_port)
     await server.start()
     log.info(
         "serving",
@@ -99,10 +113,11 @@ async def serve(settings: Settings, listen: str | None = None) -> None:
         port=server.port,
         environment=settings.environment.value,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("draining", grace_s=settings.grace_period_s)
     await server.stop()
