@@ -20,6 +20,7 @@ from support import CLIENT, MOBILE, PASSWORD, seed_account
 
 from authsvc.clock import FrozenClock
 from authsvc.config import HttpGateway, ProviderName, Settings
+from authsvc.courier.dispatcher import Dispatcher
 from authsvc.db import MessageStatus, OutboxMessage
 from authsvc.server import Server, create_server
 from authsvc.v1 import auth_service_pb2 as pb
@@ -135,3 +136,33 @@ async def test_a_refused_sms_is_reported_failed_and_a_new_challenge_can_follow(
     assert retry.sends_remaining == refused.sends_remaining - 1
     assert gateway.requests[-1].json()["channel"] == "voice"
     assert "Je répète" in gateway.requests[-1].json()["text"]
+
+
+async def test_a_code_past_its_lifetime_is_abandoned_unsent(
+    settings: Settings, clock: FrozenClock, gateway: HttpGatewayServer
+) -> None:
+    quiet = settings.model_copy(
+        update={
+            "dispatcher_enabled": False,
+            "sms_provider": ProviderName.HTTP,
+            "sms_http": HttpGateway(url=gateway.url),
+        }
+    )
+    server = await create_server(quiet, clock=clock, listen="127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.AuthServiceStub(channel)
+            flow_id = await login(stub, server)
+            queued = await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
+        assert queued.delivery_status == common_pb2.DELIVERY_STATUS_QUEUED
+        clock.advance(quiet.code_ttl_s)  # no dispatcher ran while the code lived
+        dispatcher = Dispatcher(server.app)
+        assert await dispatcher.run_once() == 1
+        await dispatcher.close()
+        [message] = await outbox(server)
+        assert message.status == MessageStatus.ABANDONED and message.payload_sealed is None
+        assert message.last_error == "the code expired before delivery"
+        assert gateway.requests == []
+    finally:
+        await server.stop(grace=0)
