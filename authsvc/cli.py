@@ -180,10 +180,20 @@ def cmd_dispatch(settings: Settings) -> int:
 
 def cmd_dev_run(args: argparse.Namespace) -> int:
     """`make run`: migrate the SQLite database, create the demo organisation once, serve."""
+    overrides: dict[str, Any] = {}
+    if "AUTHSVC_FEDERATION_ISSUERS" not in os.environ:
+        # The development issuer, so that a federated login can be tried locally.
+        from authsvc.federation import devidp
+
+        jwks = DEV_IDP_DIR / devidp.JWKS
+        if not jwks.exists():
+            devidp.keygen(DEV_IDP_DIR)
+        overrides["federation_issuers"] = _dev_issuer_config(jwks)
     settings = _settings(
         sms_provider=os.environ.get("AUTHSVC_SMS_PROVIDER", ProviderName.CONSOLE),
         voice_provider=os.environ.get("AUTHSVC_VOICE_PROVIDER", ProviderName.CONSOLE),
         email_provider=os.environ.get("AUTHSVC_EMAIL_PROVIDER", ProviderName.CONSOLE),
+        **overrides,
     )
     if settings.environment.value != "development":
         raise SystemExit("dev-run is for development only")
@@ -307,6 +317,34 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if report.rejected else 0
 
 
+# ---- development issuer ----------------------------------------------------------------------
+
+DEV_IDP_DIR = Path("var/dev-idp")
+
+
+def cmd_dev_idp(args: argparse.Namespace) -> int:
+    from authsvc.federation import devidp
+
+    directory = Path(args.dir)
+    if args.action == "keygen":
+        private, jwks = devidp.keygen(directory)
+        print(f"key: {private}\nJWKS: {jwks}", file=sys.stderr)
+        print(json.dumps(_dev_issuer_config(jwks)))
+        return 0
+    print(
+        devidp.mint(
+            directory, subject=args.sub, siret=args.siret, ttl_s=args.ttl, audience=args.aud
+        )
+    )
+    return 0
+
+
+def _dev_issuer_config(jwks: Path) -> list[dict[str, str]]:
+    from authsvc.config import DEV_ISSUER
+
+    return [{"issuer": DEV_ISSUER, "jwks_file": str(jwks.resolve())}]
+
+
 # ---- client -------------------------------------------------------------------------------
 
 
@@ -352,6 +390,34 @@ def cmd_client(args: argparse.Namespace) -> int:
                     state["flow_id"] = response.pending_flow.flow_id
                     print("a code is required: run `authsvc client challenge`", file=sys.stderr)
                 _show(response)
+            elif args.action == "federated-login":
+                response = stub.Login(
+                    pb.LoginRequest(
+                        federated=pb.FederatedCredential(assertion=args.assertion),
+                        device_token=state.get("device_token", ""),
+                        client=client,
+                    )
+                )
+                if response.HasField("session"):
+                    state["session_token"] = response.session.token
+                else:
+                    state["flow_id"] = response.pending_flow.flow_id
+                    print("a code is required: run `authsvc client challenge`", file=sys.stderr)
+                _show(response)
+            elif args.action == "link":
+                from authsvc.v1 import account_service_pb2 as apb
+                from authsvc.v1 import account_service_pb2_grpc as apb_grpc
+
+                linking = apb_grpc.AccountServiceStub(channel).LinkFederatedIdentity(
+                    apb.LinkFederatedIdentityRequest(
+                        session_token=state.get("session_token", ""),
+                        assertion=args.assertion,
+                        client=client,
+                    )
+                )
+                state["flow_id"] = linking.pending_flow.flow_id
+                print("a code is required: run `authsvc client challenge`", file=sys.stderr)
+                _show(linking)
             elif args.action == "challenge":
                 channel_value = {"sms": common_pb2.CHANNEL_SMS, "voice": common_pb2.CHANNEL_VOICE}
                 _show(
@@ -373,8 +439,9 @@ def cmd_client(args: argparse.Namespace) -> int:
                         client=client,
                     )
                 )
-                state["session_token"] = verified.login.session.token
-                state["device_token"] = verified.login.device_token
+                if verified.HasField("login"):
+                    state["session_token"] = verified.login.session.token
+                    state["device_token"] = verified.login.device_token
                 _show(verified)
             elif args.action == "whoami":
                 _show(
@@ -458,6 +525,16 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("file", help="CSV: login,display_name,email,phone[,role]")
     importer.add_argument("--org", required=True, help="organisation SIRET")
 
+    dev_idp = commands.add_parser("dev-idp", help="a development federated issuer")
+    dev_idp.add_argument("--dir", default=str(DEV_IDP_DIR))
+    idp_actions = dev_idp.add_subparsers(dest="action", required=True)
+    idp_actions.add_parser("keygen", help="a new key; prints AUTHSVC_FEDERATION_ISSUERS")
+    mint = idp_actions.add_parser("mint", help="print a signed assertion")
+    mint.add_argument("--sub", required=True)
+    mint.add_argument("--siret", required=True)
+    mint.add_argument("--ttl", type=int, default=120)
+    mint.add_argument("--aud", default="authsvc")
+
     dev_run = commands.add_parser("dev-run", help="migrate, create the demo org, serve (make run)")
     dev_run.add_argument("--listen")
 
@@ -475,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = actions.add_parser("verify", help="enter the code")
     verify.add_argument("code")
     verify.add_argument("--flow")
+    federated_login = actions.add_parser(
+        "federated-login", help="first factor with an assertion (see `authsvc dev-idp mint`)"
+    )
+    federated_login.add_argument("assertion")
+    link = actions.add_parser("link", help="link the assertion's identity to your account")
+    link.add_argument("assertion")
     actions.add_parser("whoami", help="validate the current session")
     actions.add_parser("logout", help="revoke the current session")
     return parser
@@ -484,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "client":
         raise SystemExit(cmd_client(args))
+    if args.command == "dev-idp":
+        raise SystemExit(cmd_dev_idp(args))
     if args.command == "dev-run":
         log.configure()
         raise SystemExit(cmd_dev_run(args))

@@ -72,6 +72,85 @@ class LogFormat(StrEnum):
 _DEVELOPMENT_PROVIDERS = {ProviderName.CONSOLE, ProviderName.FILE}
 
 
+class RateLimitBackend(StrEnum):
+    MEMORY = "memory"  # the Rust GCRA limiter, per process (one node)
+    REDIS = "redis"  # one Lua GCRA script per decision, shared by every replica
+
+
+class Rate(BaseModel):
+    """`count` requests per `period_s` on average, in bursts of up to `count` (GCRA)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int = Field(ge=1, le=10_000_000)
+    period_s: float = Field(gt=0, le=30 * 86400)
+
+
+class RateLimits(BaseModel):
+    """Every throttle, by RPC and key (AUTHSVC_RATE_LIMITS as JSON; unnamed ones keep these)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    login_ip: Rate = Rate(count=100, period_s=60)
+    login_account: Rate = Rate(count=20, period_s=60)  # organisation + login, known or not
+    login_organization: Rate = Rate(count=1000, period_s=60)
+    login_global: Rate = Rate(count=2000, period_s=1)
+    verify_ip: Rate = Rate(count=100, period_s=60)
+    verify_account: Rate = Rate(count=30, period_s=60)
+    verify_global: Rate = Rate(count=5000, period_s=1)
+    step_up_ip: Rate = Rate(count=100, period_s=60)
+    step_up_account: Rate = Rate(count=30, period_s=3600)
+    send_ip: Rate = Rate(count=60, period_s=3600)
+    # Send budgets: per organisation and for the whole service.
+    send_organization: Rate = Rate(count=5000, period_s=3600)
+    send_global: Rate = Rate(count=100_000, period_s=3600)
+    # Sends to one number prefix (the number without its last digits): beyond it, the prefix's
+    # breaker trips (SMS/voice pumping).
+    send_prefix: Rate = Rate(count=100, period_s=3600)
+
+
+# Default destination countries of SMS and voice codes: France, with its overseas departments
+# and territories (ISO 3166 regions as phonenumbers names them).
+FRANCE_AND_OVERSEAS = ("FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF", "WF", "PF", "NC")
+
+
+class ApiKey(BaseModel):
+    """A backend allowed to call the API, from configuration (the `backends` table holds more).
+
+    `key` (the secret itself) or `key_sha256` (hex SHA-256 of it); `rpcs`: "*", "Service/*",
+    "Service/Method" or a bare method name. With neither key, the entry names an mTLS client
+    (certificate identity == name).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    rpcs: tuple[str, ...] = ("*",)
+
+
+DEV_ISSUER = "https://dev-idp.authsvc.invalid"
+
+
+class TrustedIssuer(BaseModel):
+    """A federated issuer whose assertions Login accepts, with where its keys are published."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str = Field(min_length=1, max_length=256)
+    jwks_file: Path | None = None
+    jwks_url: str | None = Field(default=None, pattern=r"^https?://")
+    # Only asymmetric algorithms: never "none", never HMAC (a public key is not a secret).
+    algorithms: tuple[Literal["RS256", "ES256", "EdDSA"], ...] = ("RS256", "ES256", "EdDSA")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TrustedIssuer:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError(f"issuer {self.issuer}: give exactly one of jwks_file and jwks_url")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUTHSVC_", extra="ignore", frozen=True)
 
@@ -143,6 +222,15 @@ class Settings(BaseSettings):
     service_name: str = "PEP's"
     webotp_domain: str = "peps.cnracl.example"
 
+    # Federated login (Net-entreprises): trusted issuers and this service's client id ("aud").
+    federation_client_id: str = "authsvc"
+    federation_issuers: list[TrustedIssuer] = []
+    federation_clock_skew_s: int = Field(default=30, ge=0, le=120)
+    # The development issuer (`authsvc dev-idp`) is refused in production unless allowed here.
+    federation_allow_dev_issuer: bool = False
+    # An unknown kid refreshes the issuer's key set at most this often.
+    federation_jwks_min_refresh_s: float = Field(default=5.0, ge=0, le=300)
+
     # Account administration.
     activation_ttl_s: int = Field(default=3 * 86400, ge=600, le=7 * 86400)
     services: dict[str, str] = {
@@ -150,6 +238,37 @@ class Settings(BaseSettings):
         "DOSSIERS": "Dossiers de pension",
         "SIMULATIONS": "Simulations de pension",
     }
+
+    # Abuse resistance (README "Security").
+    rate_limit_backend: RateLimitBackend = RateLimitBackend.MEMORY
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "authsvc:"
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=10)
+    rate_limits: RateLimits = RateLimits()
+    # Per destination number (requirements: at most 10 an hour and 20 a day).
+    phone_sends_per_hour: int = Field(default=10, ge=1, le=10)
+    phone_sends_per_day: int = Field(default=20, ge=1, le=20)
+    sms_countries: tuple[str, ...] = FRANCE_AND_OVERSEAS
+    voice_countries: tuple[str, ...] = FRANCE_AND_OVERSEAS
+    # The prefix a pumping breaker watches: the E.164 number without this many last digits.
+    pumping_prefix_hidden_digits: int = Field(default=4, ge=2, le=8)
+    breaker_open_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    # Lockouts: 5 consecutive wrong passwords lock the login 15 min, doubling, at most 24 h;
+    # 10 consecutive wrong codes lock the second factor 15 min; 100 lock it until an operator
+    # unlocks it (`authsvc unlock`).
+    password_lock_threshold: int = Field(default=5, ge=1, le=5)
+    password_lock_s: int = Field(default=900, ge=900, le=86400)
+    password_lock_max_s: int = Field(default=86400, ge=900, le=86400)
+    code_lock_threshold: int = Field(default=10, ge=1, le=10)
+    code_lock_s: int = Field(default=900, ge=900, le=86400)
+    code_failure_hard_bound: int = Field(default=100, ge=1, le=100)
+    # Callers: API keys (and/or mTLS client certificates) of the backends allowed to call.
+    api_keys: tuple[ApiKey, ...] = ()
+    api_keys_refresh_s: float = Field(default=10.0, gt=0, le=300)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # mTLS: clients must present a certificate from this CA; its identity names the backend.
+    tls_client_ca_file: Path | None = None
 
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
@@ -179,9 +298,23 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _security_settings_fit(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("AUTHSVC_TLS_CERT_FILE and AUTHSVC_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("AUTHSVC_TLS_CLIENT_CA_FILE needs AUTHSVC_TLS_CERT_FILE")
+        if self.password_lock_max_s < self.password_lock_s:
+            raise ValueError("AUTHSVC_PASSWORD_LOCK_MAX_S must be at least AUTHSVC_PASSWORD_LOCK_S")
+        return self
+
+    @model_validator(mode="after")
     def _production_is_strict(self) -> Settings:
         if self.environment is not Environment.PRODUCTION:
             return self
+        if not self.federation_allow_dev_issuer and any(
+            trusted.issuer == DEV_ISSUER for trusted in self.federation_issuers
+        ):
+            raise ValueError("the development issuer is refused in production")
         if self.email_provider is ProviderName.SMTP and self.smtp_security is SmtpSecurity.NONE:
             raise ValueError("AUTHSVC_SMTP_SECURITY: none is for development")
         if self.secret_key is None:

@@ -24,6 +24,7 @@ from authsvc.app import App
 from authsvc.clock import Clock
 from authsvc.config import Settings
 from authsvc.courier.dispatcher import Dispatcher
+from authsvc.federation.assertions import AssertionVerifier
 from authsvc.v1 import (
     account_service_pb2,
     account_service_pb2_grpc,
@@ -84,8 +85,11 @@ async def create_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app), server)
-    account_service_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(app), server)
+    verifier = AssertionVerifier(app)  # one key cache for both services
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app, verifier), server)
+    account_service_pb2_grpc.add_AccountServiceServicer_to_server(
+        AccountServicer(app, verifier), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

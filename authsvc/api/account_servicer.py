@@ -15,7 +15,8 @@ from authsvc.api.rpc import rpc
 from authsvc.app import App
 from authsvc.db import Account
 from authsvc.errors import Failure, invalid_field
-from authsvc.flows import contact, stepup
+from authsvc.federation.assertions import AssertionVerifier
+from authsvc.flows import contact, federated, stepup
 from authsvc.phones import mask_email
 from authsvc.policies.permissions import Action, require_admin
 from authsvc.v1 import account_service_pb2 as pb
@@ -65,8 +66,9 @@ def required_grant(token: str) -> str:
 
 
 class AccountServicer(pb_grpc.AccountServiceServicer):
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, verifier: AssertionVerifier) -> None:
         self._app = app
+        self._verifier = verifier
 
     @rpc("CreateAccount")
     async def CreateAccount(
@@ -251,3 +253,37 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             ],
             next_page_token=page.next_page_token,
         )
+
+    @rpc("LinkFederatedIdentity")
+    async def LinkFederatedIdentity(
+        self, request: pb.LinkFederatedIdentityRequest, context: Ctx
+    ) -> pb.LinkFederatedIdentityResponse:
+        caller = await signed_in(self._app, request.session_token)
+        target = stepup.parse_target(request.target_account_id)
+        which = request.WhichOneof("identity")
+        if which is None:
+            raise invalid_field("identity", "give an assertion or an issuer and subject")
+        client = convert.client_info(request.client)
+        view = await federated.request_link(
+            self._app,
+            self._verifier,
+            caller,
+            target_id=target,
+            assertion=request.assertion if which == "assertion" else None,
+            issuer=request.subject.issuer if which == "subject" else None,
+            subject=request.subject.subject if which == "subject" else None,
+            client=client,
+        )
+        return pb.LinkFederatedIdentityResponse(pending_flow=convert.pending_flow(view))
+
+    @rpc("UnlinkFederatedIdentity")
+    async def UnlinkFederatedIdentity(
+        self, request: pb.UnlinkFederatedIdentityRequest, context: Ctx
+    ) -> pb.UnlinkFederatedIdentityResponse:
+        caller = await signed_in(self._app, request.session_token)
+        target = stepup.parse_target(request.target_account_id)
+        client = convert.client_info(request.client)
+        view = await federated.request_unlink(
+            self._app, caller, target_id=target, issuer=request.issuer, client=client
+        )
+        return pb.UnlinkFederatedIdentityResponse(pending_flow=convert.pending_flow(view))

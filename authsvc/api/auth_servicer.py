@@ -11,9 +11,10 @@ from authsvc.api import convert
 from authsvc.api.rpc import rpc
 from authsvc.app import App
 from authsvc.errors import invalid_field
-from authsvc.flows import challenge, grants, login, stepup, verify
+from authsvc.federation.assertions import AssertionVerifier
+from authsvc.flows import challenge, federated, grants, login, stepup, verify
 from authsvc.flows.contact import ContactVerified
-from authsvc.flows.views import IssuedSession
+from authsvc.flows.views import IssuedSession, PendingFlowView
 from authsvc.policies.permissions import OWN_ACTIONS, Action
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
@@ -41,26 +42,48 @@ def action_values(app: App, action: Action, values: pb.ActionValues) -> grants.A
 
 
 class AuthServicer(pb_grpc.AuthServiceServicer):
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, verifier: AssertionVerifier) -> None:
         self._app = app
+        self._verifier = verifier
 
     @rpc("Login")
     async def Login(self, request: pb.LoginRequest, context: Ctx) -> pb.LoginResponse:
-        siret = validation.siret(request.organization_siret)
-        account_login = validation.login(request.login)
-        if request.WhichOneof("credential") != "password":
+        credential = request.WhichOneof("credential")
+        if credential is None:
             raise invalid_field("password", "a credential is required")
-        password = validation.password(request.password.password, "password.password")
         device_token = validation.optional_token(request.device_token, "device_token")
-        client = convert.client_info(request.client, ip_required=True)
-        result = await login.login_with_password(
-            self._app,
-            siret=siret,
-            login=account_login,
-            password=password,
-            device_token=device_token,
-            client=client,
-        )
+        result: IssuedSession | PendingFlowView
+        if credential == "federated":
+            # The assertion names the account; organisation and login, when given, must match.
+            siret = (
+                validation.siret(request.organization_siret) if request.organization_siret else None
+            )
+            account_login = validation.login(request.login) if request.login else None
+            if not request.federated.assertion:
+                raise invalid_field("federated.assertion", "the assertion is required")
+            client = convert.client_info(request.client, ip_required=True)
+            result = await federated.login_with_assertion(
+                self._app,
+                self._verifier,
+                assertion=request.federated.assertion,
+                siret=siret,
+                login=account_login,
+                device_token=device_token,
+                client=client,
+            )
+        else:
+            siret = validation.siret(request.organization_siret)
+            account_login = validation.login(request.login)
+            password = validation.password(request.password.password, "password.password")
+            client = convert.client_info(request.client, ip_required=True)
+            result = await login.login_with_password(
+                self._app,
+                siret=siret,
+                login=account_login,
+                password=password,
+                device_token=device_token,
+                client=client,
+            )
         if isinstance(result, IssuedSession):
             return pb.LoginResponse(session=convert.session(result))
         return pb.LoginResponse(pending_flow=convert.pending_flow(result))
@@ -97,6 +120,12 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
                     action=convert.ACTION_TO_PB[result.action],
                     target_account_id=str(result.target_account_id or ""),
                     expire_time=convert.timestamp(result.expires_at),
+                )
+            )
+        if isinstance(result, federated.FederatedLinkResult):
+            return pb.VerifyResponse(
+                federated_link=pb.FederatedLinkResult(
+                    account_id=str(result.account_id), issuer=result.issuer, linked=result.linked
                 )
             )
         if isinstance(result, ContactVerified):

@@ -31,6 +31,8 @@ PURPOSE_TO_PB = {
     "login": common_pb2.FLOW_PURPOSE_LOGIN,
     "step_up": common_pb2.FLOW_PURPOSE_STEP_UP,
     "contact_verification": common_pb2.FLOW_PURPOSE_CONTACT_VERIFICATION,
+    "federated_link": common_pb2.FLOW_PURPOSE_FEDERATED_LINK,
+    "federated_unlink": common_pb2.FLOW_PURPOSE_FEDERATED_UNLINK,
 }
 ROLE_TO_PB = {"admin": common_pb2.ROLE_ADMIN, "member": common_pb2.ROLE_MEMBER}
 ROLE_FROM_PB: dict[int, Role] = {

@@ -147,11 +147,15 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     )
 
 
+_TEXT_PURPOSE = {"federated_link": "step_up", "federated_unlink": "step_up"}
+
+
 def _queue_code(
     app: App, db: AsyncSession, flow: Flow, account: Account, channel: str, code: str
 ) -> None:
     settings = app.settings
-    purpose = str(flow.purpose)
+    # Linking or unlinking a federated identity is a sensitive action: the step-up wording.
+    purpose = _TEXT_PURPOSE.get(str(flow.purpose), str(flow.purpose))
     text = templates.code_text(
         channel,
         purpose=purpose,

@@ -106,6 +106,15 @@ async def login_with_password(
     if app.passwords.needs_rehash(stored):
         await _rehash(app, account, stored, password)
 
+    return await after_first_factor(app, account, device_token, client, method="password")
+
+
+async def after_first_factor(
+    app: App, account: Account, device_token: str | None, client: ClientInfo, *, method: str
+) -> IssuedSession | PendingFlowView:
+    """The same cadence for every first factor: a session on a trusted device, else a code."""
+    if account.status != AccountStatus.ACTIVE:
+        raise failures.account_not_active()
     async with app.write() as db:
         trusted_at = await cadence.trusted_since(app, db, account.id, device_token)
         if trusted_at is not None:
@@ -115,6 +124,7 @@ async def login_with_password(
                 "login.trusted_device",
                 organization_id=account.organization_id,
                 actor=account.id,
+                method=method,
             )
             return await sessions.issue(
                 app,
@@ -129,7 +139,7 @@ async def login_with_password(
         audit.record(
             db,
             app.clock,
-            "login.password",
+            f"login.{method}",
             organization_id=account.organization_id,
             actor=account.id,
             flow_id=str(flow.id),

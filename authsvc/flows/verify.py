@@ -23,7 +23,7 @@ from authsvc import audit, sessions
 from authsvc.app import App
 from authsvc.db import Account, Flow, FlowPurpose, FlowStatus
 from authsvc.errors import Failure
-from authsvc.flows import contact, failures, grants
+from authsvc.flows import contact, failures, federated, grants
 from authsvc.flows.challenge import ensure_open, load_flow
 from authsvc.flows.contact import ContactVerified
 from authsvc.flows.login import ClientInfo
@@ -40,7 +40,7 @@ class VerifyRequest:
 
 async def verify(
     app: App, request: VerifyRequest
-) -> LoginVerified | grants.IssuedGrant | ContactVerified:
+) -> LoginVerified | grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
     flow, account = await load_flow(app, request.flow_id)
     now = app.clock.now()
     ensure_open(flow, now)
@@ -116,7 +116,7 @@ async def verify(
 
 async def _complete(
     app: App, db: AsyncSession, flow: Flow, account: Account, client: ClientInfo
-) -> LoginVerified | grants.IssuedGrant | ContactVerified:
+) -> LoginVerified | grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
     """What a right code gives, by the flow's purpose; in the winner's transaction."""
     now = app.clock.now()
     if flow.purpose == FlowPurpose.STEP_UP:
@@ -133,6 +133,8 @@ async def _complete(
         return grant
     if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
         return await contact.apply(app, db, flow)
+    if flow.purpose in (FlowPurpose.FEDERATED_LINK, FlowPurpose.FEDERATED_UNLINK):
+        return await federated.apply(app, db, flow)
     # A login: the code reached the phone, which is therefore verified.
     await db.execute(update(Account).where(Account.id == account.id).values(phone_verified_at=now))
     trust = cadence.trust_device(app, db, account.id, client.user_agent)

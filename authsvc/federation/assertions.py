@@ -1,0 +1,153 @@
+"""Verifying a federated assertion: a compact JWS from a trusted issuer, for this service.
+
+PyJWT checks the signature with the issuer's key, the audience and the presence of the claims;
+times are checked here against the service's clock (with a small skew allowance) so that each
+cause of refusal has its own reason and tests can drive time.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+
+from authsvc import validation
+from authsvc.app import App
+from authsvc.config import TrustedIssuer
+from authsvc.db import UsedAssertion
+from authsvc.errors import Failure
+from authsvc.federation.failures import refused
+from authsvc.federation.keysets import KeySet
+
+MAX_ASSERTION_BYTES = 8 * 1024
+MAX_LIFETIME_S = 300
+ACCEPTED = frozenset({"RS256", "ES256", "EdDSA"})
+REQUIRED = ("iss", "aud", "sub", "iat", "exp", "jti")
+
+
+@dataclass(frozen=True)
+class Claims:
+    issuer: str
+    subject: str
+    siret: str
+    jti: str
+    expires_at: datetime
+
+
+class AssertionVerifier:
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._issuers: dict[str, tuple[TrustedIssuer, KeySet]] = {
+            trusted.issuer: (
+                trusted,
+                KeySet(trusted, app.settings.federation_jwks_min_refresh_s),
+            )
+            for trusted in app.settings.federation_issuers
+        }
+
+    def knows(self, issuer: str) -> bool:
+        return issuer in self._issuers
+
+    async def verify(self, token: str) -> Claims:
+        """The assertion's claims, or a Failure naming exactly what is wrong."""
+        if len(token) > MAX_ASSERTION_BYTES:
+            raise refused(
+                "ASSERTION_TOO_LARGE", f"an assertion has at most {MAX_ASSERTION_BYTES} bytes"
+            )
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.DecodeError:
+            raise refused("ASSERTION_MALFORMED", "not a compact JWS") from None
+        algorithm = header.get("alg")
+        if algorithm not in ACCEPTED:
+            raise refused("ASSERTION_ALGORITHM_REFUSED", "only RS256, ES256 and EdDSA are accepted")
+        issuer = unverified.get("iss")
+        if not isinstance(issuer, str) or not issuer:
+            raise refused("ASSERTION_CLAIM_MISSING", "the issuer is missing", claim="iss")
+        if issuer not in self._issuers:
+            raise refused("ASSERTION_ISSUER_UNKNOWN", "this issuer is not trusted")
+        trusted, keys = self._issuers[issuer]
+        if algorithm not in trusted.algorithms:
+            raise refused("ASSERTION_ALGORITHM_REFUSED", "this issuer does not sign with that")
+        kid = header.get("kid")
+        key = await keys.key_for(kid if isinstance(kid, str) else None)
+        settings = self._app.settings
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[algorithm],
+                audience=settings.federation_client_id,
+                issuer=issuer,
+                options={
+                    "require": list(REQUIRED),
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.MissingRequiredClaimError as error:
+            raise refused(
+                "ASSERTION_CLAIM_MISSING", "a required claim is missing", claim=error.claim
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise refused("ASSERTION_AUDIENCE_MISMATCH", "not issued for this service") from None
+        except (jwt.InvalidSignatureError, jwt.InvalidKeyError, jwt.InvalidAlgorithmError):
+            raise refused("ASSERTION_SIGNATURE_INVALID", "the signature does not verify") from None
+        except jwt.PyJWTError:
+            raise refused("ASSERTION_MALFORMED", "the assertion cannot be read") from None
+        return self._check(claims, issuer)
+
+    def _check(self, claims: dict[str, object], issuer: str) -> Claims:
+        skew = timedelta(seconds=self._app.settings.federation_clock_skew_s)
+        now = self._app.clock.now()
+        times: dict[str, datetime] = {}
+        for name in ("iat", "exp", "nbf"):
+            value = claims.get(name)
+            if value is None and name == "nbf":
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise refused("ASSERTION_CLAIM_MISSING", f"{name} must be a number", claim=name)
+            times[name] = datetime.fromtimestamp(value, UTC)
+        if times["exp"] + skew <= now:
+            raise refused("ASSERTION_EXPIRED", "the assertion has expired")
+        if times["iat"] - skew > now or times.get("nbf", times["iat"]) - skew > now:
+            raise refused("ASSERTION_NOT_YET_VALID", "the assertion is not valid yet")
+        if (times["exp"] - times["iat"]).total_seconds() > MAX_LIFETIME_S:
+            raise refused("ASSERTION_LIFETIME_TOO_LONG", "an assertion lives at most 5 minutes")
+        values: dict[str, str] = {}
+        for name in ("sub", "jti", "siret"):
+            value = claims.get(name)
+            if not isinstance(value, str) or not value or len(value) > 256:
+                raise refused("ASSERTION_CLAIM_MISSING", f"{name} is missing", claim=name)
+            values[name] = value
+        try:
+            validation.siret(values["siret"], "siret")
+        except Failure:
+            raise refused(
+                "ASSERTION_CLAIM_MISSING", "siret is not a valid SIRET", claim="siret"
+            ) from None
+        return Claims(issuer, values["sub"], values["siret"], values["jti"], times["exp"] + skew)
+
+    async def consume(self, claims: Claims) -> None:
+        """Record the jti; a second use anywhere fails on the primary key."""
+        app = self._app
+        try:
+            async with app.write() as db:
+                db.add(
+                    UsedAssertion(
+                        issuer=claims.issuer, jti=claims.jti, expires_at=claims.expires_at
+                    )
+                )
+        except IntegrityError:
+            raise refused("ASSERTION_REPLAYED", "this assertion was already used") from None
+        if random.random() < 0.01:  # noqa: S311 (housekeeping, not security)
+            async with app.write() as db:
+                await db.execute(
+                    delete(UsedAssertion).where(UsedAssertion.expires_at < app.clock.now())
+                )

@@ -1,0 +1,260 @@
+"""Federated login (Net-entreprises) and the linking of federated identities.
+
+The assertion replaces the password as the first factor; everything after it is the same
+cadence (first login and every 7 days: a code). An identity is linked to an account only by a
+flow that needs a code: the account holder presenting their own fresh assertion, or an
+administrator of the account's organisation naming the issuer and subject.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authsvc import audit
+from authsvc.app import App
+from authsvc.db import Account, FederatedIdentity, Flow, FlowPurpose, Organization
+from authsvc.errors import Failure, invalid_field
+from authsvc.federation.assertions import AssertionVerifier, Claims
+from authsvc.federation.failures import (
+    identity_already_linked,
+    identity_not_linked,
+    refused,
+    siret_mismatch,
+)
+from authsvc.flows import destination
+from authsvc.flows.login import ClientInfo, after_first_factor, open_flow, pending_view
+from authsvc.flows.stepup import load_accounts
+from authsvc.flows.views import IssuedSession, PendingFlowView
+from authsvc.policies.permissions import denied, require_admin
+from authsvc.sessions import SessionInfo
+
+
+@dataclass(frozen=True)
+class FederatedLinkResult:
+    account_id: uuid.UUID
+    issuer: str
+    linked: bool
+
+
+async def _verified(app: App, verifier: AssertionVerifier, assertion: str, event: str) -> Claims:
+    """Verify and consume an assertion; a refusal is recorded in the audit trail."""
+    try:
+        claims = await verifier.verify(assertion)
+        await verifier.consume(claims)
+    except Failure as failure:
+        async with app.write() as db:
+            audit.record(db, app.clock, event, outcome=failure.reason, organization_id=None)
+        raise
+    return claims
+
+
+async def login_with_assertion(
+    app: App,
+    verifier: AssertionVerifier,
+    *,
+    assertion: str,
+    siret: str | None,
+    login: str | None,
+    device_token: str | None,
+    client: ClientInfo,
+) -> IssuedSession | PendingFlowView:
+    claims = await _verified(app, verifier, assertion, "login.federated")
+    async with app.read() as db:
+        row = (
+            await db.execute(
+                select(Account, Organization.siret)
+                .join(FederatedIdentity, FederatedIdentity.account_id == Account.id)
+                .join(Organization, Account.organization_id == Organization.id)
+                .where(
+                    FederatedIdentity.issuer == claims.issuer,
+                    FederatedIdentity.subject == claims.subject,
+                )
+            )
+        ).one_or_none()
+    failure: Failure | None = None
+    if row is None:
+        failure = identity_not_linked()
+    elif (
+        row[1] != claims.siret
+        or (siret is not None and siret != claims.siret)
+        or (login is not None and login != row[0].login)
+    ):
+        failure = siret_mismatch()
+    if failure is not None:
+        async with app.write() as db:
+            audit.record(
+                db,
+                app.clock,
+                "login.federated",
+                outcome=failure.reason,
+                organization_id=row[0].organization_id if row else None,
+                target=row[0].id if row else None,
+                issuer=claims.issuer,
+            )
+        raise failure
+    assert row is not None
+    return await after_first_factor(app, row[0], device_token, client, method="federated")
+
+
+async def request_link(
+    app: App,
+    verifier: AssertionVerifier,
+    caller: SessionInfo,
+    *,
+    target_id: uuid.UUID | None,
+    assertion: str | None,
+    issuer: str | None,
+    subject: str | None,
+    client: ClientInfo,
+) -> PendingFlowView:
+    account, target = await load_accounts(app, caller.account_id, target_id)
+    own = target is None or target.id == account.id
+    linked = account if own else target
+    assert linked is not None
+    if not own:
+        require_admin(caller.role)
+        if linked.organization_id != account.organization_id:
+            raise denied("no such account in your organisation")
+    if assertion is not None:
+        if not own:
+            raise invalid_field("assertion", "an assertion links its holder's own account only")
+        claims = await _verified(app, verifier, assertion, "federation.link")
+        issuer, subject = claims.issuer, claims.subject
+        async with app.read() as db:
+            org_siret = await db.scalar(
+                select(Organization.siret).where(Organization.id == linked.organization_id)
+            )
+        if org_siret != claims.siret:
+            raise siret_mismatch()
+    else:
+        require_admin(caller.role)
+        if not issuer or not subject or len(issuer) > 256 or len(subject) > 256:
+            raise invalid_field("subject", "issuer and subject are required")
+        if not verifier.knows(issuer):
+            raise refused("ASSERTION_ISSUER_UNKNOWN", "this issuer is not trusted")
+    await _ensure_free(app, linked.id, issuer, subject)
+    destination.account_phone(account)  # the code goes to the acting user's phone
+    async with app.write() as db:
+        flow = open_flow(
+            app,
+            db,
+            FlowPurpose.FEDERATED_LINK,
+            account,
+            client,
+            session_id=caller.session_id,
+            target_account_id=linked.id,
+            federated_issuer=issuer,
+            federated_subject=subject,
+        )
+        audit.record(
+            db,
+            app.clock,
+            "federation.link_requested",
+            organization_id=account.organization_id,
+            actor=account.id,
+            target=linked.id,
+            issuer=issuer,
+        )
+    return pending_view(flow, account)
+
+
+async def _ensure_free(app: App, account_id: uuid.UUID, issuer: str, subject: str) -> None:
+    async with app.read() as db:
+        taken = await db.scalar(
+            select(FederatedIdentity.id).where(
+                (FederatedIdentity.issuer == issuer)
+                & (
+                    (FederatedIdentity.subject == subject)
+                    | (FederatedIdentity.account_id == account_id)
+                )
+            )
+        )
+    if taken is not None:
+        raise identity_already_linked()
+
+
+async def request_unlink(
+    app: App,
+    caller: SessionInfo,
+    *,
+    target_id: uuid.UUID | None,
+    issuer: str,
+    client: ClientInfo,
+) -> PendingFlowView:
+    account, target = await load_accounts(app, caller.account_id, target_id)
+    own = target is None or target.id == account.id
+    linked = account if own else target
+    assert linked is not None
+    if not own:
+        require_admin(caller.role)
+        if linked.organization_id != account.organization_id:
+            raise denied("no such account in your organisation")
+    if not issuer or len(issuer) > 256:
+        raise invalid_field("issuer", "the issuer is required")
+    async with app.read() as db:
+        existing = await db.scalar(
+            select(FederatedIdentity.id).where(
+                FederatedIdentity.account_id == linked.id, FederatedIdentity.issuer == issuer
+            )
+        )
+    if existing is None:
+        raise identity_not_linked()
+    destination.account_phone(account)
+    async with app.write() as db:
+        flow = open_flow(
+            app,
+            db,
+            FlowPurpose.FEDERATED_UNLINK,
+            account,
+            client,
+            session_id=caller.session_id,
+            target_account_id=linked.id,
+            federated_issuer=issuer,
+        )
+    return pending_view(flow, account)
+
+
+async def apply(app: App, db: AsyncSession, flow: Flow) -> FederatedLinkResult:
+    """The code was right: link or unlink, in the winner's transaction."""
+    assert flow.target_account_id is not None and flow.federated_issuer is not None
+    organization_id = await db.scalar(
+        select(Account.organization_id).where(Account.id == flow.target_account_id)
+    )
+    if flow.purpose == FlowPurpose.FEDERATED_UNLINK:
+        await db.execute(
+            delete(FederatedIdentity).where(
+                FederatedIdentity.account_id == flow.target_account_id,
+                FederatedIdentity.issuer == flow.federated_issuer,
+            )
+        )
+        linked = False
+    else:
+        assert flow.federated_subject is not None
+        db.add(
+            FederatedIdentity(
+                account_id=flow.target_account_id,
+                issuer=flow.federated_issuer,
+                subject=flow.federated_subject,
+                linked_at=app.clock.now(),
+            )
+        )
+        try:
+            await db.flush()
+        except IntegrityError:  # linked elsewhere since the request: the unique keys decide
+            raise identity_already_linked() from None
+        linked = True
+    audit.record(
+        db,
+        app.clock,
+        "federation.linked" if linked else "federation.unlinked",
+        organization_id=organization_id,
+        actor=flow.account_id,
+        target=flow.target_account_id,
+        issuer=flow.federated_issuer,
+    )
+    return FederatedLinkResult(flow.target_account_id, flow.federated_issuer, linked)

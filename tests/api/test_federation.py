@@ -1,0 +1,420 @@
+"""Federated login (Net-entreprises) under the same two-factor policy, and every bad assertion."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import jwt
+import pytest
+from sqlalchemy import select
+from support import (
+    CLIENT,
+    LANDLINE,
+    MOBILE,
+    OTHER_SIRET,
+    SIRET,
+    Inbox,
+    Seeded,
+    failure_of,
+    seed_account,
+    sign_in,
+)
+
+from authsvc.clock import FrozenClock
+from authsvc.config import DEV_ISSUER, Settings
+from authsvc.db import AuditEvent, Role
+from authsvc.federation import devidp
+from authsvc.server import Server
+from authsvc.v1 import account_service_pb2 as apb
+from authsvc.v1 import account_service_pb2_grpc, common_pb2
+from authsvc.v1 import auth_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from authsvc.v1.account_service_pb2_grpc import AccountServiceAsyncStub
+    from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as Stub
+
+
+@pytest.fixture
+def idp(tmp_path: Path) -> Path:
+    directory = tmp_path / "idp"
+    devidp.keygen(directory)
+    return directory
+
+
+@pytest.fixture
+def settings(settings: Settings, idp: Path) -> Settings:
+    return settings.model_copy(
+        update={
+            "federation_issuers": Settings(
+                federation_issuers=[{"issuer": DEV_ISSUER, "jwks_file": str(idp / devidp.JWKS)}]
+            ).federation_issuers,
+            "federation_jwks_min_refresh_s": 0.0,
+        }
+    )
+
+
+@pytest.fixture
+def accounts(channel: grpc.aio.Channel) -> AccountServiceAsyncStub:
+    return account_service_pb2_grpc.AccountServiceStub(channel)
+
+
+def mint(idp: Path, clock: FrozenClock, sub: str = "ne-alice", **changes: Any) -> str:
+    token = devidp.mint(
+        idp,
+        subject=sub,
+        siret=changes.pop("siret", SIRET),
+        ttl_s=changes.pop("ttl", 120),
+        audience=changes.pop("aud", "authsvc"),
+        issuer=changes.pop("iss", DEV_ISSUER),
+        now=clock.now().timestamp() + changes.pop("shift", 0),
+    )
+    return token
+
+
+def federated(
+    assertion: str, device_token: str = "", organization_siret: str = ""
+) -> pb.LoginRequest:
+    return pb.LoginRequest(
+        federated=pb.FederatedCredential(assertion=assertion),
+        device_token=device_token,
+        organization_siret=organization_siret,
+        client=CLIENT,
+    )
+
+
+async def link_own(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    session: str,
+    assertion: str,
+    phone: str = MOBILE,
+) -> pb.VerifyResponse:
+    flow = (
+        await accounts.LinkFederatedIdentity(
+            apb.LinkFederatedIdentityRequest(
+                session_token=session, assertion=assertion, client=CLIENT
+            )
+        )
+    ).pending_flow
+    assert flow.purpose == common_pb2.FLOW_PURPOSE_FEDERATED_LINK
+    await stub.Challenge(pb.ChallengeRequest(flow_id=flow.flow_id, client=CLIENT))
+    code = await inbox.code_to(phone)
+    return await stub.Verify(pb.VerifyRequest(flow_id=flow.flow_id, code=code, client=CLIENT))
+
+
+async def test_federated_login_follows_the_same_cadence(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    alice: Seeded,
+    idp: Path,
+    clock: FrozenClock,
+) -> None:
+    not_linked = await failure_of(stub.Login(federated(mint(idp, clock))))
+    assert (not_linked.code, not_linked.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "IDENTITY_NOT_LINKED",
+    )
+
+    session = (await sign_in(stub, inbox, alice)).session.token  # password + code first
+    linked = await link_own(stub, accounts, inbox, session, mint(idp, clock))
+    assert linked.federated_link.linked and linked.federated_link.issuer == DEV_ISSUER
+
+    # First federated login of this browser: a code, like a password login.
+    first = await stub.Login(federated(mint(idp, clock)))
+    assert first.HasField("pending_flow")
+    await stub.Challenge(pb.ChallengeRequest(flow_id=first.pending_flow.flow_id, client=CLIENT))
+    verified = await stub.Verify(
+        pb.VerifyRequest(
+            flow_id=first.pending_flow.flow_id, code=await inbox.code_to(MOBILE), client=CLIENT
+        )
+    )
+    device = verified.login.device_token
+    clock.advance(6 * 86400)
+    assert (await stub.Login(federated(mint(idp, clock), device))).HasField("session")
+    clock.advance(86400)  # 7 days after the code: the code again
+    assert (await stub.Login(federated(mint(idp, clock), device))).HasField("pending_flow")
+    # Organisation and login, when given, must match the linked account.
+    wrong_org = await failure_of(
+        stub.Login(federated(mint(idp, clock), organization_siret=OTHER_SIRET))
+    )
+    assert wrong_org.reason == "SIRET_MISMATCH"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _hs256_with_public_key(idp: Path, clock: FrozenClock) -> str:
+    """The classic confusion attack: HMAC keyed with the issuer's PUBLIC key."""
+    public = json.loads((idp / devidp.JWKS).read_text())["keys"][0]
+    now = int(clock.now().timestamp())
+    header = _b64(json.dumps({"alg": "HS256", "kid": public["kid"]}).encode())
+    payload = _b64(
+        json.dumps(
+            {
+                "iss": DEV_ISSUER,
+                "aud": "authsvc",
+                "sub": "ne-alice",
+                "siret": SIRET,
+                "iat": now,
+                "exp": now + 60,
+                "jti": "confused",
+            }
+        ).encode()
+    )
+    signature = hmac.new(
+        json.dumps(public).encode(), f"{header}.{payload}".encode(), hashlib.sha256
+    ).digest()
+    return f"{header}.{payload}.{_b64(signature)}"
+
+
+def _unsigned(clock: FrozenClock) -> str:
+    now = int(clock.now().timestamp())
+    return jwt.encode(
+        {
+            "iss": DEV_ISSUER,
+            "aud": "authsvc",
+            "sub": "ne-alice",
+            "siret": SIRET,
+            "iat": now,
+            "exp": now + 60,
+            "jti": "none",
+        },
+        None,  # type: ignore[arg-type]  # an unsigned token, on purpose
+        algorithm="none",
+    )
+
+
+def _without(idp: Path, clock: FrozenClock, claim: str) -> str:
+    """A validly signed assertion that lacks one claim."""
+    claims = jwt.decode(mint(idp, clock), options={"verify_signature": False})
+    del claims[claim]
+    key = (idp / devidp.PRIVATE_KEY).read_bytes()
+    return jwt.encode(
+        claims, key, algorithm="ES256", headers={"kid": (idp / "dev-idp-kid").read_text()}
+    )
+
+
+def _tampered(idp: Path, clock: FrozenClock) -> str:
+    header, payload, signature = mint(idp, clock).split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["sub"] = "ne-mallory"
+    return f"{header}.{_b64(json.dumps(claims).encode())}.{signature}"
+
+
+def _unknown_kid(idp: Path, clock: FrozenClock) -> str:
+    claims = jwt.decode(mint(idp, clock), options={"verify_signature": False})
+    return jwt.encode(
+        claims,
+        (idp / devidp.PRIVATE_KEY).read_bytes(),
+        algorithm="ES256",
+        headers={"kid": "not-a-kid"},
+    )
+
+
+BAD = [
+    ("expired", lambda i, c: mint(i, c, shift=-400), "ASSERTION_EXPIRED", None),
+    ("not yet valid", lambda i, c: mint(i, c, shift=120), "ASSERTION_NOT_YET_VALID", None),
+    ("too long-lived", lambda i, c: mint(i, c, ttl=600), "ASSERTION_LIFETIME_TOO_LONG", None),
+    (
+        "wrong audience",
+        lambda i, c: mint(i, c, aud="another-service"),
+        "ASSERTION_AUDIENCE_MISMATCH",
+        None,
+    ),
+    (
+        "unknown issuer",
+        lambda i, c: mint(i, c, iss="https://idp.evil.example"),
+        "ASSERTION_ISSUER_UNKNOWN",
+        None,
+    ),
+    ("bad signature", _tampered, "ASSERTION_SIGNATURE_INVALID", None),
+    ("alg none", lambda i, c: _unsigned(c), "ASSERTION_ALGORITHM_REFUSED", None),
+    ("HS256 with the public key", _hs256_with_public_key, "ASSERTION_ALGORITHM_REFUSED", None),
+    ("unknown kid", _unknown_kid, "ASSERTION_KEY_UNKNOWN", None),
+    ("no jti", lambda i, c: _without(i, c, "jti"), "ASSERTION_CLAIM_MISSING", "jti"),
+    ("no siret", lambda i, c: _without(i, c, "siret"), "ASSERTION_CLAIM_MISSING", "siret"),
+    ("no sub", lambda i, c: _without(i, c, "sub"), "ASSERTION_CLAIM_MISSING", "sub"),
+    ("oversize", lambda i, c: "e" * 9000, "ASSERTION_TOO_LARGE", None),
+    ("not a JWS", lambda i, c: "not.a-jws", "ASSERTION_MALFORMED", None),
+]
+
+
+@pytest.mark.parametrize(("case", "make", "reason", "claim"), BAD, ids=[b[0] for b in BAD])
+async def test_each_bad_assertion_has_its_own_reason_and_is_audited(
+    stub: Stub,
+    alice: Seeded,
+    idp: Path,
+    clock: FrozenClock,
+    server: Server,
+    case: str,
+    make: Any,
+    reason: str,
+    claim: str | None,
+) -> None:
+    refused = await failure_of(stub.Login(federated(make(idp, clock))))
+    assert refused.reason == reason, case
+    assert refused.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT)
+    if claim:
+        assert refused.metadata == {"claim": claim}
+    async with server.app.read() as db:
+        outcomes = list(
+            await db.scalars(
+                select(AuditEvent.outcome).where(AuditEvent.event_type == "login.federated")
+            )
+        )
+    assert outcomes == [reason]
+
+
+async def test_replayed_assertion_and_siret_mismatch(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    alice: Seeded,
+    idp: Path,
+    clock: FrozenClock,
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    await link_own(stub, accounts, inbox, session, mint(idp, clock))
+    once = mint(idp, clock)
+    await stub.Login(federated(once))
+    replay = await failure_of(stub.Login(federated(once)))
+    assert (replay.code, replay.reason) == (grpc.StatusCode.UNAUTHENTICATED, "ASSERTION_REPLAYED")
+    other_org = await failure_of(stub.Login(federated(mint(idp, clock, siret=OTHER_SIRET))))
+    assert (other_org.code, other_org.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "SIRET_MISMATCH",
+    )
+
+
+async def test_admin_links_and_member_unlinks_with_codes(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    server: Server,
+    idp: Path,
+    clock: FrozenClock,
+) -> None:
+    admin = await seed_account(server, login="admin", role=Role.ADMIN)
+    member = await seed_account(server, login="member", phone=LANDLINE)
+    admin_session = (await sign_in(stub, inbox, admin)).session.token
+    subject = apb.FederatedSubject(issuer=DEV_ISSUER, subject="ne-member")
+    flow = (
+        await accounts.LinkFederatedIdentity(
+            apb.LinkFederatedIdentityRequest(
+                session_token=admin_session,
+                target_account_id=str(member.account_id),
+                subject=subject,
+                client=CLIENT,
+            )
+        )
+    ).pending_flow
+    await stub.Challenge(pb.ChallengeRequest(flow_id=flow.flow_id, client=CLIENT))
+    done = await stub.Verify(
+        pb.VerifyRequest(flow_id=flow.flow_id, code=await inbox.code_to(MOBILE), client=CLIENT)
+    )  # admin's phone
+    assert done.federated_link.account_id == str(member.account_id)
+    again = await failure_of(
+        accounts.LinkFederatedIdentity(
+            apb.LinkFederatedIdentityRequest(
+                session_token=admin_session,
+                target_account_id=str(admin.account_id),
+                subject=subject,
+            )
+        )
+    )
+    assert again.reason in ("IDENTITY_ALREADY_LINKED", "PERMISSION_DENIED")
+
+    assert (await stub.Login(federated(mint(idp, clock, sub="ne-member")))).HasField("pending_flow")
+    member_session = (await sign_in(stub, inbox, member, phone=LANDLINE)).session.token
+    denied = await failure_of(
+        accounts.LinkFederatedIdentity(
+            apb.LinkFederatedIdentityRequest(
+                session_token=member_session,
+                subject=apb.FederatedSubject(issuer=DEV_ISSUER, subject="ne-someone"),
+            )
+        )
+    )
+    assert denied.reason == "PERMISSION_DENIED"
+    unlink = (
+        await accounts.UnlinkFederatedIdentity(
+            apb.UnlinkFederatedIdentityRequest(
+                session_token=member_session, issuer=DEV_ISSUER, client=CLIENT
+            )
+        )
+    ).pending_flow
+    assert unlink.purpose == common_pb2.FLOW_PURPOSE_FEDERATED_UNLINK
+    await stub.Challenge(pb.ChallengeRequest(flow_id=unlink.flow_id, client=CLIENT))
+    gone = await stub.Verify(
+        pb.VerifyRequest(flow_id=unlink.flow_id, code=await inbox.code_to(LANDLINE), client=CLIENT)
+    )
+    assert not gone.federated_link.linked
+    after = await failure_of(stub.Login(federated(mint(idp, clock, sub="ne-member"))))
+    assert after.reason == "IDENTITY_NOT_LINKED"
+
+
+# ---- keys published at a URL, rotated ------------------------------------------------------
+
+
+@pytest.fixture
+def jwks_server(idp: Path) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = (idp / devidp.JWKS).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_address[1]}/jwks.json"
+    http.shutdown()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_jwks_rotation_at_a_url_is_picked_up(
+    settings: Settings, jwks_server: str, idp: Path, clock: FrozenClock, tmp_path: Path
+) -> None:
+    from support import seed_account as seed
+
+    from authsvc.server import create_server
+
+    by_url = settings.model_copy(
+        update={
+            "federation_issuers": Settings(
+                federation_issuers=[{"issuer": DEV_ISSUER, "jwks_url": jwks_server}]
+            ).federation_issuers
+        }
+    )
+    server = await create_server(by_url, clock=clock, listen="127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            from authsvc.v1 import auth_service_pb2_grpc
+
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            await seed(server)
+            before = await failure_of(stub.Login(federated(mint(idp, clock))))
+            assert before.reason == "IDENTITY_NOT_LINKED"  # verified with the first key
+            devidp.keygen(idp)  # rotation: a new kid, published beside the old one
+            after = await failure_of(stub.Login(federated(mint(idp, clock))))
+            assert after.reason == "IDENTITY_NOT_LINKED"  # the new kid was fetched and verified
+    finally:
+        await server.stop(grace=0)
