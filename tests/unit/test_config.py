@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from authsvc.config import Settings
+from authsvc.config import DEV_ISSUER, Settings
 
 LOOSER = [
     ("code_ttl_s", 601),
@@ -56,6 +56,35 @@ def test_production_needs_a_key_and_real_providers() -> None:
         Settings(environment="production")
     with pytest.raises(ValidationError, match="development provider"):
         Settings(environment="production", secret_key="A" * 43)
+
+
+def test_production_refuses_the_development_issuer_unless_allowed() -> None:
+    dev = [{"issuer": DEV_ISSUER, "jwks_file": "/dev/null"}]
+    strict = {
+        "environment": "production",
+        "secret_key": "A" * 43,
+        "sms_provider": "http",
+        "voice_provider": "http",
+        "email_provider": "http",
+        "sms_http": {"url": "https://sms.example"},
+        "voice_http": {"url": "https://voice.example"},
+        "email_http": {"url": "https://mail.example"},
+    }
+    Settings(**strict)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="development issuer"):
+        Settings(**strict, federation_issuers=dev)  # type: ignore[arg-type]
+    Settings(**strict, federation_issuers=dev, federation_allow_dev_issuer=True)  # type: ignore[arg-type]
+
+
+def test_trusted_issuer_needs_exactly_one_key_source() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        Settings(federation_issuers=[{"issuer": "x"}])
+    with pytest.raises(ValidationError):
+        Settings(
+            federation_issuers=[
+                {"issuer": "x", "jwks_file": "/a", "algorithms": ["HS256"]}
+            ]
+        )
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
