@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit, validation
 from authsvc.app import App
-from authsvc.courier import templates
-from authsvc.courier.outbox import enqueue
+from authsvc.courier.notices import notify
 from authsvc.db import Account, AccountStatus, Organization, Role
 from authsvc.db.base import new_id
 from authsvc.errors import Failure
@@ -132,8 +131,8 @@ async def create_with_grant(
             await grants.redeem(
                 app,
                 db,
+                caller,
                 token=grant_token,
-                session_id=caller.session_id,
                 action=Action.CREATE_ACCOUNT,
                 target=None,
                 values=values,
@@ -159,14 +158,6 @@ async def create_with_grant(
             audit.record(
                 db,
                 app.clock,
-                "grant.redeemed",
-                organization_id=admin.organization_id,
-                actor=admin.id,
-                action=Action.CREATE_ACCOUNT.value,
-            )
-            audit.record(
-                db,
-                app.clock,
                 "account.created",
                 organization_id=admin.organization_id,
                 actor=admin.id,
@@ -185,23 +176,6 @@ async def create_with_grant(
         ) from None
     app.outbox_ready.set()
     return account
-
-
-def notify(app: App, db: AsyncSession, account: Account, kind: str, **fields: str) -> None:
-    message = templates.email(
-        kind, display_name=account.display_name, service=app.settings.service_name, **fields
-    )
-    enqueue(
-        app,
-        db,
-        channel="email",
-        template=kind,
-        to=account.email,
-        masked_to=mask_email(account.email),
-        text=message.text,
-        subject=message.subject,
-        flow_id=None,
-    )
 
 
 async def _tell_admins_of_new_admin(

@@ -18,8 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from authsvc import audit
-from authsvc.accounts.creation import create_account, notify
+from authsvc.accounts.creation import create_account
 from authsvc.app import App
+from authsvc.courier.notices import notify
 from authsvc.db import Organization, Role
 from authsvc.errors import Failure
 from authsvc.otp import random_token, token_digest

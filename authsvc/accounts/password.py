@@ -12,11 +12,9 @@ from sqlalchemy import select, update
 
 from authsvc import audit
 from authsvc.app import App
-from authsvc.courier import templates
-from authsvc.courier.outbox import enqueue
+from authsvc.courier.notices import notify
 from authsvc.db import Account, Session, TrustedDevice
 from authsvc.flows import failures, grants
-from authsvc.phones import mask_email
 from authsvc.policies import password_policy
 from authsvc.policies.permissions import Action
 from authsvc.sessions import SessionInfo
@@ -48,8 +46,8 @@ async def change_password(
         await grants.redeem(
             app,
             db,
+            caller,
             token=grant_token,
-            session_id=caller.session_id,
             action=Action.CHANGE_OWN_PASSWORD,
             target=account.id,
             values=grants.ActionValues(),
@@ -73,31 +71,7 @@ async def change_password(
             )
             .values(revoked_at=now)
         )
-        notice = templates.email(
-            "password_changed",
-            display_name=account.display_name,
-            service=app.settings.service_name,
-        )
-        enqueue(
-            app,
-            db,
-            channel="email",
-            template="password_changed",
-            to=account.email,
-            masked_to=mask_email(account.email),
-            text=notice.text,
-            subject=notice.subject,
-            flow_id=None,
-        )
-        audit.record(
-            db,
-            app.clock,
-            "grant.redeemed",
-            organization_id=account.organization_id,
-            actor=account.id,
-            target=account.id,
-            action=Action.CHANGE_OWN_PASSWORD.value,
-        )
+        notify(app, db, account, "password_changed")
         audit.record(
             db,
             app.clock,

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
 from authsvc.app import App
-from authsvc.db import ServiceAccess
+from authsvc.db import Account, ServiceAccess
 from authsvc.errors import Failure
 from authsvc.flows import grants
 from authsvc.flows.stepup import load_accounts
@@ -43,14 +43,9 @@ async def codes_of(db: AsyncSession, account_id: uuid.UUID) -> list[str]:
     return list(rows)
 
 
-async def grant_access(
-    app: App,
-    caller: SessionInfo,
-    *,
-    grant_token: str,
-    target_id: uuid.UUID | None,
-    codes: list[str],
-) -> list[str]:
+async def _admin_and_target(
+    app: App, caller: SessionInfo, target_id: uuid.UUID | None
+) -> tuple[Account, uuid.UUID]:
     account, target = await load_accounts(app, caller.account_id, target_id)
     bound = check_target(
         Action.GRANT_SERVICE_ACCESS,
@@ -59,15 +54,27 @@ async def grant_access(
         caller_organization=account.organization_id,
         target=target,
     )
-    assert bound is not None
+    assert bound is not None  # check_target never returns None for this action
+    return account, bound
+
+
+async def grant_access(
+    app: App,
+    caller: SessionInfo,
+    *,
+    grant_token: str,
+    target_id: uuid.UUID | None,
+    codes: list[str],
+) -> list[str]:
+    account, bound = await _admin_and_target(app, caller, target_id)
     service_codes = known_codes(app, codes)
     now = app.clock.now()
     async with app.write() as db:
         await grants.redeem(
             app,
             db,
+            caller,
             token=grant_token,
-            session_id=caller.session_id,
             action=Action.GRANT_SERVICE_ACCESS,
             target=bound,
             values=grants.ActionValues(service_codes=service_codes),
@@ -78,15 +85,6 @@ async def grant_access(
         ]
         insert = postgresql.insert if app.engine.dialect.name == "postgresql" else sqlite.insert
         await db.execute(insert(ServiceAccess).values(rows).on_conflict_do_nothing())
-        audit.record(
-            db,
-            app.clock,
-            "grant.redeemed",
-            organization_id=account.organization_id,
-            actor=account.id,
-            target=bound,
-            action=Action.GRANT_SERVICE_ACCESS.value,
-        )
         audit.record(
             db,
             app.clock,
@@ -102,16 +100,8 @@ async def grant_access(
 async def revoke_access(
     app: App, caller: SessionInfo, *, target_id: uuid.UUID | None, codes: list[str]
 ) -> list[str]:
-    account, target = await load_accounts(app, caller.account_id, target_id)
     # Same rule as granting (admin, own organisation, another account), minus the code.
-    bound = check_target(
-        Action.GRANT_SERVICE_ACCESS,
-        caller_id=account.id,
-        caller_role=caller.role,
-        caller_organization=account.organization_id,
-        target=target,
-    )
-    assert bound is not None
+    account, bound = await _admin_and_target(app, caller, target_id)
     service_codes = known_codes(app, codes)
     async with app.write() as db:
         await db.execute(

@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
 from authsvc.app import App
-from authsvc.courier import templates
-from authsvc.courier.outbox import enqueue
+from authsvc.courier.notices import notify
 from authsvc.db import Account, Flow, FlowPurpose, TrustedDevice
 from authsvc.db.base import new_id
 from authsvc.flows import grants
@@ -77,8 +76,8 @@ async def request_change(
         await grants.redeem(
             app,
             db,
+            caller,
             token=grant_token,
-            session_id=caller.session_id,
             action=action,
             target=bound_target,
             values=values,
@@ -96,15 +95,6 @@ async def request_change(
             contact_kind=kind,
             contact_sealed=app.keys.sealer.seal(address, flow_id.bytes),
             contact_masked=masked,
-        )
-        audit.record(
-            db,
-            app.clock,
-            "grant.redeemed",
-            organization_id=account.organization_id,
-            actor=account.id,
-            target=bound_target,
-            action=action.value,
         )
         audit.record(
             db,
@@ -148,23 +138,7 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> ContactVerified:
             .values(revoked_at=now)
         )
     await db.execute(update(Account).where(Account.id == target.id).values(**changes))
-    notice = templates.email(
-        "contact_changed",
-        display_name=target.display_name,
-        what=what,
-        service=app.settings.service_name,
-    )
-    enqueue(
-        app,
-        db,
-        channel="email",
-        template="contact_changed",
-        to=old_email,
-        masked_to=mask_email(old_email),
-        text=notice.text,
-        subject=notice.subject,
-        flow_id=None,
-    )
+    notify(app, db, target, "contact_changed", to=old_email, what=what)
     audit.record(
         db,
         app.clock,

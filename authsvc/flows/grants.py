@@ -160,17 +160,20 @@ def _failure(reason: str, status: str, message: str) -> Failure:
 async def redeem(
     app: App,
     db: AsyncSession,
+    caller: SessionInfo,
     *,
     token: str,
-    session_id: uuid.UUID,
     action: Action,
     target: uuid.UUID | None,
     values: ActionValues,
+    by: str = "service",
 ) -> ActionGrant:
     """Consume the grant in the caller's transaction, or refuse with the precise reason.
 
-    The caller's operation runs in the same transaction: if it fails, the grant is not spent.
+    The caller's operation runs in the same transaction: if it fails, the grant is not spent
+    (and neither is its audit event written).
     """
+    session_id = caller.session_id
     now = app.clock.now()
     digest = token_digest(token)
     values_digest = app.keys.binding_digest(values.canonical(action, target))
@@ -192,6 +195,16 @@ async def redeem(
     )
     grant = spent.scalar_one_or_none()
     if grant is not None:
+        audit.record(
+            db,
+            app.clock,
+            "grant.redeemed",
+            organization_id=caller.organization_id,
+            actor=caller.account_id,
+            target=target,
+            action=action.value,
+            by=by,
+        )
         return grant
     # Not spent: say why, most fundamental reason first.
     stored = await db.scalar(select(ActionGrant).where(ActionGrant.token_digest == digest))
@@ -221,23 +234,13 @@ async def redeem_now(
 ) -> ActionGrant:
     """RedeemActionGrant: another backend consumes the grant for an action it performs."""
     async with app.write() as db:
-        grant = await redeem(
+        return await redeem(
             app,
             db,
+            caller,
             token=token,
-            session_id=caller.session_id,
             action=action,
             target=target,
             values=values,
-        )
-        audit.record(
-            db,
-            app.clock,
-            "grant.redeemed",
-            organization_id=caller.organization_id,
-            actor=caller.account_id,
-            target=target,
-            action=action.value,
             by="backend",
         )
-    return grant
