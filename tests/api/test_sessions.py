@@ -86,15 +86,3 @@ async def test_logout_revokes_and_is_idempotent(stub: Stub, inbox: Inbox, alice:
 async def test_unknown_token(stub: Stub, alice: Seeded) -> None:
     unknown = await failure_of(validate(stub, "A" * 43))
     assert (unknown.code, unknown.reason) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_INVALID")
-
-
-async def test_sensitive_actions_answer_not_implemented_for_a_valid_session(
-    stub: Stub, inbox: Inbox, alice: Seeded
-) -> None:
-    token = await signed_in(stub, inbox, alice)
-    answer = await failure_of(
-        stub.AuthorizeSensitiveAction(
-            pb.AuthorizeSensitiveActionRequest(session_token=token, client=CLIENT)
-        )
-    )
-    assert (answer.code, answer.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
