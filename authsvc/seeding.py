@@ -3,9 +3,9 @@
 Everything is deterministic from an index, so that a load generator knows each account's
 organisation, login and phone without reading the database:
 - organisation `j` has SIRET `8` + j on 12 digits + a Luhn check digit;
-- account `i` belongs to organisation `i % orgs`, has login `agent{i:07d}` and the French mobile
-  number +33 6 followed by `i` on 8 digits (each account its own number, as per-number send
-  limits expect).
+- account `i` belongs to organisation `i % orgs`, has login `agent{i:07d}` and its own French
+  mobile number +33 6 xx xx xx xx (a permutation of `i`, see account_phone), as per-number
+  send limits and the pumping breaker expect of real people.
 
 Accounts are made by `authsvc.accounts.create_account` (the same validation, phone parsing,
 sealing and digests as every other account) and inserted in batches, one transaction per
@@ -31,8 +31,9 @@ from authsvc.db.base import new_id
 # The shared password of seeded accounts (development and load tests only).
 SEED_PASSWORD = "charge-nationale-2026!"  # noqa: S105
 SEED_PASSWORD_ENV = "AUTHSVC_SEED_PASSWORD"  # noqa: S105 (a variable name)
-MAX_ACCOUNTS = 100_000_000  # the 8 digits after +33 6
+MAX_ACCOUNTS = 80_000_000  # numbers +33 6 00.. to +33 6 80.., but 6 39..
 BATCH = 5_000
+_SPREAD = 48_271_117  # odd and not a multiple of 5: prime to 80,000,000
 
 
 def luhn_digit(digits: str) -> str:
@@ -56,9 +57,15 @@ def account_login(index: int) -> str:
 
 
 def account_phone(index: int) -> str:
+    """A distinct mobile number per index, spread over the whole +33 6 range, so that
+    consecutive accounts never share a number prefix (what the SMS-pumping breaker watches)."""
     if not 0 <= index < MAX_ACCOUNTS:
         raise ValueError("account index out of range")
-    return f"+336{index:08d}"
+    # Multiplying by a number prime to MAX_ACCOUNTS permutes 0 .. MAX_ACCOUNTS - 1; the first
+    # two digits after +33 6 then take the 80 values 00-80 but 39 (all allocated to mobiles).
+    spread = index * _SPREAD % MAX_ACCOUNTS
+    block, rest = divmod(spread, 1_000_000)
+    return f"+336{block + (block >= 39):02d}{rest:06d}"
 
 
 def account_org(index: int, orgs: int) -> int:
@@ -92,7 +99,7 @@ async def seed(
     if app.settings.environment is Environment.PRODUCTION:
         raise RuntimeError("seeding test accounts is refused in production")
     if orgs < 1 or accounts < 0 or start < 0 or start + accounts > MAX_ACCOUNTS:
-        raise ValueError("orgs >= 1 and 0 <= start, start + accounts <= 100,000,000")
+        raise ValueError("orgs >= 1 and 0 <= start, start + accounts <= 80,000,000")
     began = time.perf_counter()
     password_hash = await app.passwords.hash_async(password or seed_password())
     now = app.clock.now()
