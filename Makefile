@@ -20,6 +20,7 @@ help:
 	@echo "make run        set up, migrate the SQLite database, bootstrap a demo org, serve (codes on the console)"
 	@echo "make test       cargo test, then pytest (PostgreSQL/Redis suites need the local servers)"
 	@echo "make bench      benchmarks; each prints its ratio against a baseline measured in the same run"
+	@echo "make loadtest   the national_peak Locust scenario end to end; report under reports/"
 	@echo "make lint       cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest, buf lint"
 	@echo "make proto      regenerate authsvc/v1 from proto/"
 
@@ -50,13 +51,20 @@ test-python: setup
 
 bench: setup
 	$(PY) bench/otp_core.py
+	$(PY) bench/service.py
+
+# Starts its own server (SQLite; PostgreSQL + Redis with AUTHSVC_LOADTEST_DATABASE_URL and
+# AUTHSVC_LOADTEST_REDIS_URL), seeds, runs Locust headless (bounded), writes reports/.
+# Options: make loadtest LOADTEST_ARGS="--users 200 --peak 120 --workers 2 --processes 2"
+loadtest: setup
+	$(PY) -m loadtests.run $(LOADTEST_ARGS)
 
 lint: setup
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked --workspace --all-targets --features python -- -D warnings
-	$(VENV)/bin/ruff check authsvc tests bench
-	$(VENV)/bin/ruff format --check authsvc tests bench
+	$(VENV)/bin/ruff check authsvc tests bench loadtests
+	$(VENV)/bin/ruff format --check authsvc tests bench loadtests
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest authsvc._otp_core
 	[ tools/node_modules/.package-lock.json -nt tools/package-lock.json ] || npm ci --prefix tools --no-audit --no-fund --loglevel=error && tools/node_modules/.bin/buf lint proto
