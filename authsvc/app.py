@@ -14,6 +14,7 @@ from authsvc.config import Settings
 from authsvc.db.engine import create_engine, session_factory
 from authsvc.keys import Keys
 from authsvc.passwords import Passwords
+from authsvc.policies.ratelimit import RateLimitPolicy, build_backend
 
 
 @dataclass
@@ -24,23 +25,29 @@ class App:
     sessionmaker: async_sessionmaker[AsyncSession]
     keys: Keys
     passwords: Passwords
+    # Every rate limit (policies/ratelimit.py), on the memory or Redis backend.
+    limits: RateLimitPolicy
     # Set when a flow queues a message, so that the in-process dispatcher sends it at once.
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock | None = None) -> App:
         engine = create_engine(settings.database_url)
+        keys = Keys.derive(settings.master_key())
         return cls(
             settings=settings,
             clock=clock or Clock(),
             engine=engine,
             sessionmaker=session_factory(engine),
-            keys=Keys.derive(settings.master_key()),
+            keys=keys,
             passwords=Passwords(
                 memory_kib=settings.argon2_memory_kib,
                 time_cost=settings.argon2_time_cost,
                 parallelism=settings.argon2_parallelism,
                 threads=settings.password_hash_threads,
+            ),
+            limits=RateLimitPolicy(
+                settings, build_backend(settings), keys.lookup_digest("rate-limit keys")
             ),
         )
 
@@ -58,4 +65,5 @@ class App:
 
     async def close(self) -> None:
         self.passwords.close()
+        await self.limits.backend.close()
         await self.engine.dispose()

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import json_format
 from grpc_status import rpc_status
 
-from authsvc import log
+from authsvc import log, security_cli
 from authsvc.config import ProviderName, Settings
 from authsvc.errors import Failure
 
@@ -198,6 +198,7 @@ def cmd_dev_run(args: argparse.Namespace) -> int:
     if settings.environment.value != "development":
         raise SystemExit("dev-run is for development only")
     cmd_migrate(settings)
+    key_note = security_cli.ensure_dev_key(settings)
     try:
         asyncio.run(
             _bootstrap(
@@ -221,7 +222,9 @@ def cmd_dev_run(args: argparse.Namespace) -> int:
         + DEMO_LOGIN
         + "\n  Password                : "
         + DEMO_PASSWORD
-        + "\n  Codes are printed below (console provider).\n"
+        + "\n"
+        + key_note
+        + "  Codes are printed below (console provider).\n"
         + "  In another terminal:  .venv/bin/authsvc client login\n",
         file=sys.stderr,
     )
@@ -369,7 +372,8 @@ def cmd_client(args: argparse.Namespace) -> int:
 
     state = _load_state()
     client = common_pb2.ClientContext(ip_address="127.0.0.1", user_agent="authsvc-cli")
-    with grpc.insecure_channel(args.server) as channel:
+    with grpc.insecure_channel(args.server) as plain:
+        channel = security_cli.with_api_key(plain)  # the backend's API key (make run's dev key)
         stub = pb_grpc.AuthServiceStub(channel)
         try:
             if args.action == "login":
@@ -535,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--ttl", type=int, default=120)
     mint.add_argument("--aud", default="authsvc")
 
+    security_cli.add_parsers(commands)  # backend, breaker, unlock
     dev_run = commands.add_parser("dev-run", help="migrate, create the demo org, serve (make run)")
     dev_run.add_argument("--listen")
 
@@ -588,4 +593,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(cmd_readiness(settings, args))
     if args.command == "import-accounts":
         raise SystemExit(cmd_import(settings, args))
-    raise SystemExit(2)
+    done = security_cli.run(settings, args)
+    raise SystemExit(2 if done is None else done)

@@ -92,7 +92,7 @@ class RateLimits(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     login_ip: Rate = Rate(count=100, period_s=60)
-    login_account: Rate = Rate(count=20, period_s=60)  # organisation + login, known or not
+    login_account: Rate = Rate(count=30, period_s=60)  # organisation + login, known or not
     login_organization: Rate = Rate(count=1000, period_s=60)
     login_global: Rate = Rate(count=2000, period_s=1)
     verify_ip: Rate = Rate(count=100, period_s=60)

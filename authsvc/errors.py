@@ -31,6 +31,7 @@ class Failure(AuthsvcError):
         *,
         metadata: dict[str, str] | None = None,
         retry_after: float | None = None,
+        quota: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -38,11 +39,29 @@ class Failure(AuthsvcError):
         self.message = message
         self.metadata = metadata or {}
         self.retry_after = retry_after
+        # The limit that was hit (QuotaFailure subject: "ip", "phone_number", "organization",
+        # "global", ...); set only on RATE_LIMITED.
+        self.quota = quota
 
 
 def invalid_field(field: str, message: str) -> Failure:
     """INVALID_ARGUMENT for one request field; the field's path goes into the ErrorInfo."""
     return Failure("INVALID_ARGUMENT", "INVALID_FIELD", message, metadata={"field": field})
+
+
+def rate_limited(quota: str, retry_after: float) -> Failure:
+    """RESOURCE_EXHAUSTED / RATE_LIMITED: RetryInfo and a QuotaFailure naming the limit."""
+    return Failure(
+        "RESOURCE_EXHAUSTED",
+        "RATE_LIMITED",
+        f"too many requests ({quota}); retry later",
+        retry_after=max(retry_after, 0.0),
+        quota=quota,
+    )
+
+
+class LimiterUnavailable(AuthsvcError):
+    """The shared rate-limit store (Redis) cannot be reached: sends fail closed (UNAVAILABLE)."""
 
 
 class OtpEntropyError(AuthsvcError, OSError):

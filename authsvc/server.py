@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
+from authsvc.api.callers import CallerAuthInterceptor, CallerRegistry
 from authsvc.app import App
 from authsvc.clock import Clock
 from authsvc.config import Settings
@@ -38,6 +39,12 @@ AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_
 ACCOUNT_SERVICE = account_service_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
 # Requests are small; refuse anything larger before it is parsed.
 MAX_MESSAGE_BYTES = 64 * 1024
+# Request headers (API key, request id, user agent of the backend): bounded as well.
+MAX_METADATA_BYTES = 16 * 1024
+# Health of code sends: NOT_SERVING while the shared rate limiter (Redis) is unreachable, since
+# sends then fail closed; logins and verifications go on (in-process limits).
+SENDS_HEALTH = "authsvc.sends"
+LIMITER_HEALTH_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -46,11 +53,18 @@ class Server:
     port: int
     app: App
     health: health_aio.HealthServicer
+    callers: CallerRegistry | None = None
     _stop_dispatcher: asyncio.Event = field(default_factory=asyncio.Event)
     _dispatcher_task: asyncio.Task[None] | None = None
+    _stop_watchers: asyncio.Event = field(default_factory=asyncio.Event)
+    _watchers: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
+        if self.callers is not None:
+            await self.callers.refresh()  # the backends allowed to call, before the first call
+            self._watchers.append(asyncio.create_task(self.callers.run(self._stop_watchers)))
         await self.grpc_server.start()
+        self._watchers.append(asyncio.create_task(self._watch_limiter()))
         if self.app.settings.dispatcher_enabled:
             dispatcher = Dispatcher(self.app)
             self._dispatcher_task = asyncio.create_task(dispatcher.run(self._stop_dispatcher))
@@ -58,9 +72,31 @@ class Server:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
+    async def _watch_limiter(self) -> None:
+        """Keep the "authsvc.sends" health status in step with the rate-limit backend."""
+        backend = self.app.limits.backend
+        while True:
+            healthy = await backend.healthy()
+            await self.health.set(
+                SENDS_HEALTH,
+                health_pb2.HealthCheckResponse.SERVING
+                if healthy
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
+            if backend.name == "memory":
+                return  # nothing to watch
+            try:
+                await asyncio.wait_for(self._stop_watchers.wait(), LIMITER_HEALTH_INTERVAL_S)
+                return
+            except TimeoutError:
+                continue
+
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.app.settings.grace_period_s if grace is None else grace)
+        self._stop_watchers.set()
+        for task in self._watchers:
+            await task
         self._stop_dispatcher.set()
         if self._dispatcher_task is not None:
             await self._dispatcher_task
@@ -79,11 +115,14 @@ async def create_server(
     `reuse_port` (serve --workers only) lets several processes bind the same port.
     """
     app = App.build(settings, clock)
+    callers = CallerRegistry(app)
     server = grpc.aio.server(
+        interceptors=[CallerAuthInterceptor(callers)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ]
+        ],
     )
     verifier = AssertionVerifier(app)  # one key cache for both services
     auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app, verifier), server)
@@ -95,10 +134,29 @@ async def create_server(
     reflection.enable_server_reflection(
         (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(listen or settings.listen)
+    credentials = server_credentials(settings)
+    address = listen or settings.listen
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
-        raise RuntimeError(f"cannot listen on {listen or settings.listen}")
-    return Server(grpc_server=server, port=port, app=app, health=health_servicer)
+        raise RuntimeError(f"cannot listen on {address}")
+    return Server(grpc_server=server, port=port, app=app, health=health_servicer, callers=callers)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from AUTHSVC_TLS_CERT_FILE / KEY_FILE; with AUTHSVC_TLS_CLIENT_CA_FILE, mutual TLS
+    (every client presents a certificate from that CA; its identity names the backend)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve(

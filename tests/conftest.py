@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub
-from support import START, Inbox, Seeded, seed_account
+from support import START, TEST_API_KEYS, Inbox, Seeded, aio_channel, seed_account
 
 from authsvc.clock import FrozenClock
 from authsvc.config import Settings
@@ -33,6 +33,7 @@ POSTGRES_URL = os.environ.get(
     "AUTHSVC_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
+REDIS_URL = os.environ.get("AUTHSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def _unavailable(reason: str) -> None:
@@ -100,7 +101,23 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         outbox_file=tmp_path / "outbox.jsonl",
         dispatcher_poll_s=0.05,
         grace_period_s=0,
+        api_keys=TEST_API_KEYS,
     )
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis server of the Redis suites (a test isolates itself with its own key prefix)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        _unavailable(f"Redis at {REDIS_URL} unreachable: {error}")
+    finally:
+        client.close()
+    return REDIS_URL
 
 
 @pytest.fixture
@@ -118,7 +135,8 @@ async def server(settings: Settings, clock: FrozenClock) -> AsyncIterator[Server
 
 @pytest.fixture
 async def channel(server: Server) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    # Calls carry the test backend's API key (the server refuses calls without credentials).
+    async with aio_channel(f"127.0.0.1:{server.port}") as channel:
         yield channel
 
 

@@ -6,11 +6,11 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -71,6 +71,41 @@ async def seed_account(
 
 
 CLIENT = common_pb2.ClientContext(ip_address="203.0.113.7", user_agent="pytest")
+
+# The backend credentials every test client sends (the servers under test know this key).
+TEST_API_KEY = "authsvc_tests-only-key-0123456789abcdefghijklmnopqrstuv"
+TEST_API_KEYS = ({"name": "tests", "key": TEST_API_KEY, "rpcs": ["*"]},)
+AUTH_METADATA = (("authorization", f"Bearer {TEST_API_KEY}"),)
+# For `authsvc serve` in a subprocess.
+TEST_API_KEYS_ENV = {"AUTHSVC_API_KEYS": json.dumps(TEST_API_KEYS)}
+
+
+def _with_key(metadata: Sequence[tuple[str, str | bytes]] | None) -> list[tuple[str, str | bytes]]:
+    present = any(key == "authorization" for key, _ in metadata or ())
+    return [*(metadata or ()), *(() if present else AUTH_METADATA)]
+
+
+class _AioBearer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(
+            details._replace(metadata=grpc.aio.Metadata(*_with_key(details.metadata))), request
+        )
+
+
+class _SyncBearer(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(details._replace(metadata=_with_key(details.metadata)), request)
+
+
+def aio_channel(target: str, **kwargs: Any) -> grpc.aio.Channel:
+    """An asyncio channel whose calls carry the test backend's API key (unless they set one)."""
+    interceptors: Any = [_AioBearer()]
+    return grpc.aio.insecure_channel(target, interceptors=interceptors, **kwargs)
+
+
+def sync_channel(target: str, **kwargs: Any) -> grpc.Channel:
+    """A blocking channel whose calls carry the test backend's API key (unless they set one)."""
+    return grpc.intercept_channel(grpc.insecure_channel(target, **kwargs), _SyncBearer())
 
 
 class Inbox:

@@ -93,9 +93,9 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         flow_id = validation.flow_id(request.flow_id)
         channel = convert.channel_from_pb(request.channel)
         key = validation.idempotency_key(request.idempotency_key)
-        convert.client_info(request.client)
+        client = convert.client_info(request.client)
         view = await challenge.challenge(
-            self._app, challenge.ChallengeRequest(flow_id, channel, key)
+            self._app, challenge.ChallengeRequest(flow_id, channel, key, client.ip_address)
         )
         return pb.ChallengeResponse(
             challenge_id=str(view.challenge_id),

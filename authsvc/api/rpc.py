@@ -19,8 +19,9 @@ import structlog
 from grpc.aio import ServicerContext
 
 from authsvc import audit
+from authsvc.api.callers import current_backend
 from authsvc.api.status import to_grpc_status
-from authsvc.errors import Failure
+from authsvc.errors import Failure, LimiterUnavailable
 
 log = structlog.get_logger("authsvc.rpc")
 
@@ -30,6 +31,7 @@ S = TypeVar("S")
 Handler = Callable[[S, Req, ServicerContext[Req, Resp]], Awaitable[Resp]]
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+REQUEST_ID = _REQUEST_ID
 
 
 def _request_id(context: ServicerContext[Req, Resp]) -> str:
@@ -60,6 +62,15 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
                     (*status.trailing_metadata, ("x-request-id", request_id)),
                 )
                 raise  # unreachable: abort raises
+            except LimiterUnavailable:
+                # Infrastructure, not the API's contract: sends fail closed until Redis is back.
+                outcome, reason = "UNAVAILABLE", "RATE_LIMITER_UNAVAILABLE"
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the rate limiter is unavailable; retry later",
+                    (("x-request-id", request_id),),
+                )
+                raise
             except asyncio.CancelledError:
                 outcome = "CANCELLED"
                 raise
@@ -80,6 +91,7 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
                     reason=reason,
                     latency_ms=round((time.perf_counter() - started) * 1000, 2),
                     request_id=request_id,
+                    backend=current_backend.get(),
                 )
 
         return wrapper

@@ -1,7 +1,8 @@
 """Turn a domain Failure into a rich gRPC status, in one place.
 
 Every refusal carries google.rpc.ErrorInfo (domain "authsvc.v1", a stable reason); a refusal
-with a retry delay adds RetryInfo. Clients read them with
+with a retry delay adds RetryInfo;
+a rate limit adds QuotaFailure naming the limit. Clients read them with
 grpc_status.rpc_status.from_call.
 """
 
@@ -31,6 +32,16 @@ def to_grpc_status(failure: Failure) -> grpc.Status:
                 retry_delay=duration_pb2.Duration(
                     seconds=whole, nanos=int((seconds - whole) * 1_000_000_000)
                 )
+            )
+        )
+    if failure.quota is not None:
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=failure.quota, description=failure.message
+                    )
+                ]
             )
         )
     packed = []

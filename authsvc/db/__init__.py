@@ -9,6 +9,7 @@ from authsvc.db.flow import Flow, FlowPurpose, FlowStatus
 from authsvc.db.grant import ActionGrant
 from authsvc.db.organization import Organization
 from authsvc.db.outbox import MessageStatus, OutboxMessage
+from authsvc.db.security import Backend, LoginFailures, SendBreaker
 from authsvc.db.service_access import ServiceAccess
 from authsvc.db.session import Session
 
@@ -17,15 +18,18 @@ __all__ = [
     "AccountStatus",
     "ActionGrant",
     "AuditEvent",
+    "Backend",
     "Base",
     "FederatedIdentity",
     "Flow",
     "FlowPurpose",
     "FlowStatus",
+    "LoginFailures",
     "MessageStatus",
     "Organization",
     "OutboxMessage",
     "Role",
+    "SendBreaker",
     "ServiceAccess",
     "Session",
     "TrustedDevice",

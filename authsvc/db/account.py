@@ -50,3 +50,11 @@ class Account(Base):
     activation_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Lockouts (policies/lockout.py), changed only by conditional UPDATEs. Consecutive wrong
+    # passwords since the last full success; locks so far (each one twice as long).
+    failed_password_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    password_lock_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    password_locked_until: Mapped[datetime | None]
+    # Consecutive wrong codes since the last full success, whatever the flow.
+    failed_code_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    code_locked_until: Mapped[datetime | None]

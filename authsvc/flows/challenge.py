@@ -23,6 +23,7 @@ from authsvc.errors import Failure
 from authsvc.flows import destination, failures
 from authsvc.flows.views import ChallengeView
 from authsvc.otp import generate_code
+from authsvc.policies import lockout, pumping
 
 _DELIVERY = {
     MessageStatus.QUEUED: "queued",
@@ -38,6 +39,7 @@ class ChallengeRequest:
     flow_id: uuid.UUID
     channel: str | None  # None: the account's default
     idempotency_key: str | None
+    ip_address: str = ""  # the end user's, for the per-IP send limit
 
 
 async def load_flow(app: App, flow_id: uuid.UUID) -> tuple[Flow, Account]:
@@ -82,8 +84,17 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     replay = await _idempotent_replay(app, flow, account, request, channel, now)
     if replay is not None:
         return replay
+    lockout.check_code_lock(app, account, now)
     _check_send_allowed(app, flow, now)
     where = destination.of_flow(flow, account)
+    # Country allow-list, pumping breaker, per-number caps, send budgets (fail closed).
+    await pumping.check_send(
+        app,
+        channel=channel,
+        address=destination.address(app, flow, account),
+        ip=request.ip_address,
+        organization_id=str(account.organization_id),
+    )
 
     settings = app.settings
     code = generate_code(settings.code_digits)

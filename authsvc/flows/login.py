@@ -15,7 +15,7 @@ from authsvc.db import Account, AccountStatus, Flow, FlowPurpose, FlowStatus, Or
 from authsvc.db.base import new_id
 from authsvc.flows import destination, failures
 from authsvc.flows.views import IssuedSession, PendingFlowView
-from authsvc.policies import cadence
+from authsvc.policies import cadence, lockout
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ async def login_with_password(
     device_token: str | None,
     client: ClientInfo,
 ) -> IssuedSession | PendingFlowView:
+    now = app.clock.now()
+    # Rate limits first: cheap, and before any expensive work (argon2).
+    await app.limits.login(now, ip=client.ip_address, siret=siret, login=login)
     async with app.read() as db:
         row = (
             await db.execute(
@@ -87,20 +90,25 @@ async def login_with_password(
                 .where(Organization.siret == siret, Account.login == login)
             )
         ).one_or_none()
-    account = row[0] if row else None
+        account = row[0] if row else None
+        # A locked login is refused whatever the password, known or not (policies/lockout.py).
+        await lockout.check_password_lock(app, db, account, siret, login, now)
     # Always one argon2 verification, against a dummy hash when the account is unknown.
     stored = account.password_hash if account is not None else None
     if not await app.passwords.verify(stored, password) or account is None or stored is None:
         async with app.write() as db:
+            locked = await lockout.password_failure(
+                app, db, account.id if account else None, siret, login, now
+            )
             audit.record(
                 db,
                 app.clock,
                 "login.password",
-                outcome="INVALID_CREDENTIALS",
+                outcome=locked.reason if locked else "INVALID_CREDENTIALS",
                 organization_id=account.organization_id if account else None,
                 target=account.id if account else None,
             )
-        raise failures.invalid_credentials()
+        raise locked or failures.invalid_credentials()
     if account.status != AccountStatus.ACTIVE:
         raise failures.account_not_active()
     if app.passwords.needs_rehash(stored):
@@ -118,6 +126,7 @@ async def after_first_factor(
     async with app.write() as db:
         trusted_at = await cadence.trusted_since(app, db, account.id, device_token)
         if trusted_at is not None:
+            await lockout.clear(db, account.id)  # a full success
             audit.record(
                 db,
                 app.clock,

@@ -18,6 +18,7 @@ from authsvc.errors import Failure, invalid_field
 from authsvc.flows import destination, grants
 from authsvc.flows.login import ClientInfo, open_flow, pending_view
 from authsvc.flows.views import PendingFlowView
+from authsvc.policies import lockout
 from authsvc.policies.permissions import Action, check_target
 from authsvc.sessions import SessionInfo
 
@@ -55,7 +56,10 @@ async def authorize(
     values: grants.ActionValues,
     client: ClientInfo,
 ) -> PendingFlowView:
+    now = app.clock.now()
+    await app.limits.step_up(now, ip=client.ip_address, account_id=str(caller.account_id))
     account, target = await load_accounts(app, caller.account_id, target_id)
+    lockout.check_code_lock(app, account, now)  # no step-up while the second factor is locked
     bound_target = check_target(
         action,
         caller_id=account.id,

@@ -28,7 +28,7 @@ from authsvc.flows.challenge import ensure_open, load_flow
 from authsvc.flows.contact import ContactVerified
 from authsvc.flows.login import ClientInfo
 from authsvc.flows.views import LoginVerified
-from authsvc.policies import cadence
+from authsvc.policies import cadence, lockout
 
 
 @dataclass(frozen=True)
@@ -48,24 +48,35 @@ async def verify(
         raise failures.no_active_challenge()
     if flow.code_expires_at <= now:
         raise failures.code_expired()
+    # Limits, then the second factor's lock: before the code is even compared.
+    await app.limits.verify(now, ip=request.client.ip_address, account_id=str(account.id))
+    lockout.check_code_lock(app, account, now)
     max_attempts = app.settings.max_code_attempts
     matches = app.keys.code_hasher.verify(request.code, flow.challenge_id.bytes, flow.code_digest)
 
+    # Both paths lock the account row first, then the flow row (one order: no deadlock); the
+    # account's UPDATE re-checks the second factor's lock, so no answer is given once a
+    # concurrent failure locked it.
     if matches:
-        async with app.write() as db:
-            won = await db.execute(
-                update(Flow)
-                .where(
-                    Flow.id == flow.id,
-                    Flow.status == FlowStatus.PENDING,
-                    Flow.challenge_id == flow.challenge_id,
-                    Flow.failed_attempts < max_attempts,
-                    Flow.code_expires_at > now,
-                    Flow.expires_at > now,
+        try:
+            async with app.write() as db:
+                full = flow.purpose in _FULL_SUCCESS
+                if not await lockout.claim_code_success(app, db, account.id, now, full=full):
+                    raise _Abort("locked")
+                won = await db.execute(
+                    update(Flow)
+                    .where(
+                        Flow.id == flow.id,
+                        Flow.status == FlowStatus.PENDING,
+                        Flow.challenge_id == flow.challenge_id,
+                        Flow.failed_attempts < max_attempts,
+                        Flow.code_expires_at > now,
+                        Flow.expires_at > now,
+                    )
+                    .values(status=FlowStatus.COMPLETED, completed_at=now, code_digest=None)
                 )
-                .values(status=FlowStatus.COMPLETED, completed_at=now, code_digest=None)
-            )
-            if won.rowcount == 1:  # type: ignore[attr-defined]
+                if won.rowcount != 1:  # type: ignore[attr-defined]
+                    raise _Abort("closed")  # undo the counters' reset too
                 audit.record(
                     db,
                     app.clock,
@@ -76,42 +87,81 @@ async def verify(
                     purpose=str(flow.purpose),
                 )
                 return await _complete(app, db, flow, account, request.client)
+        except _Abort as abort:
+            if abort.why == "locked":
+                raise await _locked(app, flow.id) from None
         # Lost the race (or a new code replaced this one): say what the flow is now.
         raise await _why_closed(app, flow.id, superseded=flow.challenge_id)
 
-    async with app.write() as db:
-        counted = await db.execute(
-            update(Flow)
-            .where(
-                Flow.id == flow.id,
-                Flow.status == FlowStatus.PENDING,
-                Flow.failed_attempts < max_attempts,
+    try:
+        async with app.write() as db:
+            counted_for_account = await lockout.code_failure(app, db, account.id, now)
+            if counted_for_account is None:
+                raise _Abort("locked")
+            counted = await db.execute(
+                update(Flow)
+                .where(
+                    Flow.id == flow.id,
+                    Flow.status == FlowStatus.PENDING,
+                    Flow.failed_attempts < max_attempts,
+                )
+                .values(
+                    failed_attempts=Flow.failed_attempts + 1,
+                    status=case(
+                        (Flow.failed_attempts + 1 >= max_attempts, FlowStatus.FAILED.value),
+                        else_=Flow.status,
+                    ),
+                )
+                .returning(Flow.failed_attempts)
             )
-            .values(
-                failed_attempts=Flow.failed_attempts + 1,
-                status=case(
-                    (Flow.failed_attempts + 1 >= max_attempts, FlowStatus.FAILED.value),
-                    else_=Flow.status,
-                ),
-            )
-            .returning(Flow.failed_attempts)
-        )
-        attempts = counted.scalar_one_or_none()
-        if attempts is not None:
+            attempts = counted.scalar_one_or_none()
+            if attempts is None:
+                raise _Abort("closed")  # nothing counted on the account either
+            consecutive, locked_now = counted_for_account
             audit.record(
                 db,
                 app.clock,
                 "code.failed",
-                outcome="CODE_MISMATCH",
+                outcome="ACCOUNT_LOCKED" if locked_now else "CODE_MISMATCH",
                 organization_id=account.organization_id,
                 actor=account.id,
                 flow_id=str(flow.id),
                 purpose=str(flow.purpose),
                 attempts=str(attempts),
+                consecutive=str(consecutive),
             )
-    if attempts is None:
-        raise await _why_closed(app, flow.id, superseded=None)
+            if locked_now:
+                # The password is known to whoever types these codes: tell the holder.
+                lockout.notify_code_lock(app, db, account)
+    except _Abort as abort:
+        if abort.why == "locked":
+            raise await _locked(app, flow.id) from None
+        raise await _why_closed(app, flow.id, superseded=None) from None
+    if locked_now:
+        app.outbox_ready.set()
+        raise await _locked(app, flow.id)
     raise failures.code_mismatch(max(max_attempts - attempts, 0))
+
+
+# A right code for these purposes ends in a session or a grant: every counter starts again.
+_FULL_SUCCESS = (FlowPurpose.LOGIN, FlowPurpose.STEP_UP)
+
+
+class _Abort(Exception):
+    """Leave a verification's transaction, rolled back whole."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+async def _locked(app: App, flow_id: uuid.UUID) -> Failure:
+    _, account = await load_flow(app, flow_id)
+    try:
+        lockout.check_code_lock(app, account, app.clock.now())
+    except Failure as failure:
+        return failure
+    return lockout.account_locked(0.0)
 
 
 async def _complete(

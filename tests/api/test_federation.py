@@ -24,6 +24,7 @@ from support import (
     SIRET,
     Inbox,
     Seeded,
+    aio_channel,
     failure_of,
     seed_account,
     sign_in,
@@ -406,7 +407,7 @@ async def test_jwks_rotation_at_a_url_is_picked_up(
     server = await create_server(by_url, clock=clock, listen="127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with aio_channel(f"127.0.0.1:{server.port}") as channel:
             from authsvc.v1 import auth_service_pb2_grpc
 
             stub = auth_service_pb2_grpc.AuthServiceStub(channel)

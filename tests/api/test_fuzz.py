@@ -47,18 +47,20 @@ from support import (
     OTHER_SIRET,
     PASSWORD,
     SIRET,
+    TEST_API_KEYS,
     Seeded,
     failure_of,
     seed_account,
+    sync_channel,
 )
 
 from authsvc.clock import FrozenClock
 from authsvc.config import Settings
 from authsvc.db.migrate import upgrade
 from authsvc.server import MAX_MESSAGE_BYTES, Server, create_server
+from authsvc.v1 import account_service_pb2, account_service_pb2_grpc, common_pb2
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
-from authsvc.v1 import common_pb2
 
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as AsyncStub
@@ -69,6 +71,7 @@ PROTO_DIR = Path(__file__).resolve().parents[2] / "proto" / "authsvc" / "v1"
 DOMAIN = "authsvc.v1"
 CALL_TIMEOUT_S = 20.0
 EXAMPLES = 150
+GENERIC_EXAMPLES = 40  # per AccountService RPC and RedeemActionGrant
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -98,9 +101,9 @@ def _reason_status() -> dict[str, str]:
     return table
 
 
-def _errors_by_rpc() -> dict[str, frozenset[str]]:
+def _errors_by_rpc(proto: str = "auth_service.proto") -> dict[str, frozenset[str]]:
     """RPC name -> the reasons its comment lists after "Errors:"."""
-    source = (PROTO_DIR / "auth_service.proto").read_text()
+    source = (PROTO_DIR / proto).read_text()
     table: dict[str, frozenset[str]] = {}
     for name, comment in _comment_blocks(source, r"rpc (\w+)\(").items():
         _, found, errors = comment.partition("Errors:")
@@ -111,6 +114,12 @@ def _errors_by_rpc() -> dict[str, frozenset[str]]:
 
 REASON_STATUS = _reason_status()
 ERRORS_BY_RPC = _errors_by_rpc()
+# AccountService: its RPC comments list what they answer besides the failures common to every
+# call (common.proto: a caller without valid backend credentials gets PERMISSION_DENIED).
+ACCOUNT_ERRORS_BY_RPC = {
+    name: reasons | {"PERMISSION_DENIED"}
+    for name, reasons in _errors_by_rpc("account_service.proto").items()
+}
 # Reasons an RPC may answer beyond those its proto comment lists (none: the comments are the
 # contract).
 EXTRA_REASONS: dict[str, frozenset[str]] = {}
@@ -142,7 +151,9 @@ class Harness:
     loop: asyncio.AbstractEventLoop
     server: Server
     stub: pb_grpc.AuthServiceStub
+    account_stub: Any
     outbox: Path
+    clock: FrozenClock = field(default_factory=FrozenClock)
     alice: Seeded | None = None
     flows: list[str] = field(default_factory=list)
     codes: list[str] = field(default_factory=list)
@@ -248,23 +259,31 @@ def harness(fuzz_database: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         outbox_file=tmp / "outbox.jsonl",
         dispatcher_poll_s=0.05,
         grace_period_s=0,
+        api_keys=TEST_API_KEYS,
     )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="fuzz-server", daemon=True)
     thread.start()
 
+    clock = FrozenClock()
+
     async def start() -> Server:
-        server = await create_server(fuzz_settings, clock=FrozenClock(), listen="127.0.0.1:0")
+        server = await create_server(fuzz_settings, clock=clock, listen="127.0.0.1:0")
         await server.start()
         return server
 
     server = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    channel = grpc.insecure_channel(
+    channel = sync_channel(
         f"127.0.0.1:{server.port}",
         options=[("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES)],
     )
     harness = Harness(
-        loop=loop, server=server, stub=pb_grpc.AuthServiceStub(channel), outbox=tmp / "outbox.jsonl"
+        loop=loop,
+        server=server,
+        stub=pb_grpc.AuthServiceStub(channel),
+        account_stub=account_service_pb2_grpc.AccountServiceStub(channel),
+        outbox=tmp / "outbox.jsonl",
+        clock=clock,
     )
     try:
         _prepare(harness)
@@ -305,12 +324,15 @@ def _check_failure(error: grpc.Call, rpc: str, request: Any) -> str:
     info = infos[0]
     assert info.domain == DOMAIN, where
     assert info.reason in REASON_STATUS, f"reason {info.reason!r} is no ErrorReason: {where}"
-    allowed = ERRORS_BY_RPC[rpc] | EXTRA_REASONS.get(rpc, frozenset())
+    documented = ERRORS_BY_RPC.get(rpc) or ACCOUNT_ERRORS_BY_RPC[rpc]
+    allowed = documented | EXTRA_REASONS.get(rpc, frozenset())
     assert info.reason in allowed, f"{rpc} does not document {info.reason}: {where}"
     assert code.name == REASON_STATUS[info.reason], f"{info.reason} with {code.name}: {where}"
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED or info.reason in NEEDS_RETRY_INFO:
         assert len(retries) == 1, f"{info.reason} without RetryInfo: {where}"
         assert retries[0].retry_delay.ToTimedelta().total_seconds() >= 0, where
+    quotas = [d for d in status.details if d.Is(error_details_pb2.QuotaFailure.DESCRIPTOR)]
+    assert len(quotas) == (1 if info.reason == "RATE_LIMITED" else 0), where
     if info.reason == "INVALID_FIELD":
         assert info.metadata.get("field"), f"INVALID_FIELD without a field: {where}"
     if info.reason == "CODE_MISMATCH":
@@ -324,10 +346,15 @@ def exercise(
     request: Any,
     rpc: str,
     request_id: str | None,
+    authorization: str | None = None,
 ) -> None:
-    metadata = None if request_id is None else (("x-request-id", request_id),)
+    metadata: tuple[tuple[str, str], ...] = (
+        () if request_id is None else (("x-request-id", request_id),)
+    )
+    if authorization is not None:  # replaces the test key the channel would send
+        metadata += (("authorization", authorization),)
     try:
-        _, call = method.with_call(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+        _, call = method.with_call(request, metadata=metadata or None, timeout=CALL_TIMEOUT_S)
         trailing = call.trailing_metadata()
         event(f"{rpc}: OK")
     except grpc.RpcError as error:
@@ -672,6 +699,9 @@ def test_logout_fuzz(harness: Harness, data: st.DataObject) -> None:
 def test_server_still_answers_after_the_fuzzing(harness: Harness) -> None:
     """Nothing the fuzzers sent broke the server: a fresh login still works end to end."""
     assert harness.alice is not None
+    # The fuzzers' wrong passwords and codes locked alice and spent her rate limits, as they
+    # should: a day later every lock has lifted (at most 24 h) and every bucket refilled.
+    harness.clock.advance(86400 + 1)
     flow_id = _login(harness.stub, harness.alice)
     verified = harness.stub.Verify(
         pb.VerifyRequest(flow_id=flow_id, code=harness.send_code(flow_id), client=CLIENT)
@@ -760,3 +790,139 @@ async def test_send_limit_reached_carries_retry_info(
     )
     # "retry_delay is how long the last code sent stays valid": sent 30 s ago, 300 s lifetime.
     assert capped.retry_after == pytest.approx(270)
+
+
+# ---- RedeemActionGrant, AccountService, and the caller's credentials ---------------------------
+#
+# Requests built from the message descriptors: every string wild (or, for tokens, a real
+# session token or a well-formed one), every enum any number, nested messages recursively.
+
+
+def _message_strategy(descriptor: Any, harness: Harness, depth: int = 0) -> st.SearchStrategy[Any]:
+    from google.protobuf import message_factory
+
+    cls = message_factory.GetMessageClass(descriptor)
+    fields: dict[str, st.SearchStrategy[Any]] = {}
+    for field_ in descriptor.fields:
+        name = field_.name
+        if field_.type == field_.TYPE_MESSAGE:
+            if depth > 2 or field_.message_type.full_name.startswith("google.protobuf"):
+                continue
+            if field_.message_type.name == "ClientContext":
+                inner: st.SearchStrategy[Any] = client_contexts(valid=True) | client_contexts(
+                    valid=False
+                )
+            else:
+                inner = _message_strategy(field_.message_type, harness, depth + 1)
+            fields[name] = st.none() | inner
+        elif field_.type == field_.TYPE_STRING:
+            if name.endswith("token"):
+                real = st.sampled_from(harness.session_tokens) if harness.session_tokens else None
+                base = URLSAFE_TOKEN | WILD_TOKEN
+                text_ = real | base if real is not None else base
+            else:
+                text_ = wild_text()
+            fields[name] = st.lists(text_, max_size=3) if _repeated(field_) else text_
+        elif field_.type == field_.TYPE_ENUM:
+            numbers = [value.number for value in field_.enum_type.values]
+            values = wild_enum() | st.sampled_from(numbers)
+            fields[name] = st.lists(values, max_size=3) if _repeated(field_) else values
+        elif field_.type == field_.TYPE_BOOL:
+            fields[name] = st.booleans()
+        elif field_.type in (field_.TYPE_INT32, field_.TYPE_INT64, field_.TYPE_UINT32):
+            fields[name] = (
+                st.integers(0, 2**31 - 1)
+                if field_.type == field_.TYPE_UINT32
+                else (st.integers(-(2**31), 2**31 - 1))
+            )
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Any:
+        message = cls()
+        for name, strategy in fields.items():
+            value = draw(strategy, label=name)
+            if value is None:
+                continue
+            target = getattr(message, name)
+            if isinstance(value, list):
+                target.extend(value)
+            elif hasattr(value, "DESCRIPTOR"):
+                target.CopyFrom(value)
+            else:
+                setattr(message, name, value)
+        return message
+
+    return build()
+
+
+def _repeated(field_: Any) -> bool:
+    return bool(field_.is_repeated) if hasattr(field_, "is_repeated") else field_.label == 3
+
+
+ACCOUNT_SERVICE = account_service_pb2.DESCRIPTOR.services_by_name["AccountService"]
+GENERIC_RPCS = [("AuthService", "RedeemActionGrant")] + [
+    ("AccountService", method.name) for method in ACCOUNT_SERVICE.methods
+]
+
+
+def test_the_account_service_contract_is_read_too() -> None:
+    assert set(ACCOUNT_ERRORS_BY_RPC) == {method.name for method in ACCOUNT_SERVICE.methods}
+
+
+@pytest.mark.parametrize(("service", "rpc"), GENERIC_RPCS, ids=[rpc for _, rpc in GENERIC_RPCS])
+def test_descriptor_driven_fuzz(harness: Harness, service: str, rpc: str) -> None:
+    if service == "AuthService":
+        method_descriptor = pb.DESCRIPTOR.services_by_name[service].methods_by_name[rpc]
+        method = getattr(harness.stub, rpc)
+    else:
+        method_descriptor = ACCOUNT_SERVICE.methods_by_name[rpc]
+        method = getattr(harness.account_stub, rpc)
+    requests = _message_strategy(method_descriptor.input_type, harness)
+
+    @settings(
+        max_examples=GENERIC_EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(data=st.data())
+    def run(data: st.DataObject) -> None:
+        request = data.draw(requests, label="request")
+        exercise(method, request, rpc, data.draw(request_ids()))
+
+    run()
+
+
+AUTHORIZATION = st.one_of(
+    st.just(""),
+    st.builds(lambda key: f"Bearer {key}", st.text(URLSAFE, max_size=80)),
+    st.builds(lambda key: f"bearer {key}", st.just("authsvc_") | st.text(URLSAFE, max_size=60)),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200),
+    st.builds(lambda n: "Bearer " + "k" * n, st.integers(100, 8000)),
+)
+
+
+@FUZZ
+@given(data=st.data())
+def test_api_key_metadata_fuzz(harness: Harness, data: st.DataObject) -> None:
+    """Random credentials: always PERMISSION_DENIED, with its ErrorInfo; never anything else."""
+    authorization = data.draw(AUTHORIZATION, label="authorization")
+    request = data.draw(login_requests(harness), label="request")
+    try:
+        harness.stub.Login.with_call(
+            request,
+            metadata=(("authorization", authorization),),
+            timeout=CALL_TIMEOUT_S,
+        )
+    except grpc.RpcError as error:
+        assert isinstance(error, grpc.Call)
+        if len(authorization) > 4000 and error.code() != grpc.StatusCode.PERMISSION_DENIED:
+            # Past the metadata limit the transport itself refuses the headers.
+            assert error.code() in (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.UNAVAILABLE,
+            ), error.code()
+            return
+        assert _check_failure(error, "Login", request) == "PERMISSION_DENIED"
+        return
+    raise AssertionError(f"a call with authorization {authorization!r:.80} succeeded")

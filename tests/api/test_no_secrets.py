@@ -20,12 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import grpc
 import pytest
 from sqlalchemy import MetaData, select
 from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
-from support import CLIENT, MOBILE, PASSWORD, Inbox, seed_account
+from support import CLIENT, MOBILE, PASSWORD, Inbox, aio_channel, seed_account
 
 from authsvc.clock import FrozenClock
 from authsvc.config import Settings
@@ -231,7 +230,7 @@ async def quiet_server(settings: Settings, clock: FrozenClock) -> AsyncIterator[
 
 @pytest.fixture
 async def quiet_stub(quiet_server: Server) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{quiet_server.port}") as channel:
+    async with aio_channel(f"127.0.0.1:{quiet_server.port}") as channel:
         yield pb_grpc.AuthServiceStub(channel)
 
 

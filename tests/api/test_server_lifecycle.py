@@ -24,7 +24,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support import MOBILE, SIRET
+from support import MOBILE, SIRET, TEST_API_KEYS_ENV, sync_channel
 
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
@@ -126,7 +126,7 @@ class Served:
     def wait_serving(self, timeout: float = 20.0) -> None:
         """Poll the health service (with a deadline) until it answers SERVING."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        with sync_channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 assert self.process.poll() is None, f"server died:\n{self.stderr.read_text()}"
@@ -154,6 +154,7 @@ def serve_env(tmp_path: Path) -> dict[str, str]:
         **os.environ,
         "AUTHSVC_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'a.db'}",
         "AUTHSVC_SECRET_KEY_FILE": str(tmp_path / "k"),
+        **TEST_API_KEYS_ENV,
         "AUTHSVC_SMS_PROVIDER": "file",
         "AUTHSVC_VOICE_PROVIDER": "file",
         "AUTHSVC_EMAIL_PROVIDER": "file",
@@ -214,7 +215,7 @@ def served(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
 
 
 def test_sigterm_turns_health_not_serving_then_exits_cleanly(served: Served) -> None:
-    with grpc.insecure_channel(served.target) as channel:
+    with sync_channel(served.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(service=AUTH_SERVICE), timeout=30)
         assert next(watch).status == SERVING
@@ -247,7 +248,7 @@ def test_sigterm_with_no_call_open_exits_at_once(served: Served) -> None:
     started = time.monotonic()
     assert served.stop(timeout=GRACE_S + 10) == 0
     assert time.monotonic() - started < GRACE_S + 5
-    with grpc.insecure_channel(served.target) as channel:
+    with sync_channel(served.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         with pytest.raises(grpc.RpcError) as gone:
             health.Check(health_pb2.HealthCheckRequest(), timeout=2)
@@ -274,7 +275,7 @@ def _call(
 
 def test_one_json_log_line_per_rpc_with_the_request_id(served: Served) -> None:
     wrong_password = "not-the-admin-password-0xC0FFEE"
-    with grpc.insecure_channel(served.target) as channel:
+    with sync_channel(served.target) as channel:
         stub = pb_grpc.AuthServiceStub(channel)
         login = pb.LoginRequest(
             organization_siret=SIRET,

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import TEST_API_KEYS_ENV, sync_channel
 
 from authsvc.seeding import account_login, account_phone, org_siret, seed_password
 from authsvc.v1 import auth_service_pb2 as pb
@@ -50,6 +51,7 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
         **os.environ,
         "AUTHSVC_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'a.db'}",
         "AUTHSVC_SECRET_KEY_FILE": str(tmp_path / "k"),
+        **TEST_API_KEYS_ENV,
         "AUTHSVC_SMS_PROVIDER": "file",
         "AUTHSVC_VOICE_PROVIDER": "file",
         "AUTHSVC_EMAIL_PROVIDER": "file",
@@ -82,7 +84,7 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
 
         # New connections land on both workers (the kernel spreads them by source port).
         for attempt in range(16):
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with sync_channel(f"127.0.0.1:{port}") as channel:
                 health = health_pb2_grpc.HealthStub(channel)
                 assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
                 with pytest.raises(grpc.RpcError) as refused:
@@ -96,7 +98,7 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
                         timeout=20,
                     )
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with sync_channel(f"127.0.0.1:{port}") as channel:
             stub = auth_service_pb2_grpc.AuthServiceStub(channel)
             login = stub.Login(
                 pb.LoginRequest(

@@ -11,12 +11,11 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-import grpc
 import pytest
 from courier.gateways import HttpGatewayServer
 from pydantic import SecretStr
 from sqlalchemy import select
-from support import CLIENT, MOBILE, PASSWORD, seed_account
+from support import CLIENT, MOBILE, PASSWORD, aio_channel, seed_account
 
 from authsvc.clock import FrozenClock
 from authsvc.config import HttpGateway, ProviderName, Settings
@@ -60,7 +59,7 @@ async def http_server(
 
 @pytest.fixture
 async def http_stub(http_server: Server) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{http_server.port}") as channel:
+    async with aio_channel(f"127.0.0.1:{http_server.port}") as channel:
         yield pb_grpc.AuthServiceStub(channel)
 
 
@@ -151,7 +150,7 @@ async def test_a_code_past_its_lifetime_is_abandoned_unsent(
     server = await create_server(quiet, clock=clock, listen="127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with aio_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.AuthServiceStub(channel)
             flow_id = await login(stub, server)
             queued = await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))

@@ -1,0 +1,301 @@
+"""Caller authentication: only known backends may call, and only the RPCs they were given.
+
+A backend proves who it is with an API key (`authorization: Bearer <key>` metadata; only the
+key's SHA-256 is stored, in the `backends` table or in AUTHSVC_API_KEYS) and/or a client
+certificate (mTLS: its identity, a SAN or the CN, is the backend's name). A call without
+valid credentials, or to an RPC the backend may not call, is refused before any RPC logic
+runs: PERMISSION_DENIED with ErrorInfo PERMISSION_DENIED (common.proto, "Callers"). Health
+checking and reflection stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import grpc
+import structlog
+from sqlalchemy import select
+
+from authsvc.api.status import to_grpc_status
+from authsvc.app import App
+from authsvc.db import Backend
+from authsvc.errors import Failure
+from authsvc.otp import random_token
+from authsvc.v1 import account_service_pb2, auth_service_pb2
+
+log = structlog.get_logger("authsvc.rpc")
+
+KEY_PREFIX = "authsvc_"
+MAX_KEY_LENGTH = 128
+OPEN_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+#: The calling backend's name, for the RPC's log line ("" before authentication).
+current_backend: contextvars.ContextVar[str] = contextvars.ContextVar("authsvc_backend", default="")
+
+
+def _methods() -> dict[str, str]:
+    """Every RPC of the API: full method path -> "Service/Method"."""
+    found = {}
+    for module in (auth_service_pb2, account_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                found[f"/{service.full_name}/{method.name}"] = f"{service.name}/{method.name}"
+    return found
+
+
+METHODS = _methods()
+
+
+def normalise_rpcs(patterns: Iterable[str]) -> frozenset[str]:
+    """ "*", "AuthService/*", "AuthService/Login" or "Login" -> the full method paths."""
+    chosen: set[str] = set()
+    for raw in patterns:
+        pattern = raw.strip().removeprefix("authsvc.v1.")
+        if not pattern:
+            continue
+        if pattern == "*":
+            matches = set(METHODS)
+        elif pattern.endswith("/*"):
+            service = pattern[:-2]
+            matches = {path for path, short in METHODS.items() if short.startswith(service + "/")}
+        elif "/" in pattern:
+            matches = {path for path, short in METHODS.items() if short == pattern}
+        else:
+            matches = {path for path, short in METHODS.items() if short.endswith("/" + pattern)}
+        if not matches:
+            raise ValueError(f"unknown RPC {raw!r}")
+        chosen |= matches
+    if not chosen:
+        raise ValueError("a backend needs at least one RPC")
+    return frozenset(chosen)
+
+
+def new_key() -> str:
+    return KEY_PREFIX + random_token(32)
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    rpcs: frozenset[str]
+
+
+class CallerRegistry:
+    """The backends allowed to call: from configuration, plus the `backends` table (re-read
+    every `api_keys_refresh_s`, so `authsvc backend add|revoke` takes effect without a restart).
+    """
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._static_keys: dict[bytes, Caller] = {}
+        self._static_names: dict[str, Caller] = {}
+        for entry in app.settings.api_keys:
+            caller = Caller(entry.name, normalise_rpcs(entry.rpcs))
+            if entry.key is not None:
+                self._static_keys[key_digest(entry.key.get_secret_value())] = caller
+            if entry.key_sha256 is not None:
+                self._static_keys[bytes.fromhex(entry.key_sha256)] = caller
+            self._static_names[entry.name] = caller
+        self.by_digest: dict[bytes, Caller] = dict(self._static_keys)
+        self.by_name: dict[str, Caller] = dict(self._static_names)
+
+    async def refresh(self) -> None:
+        async with self._app.read() as db:
+            rows = list(await db.scalars(select(Backend).where(Backend.revoked_at.is_(None))))
+        by_digest, by_name = dict(self._static_keys), dict(self._static_names)
+        for row in rows:
+            try:
+                caller = Caller(row.name, normalise_rpcs(row.rpcs.split()))
+            except ValueError:
+                log.warning("backend_rpcs_invalid", backend=row.name)
+                continue
+            by_name[row.name] = caller
+            if row.key_digest is not None:
+                by_digest[row.key_digest] = caller
+        self.by_digest, self.by_name = by_digest, by_name
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self._app.settings.api_keys_refresh_s)
+            except TimeoutError:
+                try:
+                    await self.refresh()
+                except Exception:  # keep the last good list; say so
+                    log.exception("backends_refresh_failed")
+
+    def identify(
+        self, metadata: Sequence[tuple[str, Any]], peer: Sequence[bytes] | None
+    ) -> Caller | None:
+        bearer = [value for key, value in metadata if key == "authorization"]
+        if bearer:
+            if len(bearer) != 1 or not isinstance(bearer[0], str):
+                return None
+            scheme, _, key = bearer[0].partition(" ")
+            key = key.strip()
+            if scheme.lower() != "bearer" or not key or len(key) > MAX_KEY_LENGTH:
+                return None
+            return self.by_digest.get(key_digest(key))
+        for identity in peer or ():
+            caller = self.by_name.get(identity.decode("utf-8", "replace"))
+            if caller is not None:
+                return caller
+        return None
+
+
+def _denied() -> Failure:
+    return Failure(
+        "PERMISSION_DENIED",
+        "PERMISSION_DENIED",
+        "this backend may not call this RPC (missing, unknown or unauthorised credentials)",
+    )
+
+
+if TYPE_CHECKING:
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, registry: CallerRegistry) -> None:
+        self._registry = registry
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if method.startswith(OPEN_SERVICES) or handler is None:
+            return handler
+        inner = cast(Behavior | None, handler.unary_unary)
+        if inner is None:  # the API has unary RPCs only
+            return handler
+        registry = self._registry
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            caller = registry.identify(metadata, list(context.peer_identities() or ()))
+            if caller is None or method not in caller.rpcs:
+                await _refuse(context, method, metadata, caller)
+            current_backend.set(caller.name if caller else "")
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def _refuse(
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    metadata: Sequence[tuple[str, Any]],
+    caller: Caller | None,
+) -> None:
+    from authsvc.api.rpc import REQUEST_ID
+
+    started = time.perf_counter()
+    request_id = next(
+        (
+            value
+            for key, value in metadata
+            if key == "x-request-id" and isinstance(value, str) and REQUEST_ID.fullmatch(value)
+        ),
+        uuid.uuid4().hex,
+    )
+    log.info(
+        "rpc",
+        method=method.rpartition("/")[2],
+        outcome="PERMISSION_DENIED",
+        reason="PERMISSION_DENIED",
+        backend=caller.name if caller else "",
+        caller="unauthorised" if caller else "unauthenticated",
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        request_id=request_id,
+    )
+    status = to_grpc_status(_denied())
+    await context.abort(
+        status.code, status.details, (*status.trailing_metadata, ("x-request-id", request_id))
+    )
+
+
+async def register_backend(
+    app: App, name: str, rpcs: Sequence[str], *, with_key: bool = True
+) -> str | None:
+    """Add (or replace) a backend; returns its new API key, shown once (None: mTLS only)."""
+    from authsvc.db import Backend as Row
+
+    patterns = " ".join(
+        sorted(short for path, short in METHODS.items() if path in normalise_rpcs(rpcs))
+    )
+    key = new_key() if with_key else None
+    async with app.write() as db:
+        existing = await db.get(Row, name)
+        if existing is not None:
+            await db.delete(existing)
+            await db.flush()
+        db.add(
+            Row(
+                name=name,
+                key_digest=key_digest(key) if key else None,
+                rpcs=patterns,
+                created_at=app.clock.now(),
+                revoked_at=None,
+            )
+        )
+    return key
+
+
+async def register_key(app: App, name: str, key: str, rpcs: Sequence[str] = ("*",)) -> None:
+    """Register a given key (the development key of `make run`)."""
+    from authsvc.db import Backend as Row
+
+    normalise_rpcs(rpcs)
+    async with app.write() as db:
+        existing = await db.get(Row, name)
+        if existing is not None:
+            await db.delete(existing)
+            await db.flush()
+        db.add(
+            Row(
+                name=name,
+                key_digest=key_digest(key),
+                rpcs=" ".join(rpcs),
+                created_at=app.clock.now(),
+                revoked_at=None,
+            )
+        )
+
+
+async def revoke_backend(app: App, name: str) -> bool:
+    from sqlalchemy import update
+
+    async with app.write() as db:
+        done = await db.execute(
+            update(Backend)
+            .where(Backend.name == name, Backend.revoked_at.is_(None))
+            .values(revoked_at=app.clock.now())
+        )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+async def list_backends(app: App) -> list[Backend]:
+    async with app.read() as db:
+        return list(await db.scalars(select(Backend).order_by(Backend.name)))

@@ -1,0 +1,157 @@
+"""SMS (and voice) pumping: fraudsters make a service send codes to numbers whose operators
+pay them per message. Defences, in the order a send meets them:
+
+1. destination countries allow-listed per channel (default: France and its overseas
+   departments and territories) -> CHANNEL_NOT_AVAILABLE;
+2. a breaker per number prefix (the E.164 number without its last digits) that is open ->
+   RATE_LIMITED ("phone_prefix") until it closes or an operator resets it;
+3. the send limits of policies/ratelimit.py: per IP, per number (at most 10 an hour and 20 a
+   day), per prefix, per organisation and global budgets. When the prefix limit refuses, the
+   prefix's breaker trips: one log line (warning), one row in `send_breakers`, visible with
+   `authsvc breaker list` and closed with `authsvc breaker reset`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import phonenumbers
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from authsvc.app import App
+from authsvc.db import SendBreaker
+from authsvc.errors import rate_limited
+from authsvc.flows import failures
+
+log = structlog.get_logger("authsvc.pumping")
+
+PHONE_CHANNELS = ("sms", "voice")
+
+
+@dataclass(frozen=True)
+class PhoneDestination:
+    region: str
+    prefix: str  # "+3361234", never the full number
+
+
+def phone_destination(app: App, e164: str) -> PhoneDestination:
+    number = phonenumbers.parse(e164, None)
+    region = phonenumbers.region_code_for_number(number) or ""
+    hidden = app.settings.pumping_prefix_hidden_digits
+    return PhoneDestination(region, e164[: max(len(e164) - hidden, 3)])
+
+
+def check_country(app: App, channel: str, region: str) -> None:
+    allowed = app.settings.sms_countries if channel == "sms" else app.settings.voice_countries
+    if region not in allowed:
+        failure = failures.channel_not_available(channel)
+        failure.message = f"codes are not sent by {channel} to this country"
+        raise failure
+
+
+async def breaker_generation(app: App, prefix: str, now: datetime) -> int:
+    """Refuse a send to a prefix whose breaker is open; else the generation of its bucket."""
+    async with app.read() as db:
+        breaker = await db.scalar(select(SendBreaker).where(SendBreaker.prefix == prefix))
+    if breaker is None:
+        return 0
+    if breaker.open_until is not None and breaker.open_until > now:
+        raise rate_limited("phone_prefix", (breaker.open_until - now).total_seconds())
+    return breaker.generation
+
+
+async def trip(app: App, prefix: str, now: datetime) -> float:
+    """Open the prefix's breaker; returns how long it stays open."""
+    open_s = float(app.settings.breaker_open_s)
+    until = now + timedelta(seconds=open_s)
+    async with app.write() as db:
+        tripped = await db.execute(
+            update(SendBreaker)
+            .where(SendBreaker.prefix == prefix)
+            .values(tripped_at=now, open_until=until, trips=SendBreaker.trips + 1)
+        )
+        if tripped.rowcount == 0:  # type: ignore[attr-defined]
+            db.add(
+                SendBreaker(
+                    prefix=prefix,
+                    generation=0,
+                    tripped_at=now,
+                    open_until=until,
+                    trips=1,
+                    reset_at=None,
+                )
+            )
+    log.warning(
+        "sms_pumping_breaker_tripped",
+        prefix=prefix + "•" * app.settings.pumping_prefix_hidden_digits,
+        open_until=until.isoformat(),
+        reset="authsvc breaker reset " + prefix,
+    )
+    return open_s
+
+
+async def trip_safely(app: App, prefix: str, now: datetime) -> float:
+    try:
+        return await trip(app, prefix, now)
+    except IntegrityError:  # a concurrent send tripped it first
+        return float(app.settings.breaker_open_s)
+
+
+async def list_breakers(app: App, *, include_closed: bool = False) -> list[SendBreaker]:
+    now = app.clock.now()
+    async with app.read() as db:
+        rows = list(await db.scalars(select(SendBreaker).order_by(SendBreaker.prefix)))
+    return [
+        row
+        for row in rows
+        if include_closed or (row.open_until is not None and row.open_until > now)
+    ]
+
+
+async def reset_breaker(app: App, prefix: str | None) -> int:
+    """Close one prefix's breaker (or all, with None) and give it a fresh bucket."""
+    now = app.clock.now()
+    statement = update(SendBreaker).values(
+        open_until=None, reset_at=now, generation=SendBreaker.generation + 1
+    )
+    if prefix is not None:
+        statement = statement.where(SendBreaker.prefix == prefix)
+    else:
+        statement = statement.where(SendBreaker.open_until.is_not(None))
+    async with app.write() as db:
+        done = await db.execute(statement)
+    count = int(done.rowcount)  # type: ignore[attr-defined]
+    log.warning("sms_pumping_breaker_reset", prefix=prefix or "*", breakers=count)
+    return count
+
+
+async def check_send(
+    app: App,
+    *,
+    channel: str,
+    address: str,
+    ip: str,
+    organization_id: str,
+) -> None:
+    """Everything a send must pass, cheapest first; raises the refusal."""
+    now = app.clock.now()
+    prefix: str | None = None
+    destination = address.casefold()
+    if channel in PHONE_CHANNELS:
+        where = phone_destination(app, address)
+        check_country(app, channel, where.region)
+        generation = await breaker_generation(app, where.prefix, now)
+        prefix = f"{where.prefix}#{generation}"
+    policy = app.limits
+    verdict = await policy.send(
+        now, ip=ip, destination=destination, prefix=prefix, organization_id=organization_id
+    )
+    if verdict.allowed:
+        return
+    if verdict.limit is policy.send_prefix and prefix is not None:
+        open_s = await trip_safely(app, prefix.partition("#")[0], now)
+        raise rate_limited("phone_prefix", open_s)
+    policy.refuse(verdict)

@@ -1,0 +1,242 @@
+"""Every rate limit, decided in one place: which limits apply to which RPC, keyed by what.
+
+A limit is GCRA (generic cell rate algorithm): a burst of `burst` requests, then one more every
+`interval_us`. Two backends give it the same semantics: `memory` (the Rust `RateLimiter` of
+authsvc.otp, per process) and `redis` (one Lua script per decision, shared by every replica).
+
+A decision checks a list of (limit, key) in order, from the most specific (the client's IP) to
+the global budget, and stops at the first limit that refuses: a flood from one address is
+refused by its own limit and never spends the budget the other users share. Checks run before
+any expensive work (argon2, a send).
+
+Keys never hold a personal value in clear: each is a keyed digest (HMAC with a subkey of the
+master secret) of the value, so neither Redis nor a memory dump shows a number, login or IP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from authsvc.config import Rate, Settings
+from authsvc.errors import rate_limited
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def micros(moment: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (exact)."""
+    return (moment - _EPOCH) // _US
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One GCRA limit. `subject` is what QuotaFailure names ("ip", "phone_number", ...)."""
+
+    name: str
+    subject: str
+    burst: int
+    interval_us: int
+
+    @classmethod
+    def rate(cls, name: str, subject: str, rate: Rate) -> Limit:
+        """`count` per `period_s` on average, bursts of `count` (a throttle)."""
+        return cls(name, subject, rate.count, max(1, math.ceil(rate.period_s * 1e6 / rate.count)))
+
+    @classmethod
+    def cap(cls, name: str, subject: str, count: int, period_s: int) -> Limit:
+        """Never more than `count` in any window of `period_s` (closed interval).
+
+        GCRA lets through at most `burst + window / interval` requests in a window, so the
+        burst is half the cap and the other half refills over the period.
+        """
+        burst = max(1, count // 2)
+        refill = count - burst
+        if refill == 0:  # a cap of 1: one request, then one per period and a microsecond
+            return cls(name, subject, 1, period_s * 1_000_000 + 1)
+        return cls(name, subject, burst, math.ceil(period_s * 1_000_000 / refill))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: float = 0.0  # seconds; math.inf when the cost can never fit
+    limit: Limit | None = None  # the limit that refused
+
+
+ALLOWED = Verdict(True)
+
+
+class Backend(Protocol):
+    """Where GCRA state lives. Implementations: memory.MemoryBackend, redis_backend.RedisBackend."""
+
+    name: str
+
+    async def consume(
+        self, checks: Sequence[tuple[Limit, str]], now_us: int, *, fail_closed: bool = False
+    ) -> Verdict:
+        """Spend one unit of each limit in order; stop at (and report) the first refusal.
+
+        `fail_closed`: if the store is unreachable, raise LimiterUnavailable instead of falling
+        back to a local limiter.
+        """
+        ...
+
+    async def reset(self, limit: Limit, key: str) -> None: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def lock_durations(settings: Settings) -> list[int]:
+    """Password lock lengths: the base, doubling at each lock, never above the maximum."""
+    durations, length = [], settings.password_lock_s
+    while length < settings.password_lock_max_s:
+        durations.append(length)
+        length *= 2
+    durations.append(settings.password_lock_max_s)
+    return durations
+
+
+class RateLimitPolicy:
+    """The limits of each RPC. Raises a RATE_LIMITED Failure (RetryInfo + QuotaFailure)."""
+
+    def __init__(self, settings: Settings, backend: Backend, digest_key: bytes) -> None:
+        self.backend = backend
+        self._key = digest_key
+        limits = settings.rate_limits
+        rate = Limit.rate
+        self.login_ip = rate("login.ip", "ip", limits.login_ip)
+        self.login_account = rate("login.account", "account", limits.login_account)
+        self.login_organization = rate(
+            "login.organization", "organization", limits.login_organization
+        )
+        self.login_global = rate("login.global", "global", limits.login_global)
+        self.verify_ip = rate("verify.ip", "ip", limits.verify_ip)
+        self.verify_account = rate("verify.account", "account", limits.verify_account)
+        self.verify_global = rate("verify.global", "global", limits.verify_global)
+        self.step_up_ip = rate("step_up.ip", "ip", limits.step_up_ip)
+        self.step_up_account = rate("step_up.account", "account", limits.step_up_account)
+        self.send_ip = rate("send.ip", "ip", limits.send_ip)
+        self.send_hour = Limit.cap(
+            "send.number.hour", "phone_number", settings.phone_sends_per_hour, 3600
+        )
+        self.send_day = Limit.cap(
+            "send.number.day", "phone_number", settings.phone_sends_per_day, 86400
+        )
+        self.send_prefix = rate("send.prefix", "phone_prefix", limits.send_prefix)
+        self.send_organization = rate("send.organization", "organization", limits.send_organization)
+        self.send_global = rate("send.global", "global", limits.send_global)
+
+    def ip_key(self, ip: str) -> str | None:
+        return self.key("ip", ip) if ip else None
+
+    def key(self, *parts: str) -> str:
+        """A keyed digest of the parts: what the backend stores instead of the values."""
+        message = "\x1f".join(parts).encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
+
+    async def _decide(
+        self, now: datetime, checks: list[tuple[Limit, str | None]], *, fail_closed: bool = False
+    ) -> Verdict:
+        # A key of None is skipped (no end-user IP was given: no shared "unknown" bucket).
+        verdict = await self.backend.consume(
+            [(limit, f"{limit.name}:{key}") for limit, key in checks if key is not None],
+            micros(now),
+            fail_closed=fail_closed,
+        )
+        return verdict
+
+    @staticmethod
+    def _refuse(verdict: Verdict) -> None:
+        if not verdict.allowed:
+            assert verdict.limit is not None
+            # A cost that can never fit has no finite retry: say "a day" rather than infinity.
+            retry = verdict.retry_after if math.isfinite(verdict.retry_after) else 86400.0
+            raise rate_limited(verdict.limit.subject, retry)
+
+    async def login(self, now: datetime, *, ip: str, siret: str, login: str) -> None:
+        """Before the password is checked: known and unknown logins alike."""
+        self._refuse(
+            await self._decide(
+                now,
+                [
+                    (self.login_ip, self.ip_key(ip)),
+                    (self.login_account, self.key("login", siret, login.casefold())),
+                    (self.login_organization, self.key("org", siret)),
+                    (self.login_global, "all"),
+                ],
+            )
+        )
+
+    async def verify(self, now: datetime, *, ip: str, account_id: str) -> None:
+        self._refuse(
+            await self._decide(
+                now,
+                [
+                    (self.verify_ip, self.ip_key(ip)),
+                    (self.verify_account, self.key("account", account_id)),
+                    (self.verify_global, "all"),
+                ],
+            )
+        )
+
+    async def step_up(self, now: datetime, *, ip: str, account_id: str) -> None:
+        self._refuse(
+            await self._decide(
+                now,
+                [
+                    (self.step_up_ip, self.ip_key(ip)),
+                    (self.step_up_account, self.key("account", account_id)),
+                ],
+            )
+        )
+
+    async def send(
+        self,
+        now: datetime,
+        *,
+        ip: str,
+        destination: str,
+        prefix: str | None,
+        organization_id: str,
+    ) -> Verdict:
+        """Before a code is queued. Fails closed when the shared store is unreachable. The
+        caller handles a refusal by the prefix limit (it trips the breaker), so it gets the
+        Verdict; `refuse(verdict)` turns it into the Failure."""
+        checks: list[tuple[Limit, str | None]] = [
+            (self.send_ip, self.ip_key(ip)),
+            (self.send_hour, self.key("to", destination)),
+            (self.send_day, self.key("to", destination)),
+        ]
+        if prefix is not None:
+            checks.append((self.send_prefix, self.key("prefix", prefix)))
+        checks += [
+            (self.send_organization, self.key("org", organization_id)),
+            (self.send_global, "all"),
+        ]
+        return await self._decide(now, checks, fail_closed=True)
+
+    refuse = _refuse
+
+
+def build_backend(settings: Settings) -> Backend:
+    from authsvc.policies.memory import MemoryBackend
+
+    if settings.rate_limit_backend.value == "redis":
+        from authsvc.policies.redis_backend import RedisBackend
+
+        return RedisBackend(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            timeout_s=settings.redis_timeout_s,
+            fallback=MemoryBackend(),
+        )
+    return MemoryBackend()

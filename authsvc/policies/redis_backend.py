@@ -1,0 +1,125 @@
+"""The shared backend: GCRA in Redis, one atomic Lua script per decision, for many replicas.
+
+The script checks the decision's limits in order and stops at the first refusal, exactly like
+the memory backend (same integer arithmetic, in microseconds: Lua numbers are doubles, exact for
+integers below 2**53, i.e. until the year 2255). Each key holds its TAT and expires when it is
+idle, so Redis holds only the keys that matter.
+
+Time comes from the replica's clock (`now_us`), as with the memory backend, so that both give
+the same answers for the same inputs; replicas keep their clocks in sync (NTP), and a skew of
+a few milliseconds changes a retry delay by as much, nothing more.
+
+When Redis cannot be reached: sends fail closed (LimiterUnavailable: the API answers
+UNAVAILABLE), everything else falls back to the in-process limiter, the health service
+"authsvc.sends" turns NOT_SERVING, and one log line says so (one more when it is back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from authsvc.errors import LimiterUnavailable
+from authsvc.policies.memory import MemoryBackend
+from authsvc.policies.ratelimit import ALLOWED, Limit, Verdict
+
+log = structlog.get_logger("authsvc.ratelimit")
+
+# KEYS: the limits' keys, in order. ARGV: now_us, then burst and interval_us of each key.
+# Returns {0, "0"} when every limit allowed (and spent one unit of each), else {i, retry_us}
+# for the first limit i (1-based) that refused (nothing spent from it or any after it).
+GCRA_SCRIPT = """
+local now = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local burst = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[2 * i + 1])
+  local tat = now
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    tat = math.max(tonumber(stored), now)
+  end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if allow_at > now then
+    return {i, string.format('%.0f', allow_at - now)}
+  end
+  redis.call('SET', KEYS[i], string.format('%.0f', new_tat),
+             'PX', math.floor((new_tat - now) / 1000) + 1)
+end
+return {0, '0'}
+"""
+
+_ERRORS = (redis_errors.RedisError, OSError, TimeoutError)
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(self, url: str, *, prefix: str, timeout_s: float, fallback: MemoryBackend) -> None:
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),  # a decision never waits on retries: fall back or fail
+        )
+        self._prefix = prefix
+        self._fallback = fallback
+        self._gcra = self._redis.register_script(GCRA_SCRIPT)
+        self.available = True
+
+    def _mark(self, available: bool, error: BaseException | None = None) -> None:
+        if available == self.available:
+            return
+        self.available = available
+        if available:
+            log.warning("ratelimit_backend_recovered", backend="redis")
+        else:
+            log.error(
+                "ratelimit_backend_unavailable",
+                backend="redis",
+                error=type(error).__name__ if error else "",
+                sends="refused (fail closed)",
+                other_limits="in-process fallback",
+            )
+
+    async def consume(
+        self, checks: Sequence[tuple[Limit, str]], now_us: int, *, fail_closed: bool = False
+    ) -> Verdict:
+        if not checks:
+            return ALLOWED
+        args: list[int] = [now_us]
+        for limit, _ in checks:
+            args += [limit.burst, limit.interval_us]
+        try:
+            index, retry_us = await self._gcra(
+                keys=[self._prefix + key for _, key in checks], args=args
+            )
+        except _ERRORS as error:
+            self._mark(False, error)
+            if fail_closed:
+                raise LimiterUnavailable("the shared rate limiter is unreachable") from error
+            return self._fallback.consume_now(checks, now_us)
+        self._mark(True)
+        if int(index) == 0:
+            return ALLOWED
+        return Verdict(False, int(retry_us) / 1e6, checks[int(index) - 1][0])
+
+    async def reset(self, limit: Limit, key: str) -> None:
+        await self._redis.delete(self._prefix + key)
+
+    async def healthy(self) -> bool:
+        try:
+            await self._redis.ping()
+        except _ERRORS as error:
+            self._mark(False, error)
+            return False
+        self._mark(True)
+        return True
+
+    async def close(self) -> None:
+        await self._redis.aclose()
