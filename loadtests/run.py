@@ -180,6 +180,66 @@ def database(url: str | None, run_dir: Path) -> Iterator[str]:
         asyncio.run(_postgres(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+async def _postgres_counters(url: str) -> dict[str, int]:
+    """Commits and rows written in the database of `url` since the server started."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted "
+                        "FROM pg_stat_database WHERE datname = :name"
+                    ),
+                    {"name": make_url(url).database},
+                )
+            ).one()
+        return {
+            "commits": int(row[0]),
+            "inserted": int(row[1]),
+            "updated": int(row[2]),
+            "deleted": int(row[3]),
+        }
+    finally:
+        await engine.dispose()
+
+
+def redis_commands(url: str) -> int:
+    """Redis' total_commands_processed (INFO stats), over a bare socket."""
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    with socket.create_connection((where.hostname or "127.0.0.1", where.port or 6379), 5) as conn:
+        conn.sendall(b"INFO stats\r\n")
+        data = b""
+        while b"total_commands_processed" not in data or not data.endswith(b"\r\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("total_commands_processed:"):
+            return int(line.split(":", 1)[1])
+    return 0
+
+
+def backend_counters(database_url: str, redis_url: str | None) -> dict[str, int]:
+    counters: dict[str, int] = {}
+    if database_url.startswith("postgresql"):
+        with contextlib.suppress(Exception):
+            counters |= {
+                f"pg_{k}": v for k, v in asyncio.run(_postgres_counters(database_url)).items()
+            }
+    if redis_url:
+        with contextlib.suppress(OSError, ValueError):
+            counters["redis_commands"] = redis_commands(redis_url)
+    return counters
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="run a load-test scenario end to end")
     parser.add_argument("--scenario", default="national_peak")
@@ -340,12 +400,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"server --workers {args.workers}",
                 file=sys.stderr,
             )
+            before = backend_counters(database_url, args.redis_url)
             began = time.perf_counter()
             locust = subprocess.run(
                 locust_cmd, env=locust_env, cwd=ROOT, timeout=run_time + 120,
                 stdout=(run_dir / "locust.log").open("wb"), stderr=subprocess.STDOUT,
             )  # fmt: skip
             elapsed = time.perf_counter() - began
+            after = backend_counters(database_url, args.redis_url)
             sampler.stop()
             with urllib.request.urlopen(f"{sink_url}/stats", timeout=5) as answer:
                 sink_stats = json.loads(answer.read())
@@ -359,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         memory=sampler.samples,
         sink=sink_stats,
         server_exit=server_code,
+        backends={k: after[k] - before[k] for k in after if k in before},
         locust_exit=locust.returncode,
     )
     print(f"report: {prefix}.html, {prefix}_summary.md (unexpected failures: {failures})")

@@ -85,6 +85,7 @@ def write_summary(
     sink: dict[str, int],
     server_exit: int | None,
     locust_exit: int,
+    backends: dict[str, int] | None = None,
 ) -> int:
     """Write <prefix>_summary.md; return the number of unexpected failures."""
     stats = _rows(prefix.parent / f"{prefix.name}_stats.csv")
@@ -150,13 +151,32 @@ def write_summary(
         )
     else:
         lines.append("- not sampled")
+    backends = backends or {}
+    if backends:
+        per = max(logins, 1)
+        lines += ["", "## Database and Redis during the run", ""]
+        if "pg_commits" in backends:
+            written = backends["pg_inserted"] + backends["pg_updated"] + backends["pg_deleted"]
+            lines.append(
+                f"- PostgreSQL: {backends['pg_commits'] / duration:.0f} commits/s and "
+                f"{written / duration:.0f} rows written/s (inserted {backends['pg_inserted']}, "
+                f"updated {backends['pg_updated']}, deleted {backends['pg_deleted']}); per "
+                f"login: {backends['pg_commits'] / per:.1f} commits, {written / per:.1f} rows"
+            )
+        if "redis_commands" in backends:
+            lines.append(
+                f"- Redis: {backends['redis_commands'] / duration:.0f} commands/s, "
+                f"{backends['redis_commands'] / per:.1f} per login"
+            )
+    sends = sink.get("received", 0)
     lines += [
         "",
         "## SMS sink",
         "",
         f"- received {sink.get('received', 0)}, read by users {sink.get('taken', 0)}, "
         f"left unread {sink.get('pending', 0)}, refused (bad signature or body) "
-        f"{sink.get('rejected', 0)}",
+        f"{sink.get('rejected', 0)}; {sends / duration:.1f} SMS/s over the run, "
+        f"{sends / max(logins, 1):.2f} per login",
         "",
         f"Server exit status {server_exit}, Locust exit status {locust_exit}. "
         f"HTML report: `{prefix.name}.html`; CSVs: `{prefix.name}_*.csv`.",
