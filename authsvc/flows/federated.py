@@ -19,7 +19,7 @@ from authsvc import audit
 from authsvc.app import App
 from authsvc.db import Account, FederatedIdentity, Flow, FlowPurpose, Organization
 from authsvc.errors import Failure, invalid_field
-from authsvc.federation.assertions import AssertionVerifier, Claims
+from authsvc.federation.assertions import AssertionVerifier, Claims, rate_limit_subject
 from authsvc.federation.failures import (
     identity_already_linked,
     identity_not_linked,
@@ -63,6 +63,14 @@ async def login_with_assertion(
     device_token: str | None,
     client: ClientInfo,
 ) -> IssuedSession | PendingFlowView:
+    # The same login limits as a password, before any verification work.
+    hinted_siret, hinted_subject = rate_limit_subject(assertion)
+    await app.limits.login(
+        app.clock.now(),
+        ip=client.ip_address,
+        siret=hinted_siret,
+        login=f"federated:{hinted_subject}",
+    )
     claims = await _verified(app, verifier, assertion, "login.federated")
     async with app.read() as db:
         row = (

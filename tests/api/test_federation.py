@@ -419,3 +419,34 @@ async def test_jwks_rotation_at_a_url_is_picked_up(
             assert after.reason == "IDENTITY_NOT_LINKED"  # the new kid was fetched and verified
     finally:
         await server.stop(grace=0)
+
+
+async def test_federated_logins_share_the_login_rate_limits(
+    settings: Settings, idp: Path, clock: FrozenClock
+) -> None:
+    from support import aio_channel
+
+    from authsvc.config import Rate
+    from authsvc.server import create_server
+    from authsvc.v1 import auth_service_pb2_grpc
+
+    limits = settings.rate_limits.model_copy(update={"login_ip": Rate(count=3, period_s=60)})
+    server = await create_server(
+        settings.model_copy(update={"rate_limits": limits}), clock=clock, listen="127.0.0.1:0"
+    )
+    await server.start()
+    try:
+        async with aio_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            for _ in range(3):
+                assert (await failure_of(stub.Login(federated("not.a-jws")))).reason == (
+                    "ASSERTION_MALFORMED"
+                )
+            limited = await failure_of(stub.Login(federated(mint(idp, clock))))
+            assert (limited.code, limited.reason) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "RATE_LIMITED",
+            )
+            assert limited.retry_after == pytest.approx(20)
+    finally:
+        await server.stop(grace=0)
