@@ -15,7 +15,7 @@ from authsvc.app import App
 from authsvc.courier.notices import notify
 from authsvc.db import Account, Session, TrustedDevice
 from authsvc.flows import failures, grants
-from authsvc.policies import password_policy
+from authsvc.policies import lockout, password_policy
 from authsvc.policies.permissions import Action
 from authsvc.sessions import SessionInfo
 
@@ -32,8 +32,19 @@ async def change_password(
     async with app.read() as db:
         account = await db.scalar(select(Account).where(Account.id == caller.account_id))
     assert account is not None and account.password_hash is not None
+    # The current password is a password check like Login's: same lock, same counter, so a
+    # stolen session cannot be used to guess it without bound.
+    now = app.clock.now()
+    async with app.read() as db:
+        await lockout.check_password_lock(
+            app, db, account, caller.organization_siret, account.login, now
+        )
     if not await app.passwords.verify(account.password_hash, current):
-        raise failures.invalid_credentials()
+        async with app.write() as db:
+            locked = await lockout.password_failure(
+                app, db, account.id, caller.organization_siret, account.login, now
+            )
+        raise locked or failures.invalid_credentials()
     password_policy.check(
         new,
         login=account.login,
@@ -41,7 +52,6 @@ async def change_password(
         field="new_password",
     )
     new_hash = await app.passwords.hash_async(new)
-    now = app.clock.now()
     async with app.write() as db:
         await grants.redeem(
             app,

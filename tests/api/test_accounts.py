@@ -316,6 +316,40 @@ async def test_change_password_revokes_other_sessions_and_devices(
     assert fresh.HasField("pending_flow")  # devices revoked: a code again
 
 
+async def test_wrong_current_passwords_lock_like_logins(
+    stub: Stub, accounts: AccountServiceAsyncStub, inbox: Inbox, alice: Seeded
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    grant = await step_up(stub, inbox, session, A.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD)
+
+    def change(current: str) -> object:
+        return accounts.ChangePassword(
+            apb.ChangePasswordRequest(
+                session_token=session,
+                grant_token=grant.grant_token,
+                current_password=current,
+                new_password=STRONG,
+                client=CLIENT,
+            )
+        )
+
+    reasons = [(await failure_of(change(f"guess number {n}"))).reason for n in range(5)]  # type: ignore[arg-type]
+    assert reasons == ["INVALID_CREDENTIALS"] * 4 + ["ACCOUNT_LOCKED"]
+    locked = await failure_of(change(PASSWORD))  # type: ignore[arg-type]
+    assert locked.reason == "ACCOUNT_LOCKED" and locked.retry_after
+    relogin = await failure_of(
+        stub.Login(
+            pb.LoginRequest(
+                organization_siret=alice.organization_siret,
+                login=alice.login,
+                password=pb.PasswordCredential(password=PASSWORD),
+                client=CLIENT,
+            )
+        )
+    )
+    assert relogin.reason == "ACCOUNT_LOCKED"  # the same lock as Login's
+
+
 async def test_service_access(
     stub: Stub, accounts: AccountServiceAsyncStub, inbox: Inbox, admin: Seeded, member: Seeded
 ) -> None:
