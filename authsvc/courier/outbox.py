@@ -71,17 +71,19 @@ def enqueue(
     subject: str | None = None,
     summary: str | None = None,
     html: str | None = None,
+    message_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     """Queue one message; the caller's transaction commits it with whatever it belongs to.
 
     `subject` and `html` (an alternative to the plain `text`) are for email. `summary` is what
     stays after delivery; by default the text (with the subject) with every code, number and
-    token masked. Call `app.outbox_ready.set()` after the commit so that the in-process
-    dispatcher sends at once.
+    token masked. A code's message takes its challenge id as `message_id`, so that "where is
+    this code's delivery" is one primary-key read. Call `app.outbox_ready.set()` after the
+    commit so that the in-process dispatcher sends at once.
     """
     if channel not in ("sms", "voice", "email"):
         raise ValueError(f"unknown channel {channel!r}")
-    message_id = new_id()
+    message_id = message_id or new_id()
     now = app.clock.now()
     if summary is None:
         summary = code_free(text if subject is None else f"{subject}\n\n{text}")

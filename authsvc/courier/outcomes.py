@@ -55,23 +55,25 @@ async def wait(flow_id: uuid.UUID, timeout_s: float) -> bool:
                 del _waiters[flow_id]
 
 
-async def latest_status(app: App, flow_id: uuid.UUID) -> str:
+async def message_status(app: App, message_id: uuid.UUID) -> MessageStatus | None:
     async with app.read() as db:
-        status = await db.scalar(
-            select(OutboxMessage.status)
-            .where(OutboxMessage.flow_id == flow_id)
-            .order_by(OutboxMessage.created_at.desc())
-            .limit(1)
-        )
-    return DELIVERY[MessageStatus(status)] if status else "queued"
+        status = await db.scalar(select(OutboxMessage.status).where(OutboxMessage.id == message_id))
+    return MessageStatus(status) if status else None
 
 
-async def delivery_status(app: App, flow_id: uuid.UUID) -> str:
-    """Where the flow's code delivery stands, after waiting briefly for the in-process
-    dispatcher (only when this process runs one)."""
+async def delivery_status(app: App, flow_id: uuid.UUID, message_id: uuid.UUID) -> str:
+    """Where the delivery of one of the flow's messages stands, after waiting briefly for the
+    in-process dispatcher (only when this process runs one)."""
     settings = app.settings
     if not settings.dispatcher_enabled or settings.delivery_wait_s <= 0:
         return "queued"
-    if await wait(flow_id, settings.delivery_wait_s):
-        return await latest_status(app, flow_id)
-    return "queued"
+    deadline = asyncio.get_running_loop().time() + settings.delivery_wait_s
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        status = await message_status(app, message_id)
+        if status is not None and DELIVERY[status] != "queued":
+            return DELIVERY[status]
+        # A notice may be about another message of the flow: look again until the deadline.
+        if not await wait(flow_id, left):
+            break
+    status = await message_status(app, message_id)
+    return DELIVERY[status] if status else "queued"

@@ -18,20 +18,12 @@ from authsvc import audit
 from authsvc.app import App
 from authsvc.courier import outcomes, templates
 from authsvc.courier.outbox import enqueue
-from authsvc.db import Account, Flow, FlowStatus, MessageStatus, OutboxMessage
+from authsvc.db import Account, Flow, FlowStatus, MessageStatus
 from authsvc.errors import Failure
 from authsvc.flows import destination, failures
 from authsvc.flows.views import ChallengeView
 from authsvc.otp import generate_code
 from authsvc.policies import lockout, pumping
-
-_DELIVERY = {
-    MessageStatus.QUEUED: "queued",
-    MessageStatus.SENDING: "queued",
-    MessageStatus.SENT: "sent",
-    MessageStatus.FAILED: "queued",  # a failed attempt that will be retried
-    MessageStatus.ABANDONED: "failed",
-}
 
 
 @dataclass(frozen=True)
@@ -85,7 +77,10 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     if replay is not None:
         return replay
     lockout.check_code_lock(app, account, now)
-    _check_send_allowed(app, flow, now)
+    # The cooldown protects against sending twice; it does not apply when the last message
+    # could not be delivered (abandoned): the user would otherwise wait for nothing.
+    retry_failed = await _in_cooldown_after_failed_delivery(app, flow, now)
+    _check_send_allowed(app, flow, now, cooldown=not retry_failed)
     where = destination.of_flow(flow, account)
     # Country allow-list, pumping breaker, per-number caps, send budgets (fail closed).
     await pumping.check_send(
@@ -101,6 +96,12 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     challenge_id = uuid.uuid4()
     code_expires_at = now + timedelta(seconds=settings.code_ttl_s)
     cooldown_start = now - timedelta(seconds=settings.resend_cooldown_s)
+    # Either the cooldown has passed, or (after a failed delivery) nobody sent since we looked.
+    not_sent_meanwhile = (
+        Flow.last_sent_at == flow.last_sent_at
+        if retry_failed
+        else or_(Flow.last_sent_at.is_(None), Flow.last_sent_at <= cooldown_start)
+    )
     async with app.write() as db:
         sent = await db.execute(
             update(Flow)
@@ -109,7 +110,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
                 Flow.status == FlowStatus.PENDING,
                 Flow.expires_at > now,
                 Flow.send_count < settings.max_sends_per_flow,
-                or_(Flow.last_sent_at.is_(None), Flow.last_sent_at <= cooldown_start),
+                not_sent_meanwhile,
             )
             .values(
                 challenge_id=challenge_id,
@@ -122,7 +123,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
             )
         )
         if sent.rowcount == 1:  # type: ignore[attr-defined]
-            _queue_code(app, db, flow, account, channel, code)
+            _queue_code(app, db, flow, account, channel, code, challenge_id)
             audit.record(
                 db,
                 app.clock,
@@ -154,7 +155,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         resend_at=now + timedelta(seconds=settings.resend_cooldown_s),
         sends_remaining=settings.max_sends_per_flow - flow.send_count - 1,
         # Waits up to delivery_wait_s for the in-process dispatcher (courier/outcomes.py).
-        delivery_status=await outcomes.delivery_status(app, flow.id),
+        delivery_status=await outcomes.delivery_status(app, flow.id, challenge_id),
     )
 
 
@@ -162,7 +163,13 @@ _TEXT_PURPOSE = {"federated_link": "step_up", "federated_unlink": "step_up"}
 
 
 def _queue_code(
-    app: App, db: AsyncSession, flow: Flow, account: Account, channel: str, code: str
+    app: App,
+    db: AsyncSession,
+    flow: Flow,
+    account: Account,
+    channel: str,
+    code: str,
+    challenge_id: uuid.UUID,
 ) -> None:
     settings = app.settings
     # Linking or unlinking a federated identity is a sensitive action: the step-up wording.
@@ -184,16 +191,26 @@ def _queue_code(
         masked_to=destination.of_flow(flow, account).masked,
         text=text,
         flow_id=flow.id,
+        message_id=challenge_id,  # one message per challenge: its delivery is one key away
         subject=f"{settings.service_name} : votre code" if channel == "email" else None,
     )
 
 
-def _check_send_allowed(app: App, flow: Flow, now: datetime) -> None:
+async def _in_cooldown_after_failed_delivery(app: App, flow: Flow, now: datetime) -> bool:
+    cooldown = timedelta(seconds=app.settings.resend_cooldown_s)
+    if flow.last_sent_at is None or now >= flow.last_sent_at + cooldown:
+        return False  # not in the cooldown: nothing to look up
+    if flow.challenge_id is None:
+        return False
+    return await outcomes.message_status(app, flow.challenge_id) == MessageStatus.ABANDONED
+
+
+def _check_send_allowed(app: App, flow: Flow, now: datetime, *, cooldown: bool = True) -> None:
     settings = app.settings
     if flow.send_count >= settings.max_sends_per_flow:
         valid_for = (flow.code_expires_at - now).total_seconds() if flow.code_expires_at else 0.0
         raise failures.send_limit_reached(valid_for)
-    if flow.last_sent_at is not None:
+    if cooldown and flow.last_sent_at is not None:
         resend_at = flow.last_sent_at + timedelta(seconds=settings.resend_cooldown_s)
         if now < resend_at:
             raise failures.resend_too_soon((resend_at - now).total_seconds())
@@ -223,13 +240,7 @@ async def _idempotent_replay(
             "IDEMPOTENCY_KEY_REUSED",
             "this idempotency key was used for another request",
         )
-    async with app.read() as db:
-        status = await db.scalar(
-            select(OutboxMessage.status)
-            .where(OutboxMessage.flow_id == flow.id)
-            .order_by(OutboxMessage.created_at.desc())
-            .limit(1)
-        )
+    status = await outcomes.message_status(app, flow.challenge_id)
     assert flow.last_sent_at is not None
     return ChallengeView(
         challenge_id=flow.challenge_id,
@@ -238,5 +249,5 @@ async def _idempotent_replay(
         code_expires_at=flow.code_expires_at,
         resend_at=flow.last_sent_at + timedelta(seconds=app.settings.resend_cooldown_s),
         sends_remaining=app.settings.max_sends_per_flow - flow.send_count,
-        delivery_status=_DELIVERY[MessageStatus(status)] if status else "queued",
+        delivery_status=outcomes.DELIVERY[status] if status else "queued",
     )

@@ -163,7 +163,11 @@ async def test_concurrent_right_codes_exactly_one_wins(
     winners = [r for r in results if isinstance(r, pb.VerifyResponse)]
     losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(winners) == 1 and len(losers) == 49
-    assert {loser.code() for loser in losers} == {grpc.StatusCode.FAILED_PRECONDITION}
+    # Losers see the closed flow, or (past 30 a minute) the per-account Verify limit.
+    assert {loser.code() for loser in losers} <= {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
 
 
 async def test_concurrent_wrong_codes_never_exceed_the_cap(
@@ -176,7 +180,8 @@ async def test_concurrent_wrong_codes_never_exceed_the_cap(
     results = await asyncio.gather(*(failure_of(verify(stub, flow_id, guess)) for guess in guesses))
     mismatches = [r for r in results if r.reason == "CODE_MISMATCH"]
     assert len(mismatches) == 5
-    assert {r.reason for r in results} == {"CODE_MISMATCH", "FLOW_FAILED"}
+    # The rest find the flow dead, or hit the per-account Verify limit (30 a minute) first.
+    assert {r.reason for r in results} - {"CODE_MISMATCH"} <= {"FLOW_FAILED", "RATE_LIMITED"}
     async with server.app.read() as db:
         flow = await db.scalar(select(Flow).where(Flow.failed_attempts >= 0))
     assert flow is not None and flow.failed_attempts == 5 and flow.status == "failed"

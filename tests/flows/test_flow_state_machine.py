@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from sqlalchemy import desc, select
+from sqlalchemy import select
 from support import MOBILE, SIRET, START
 
 from authsvc.accounts import create_account, create_organization
@@ -41,29 +41,31 @@ _SETTINGS = Settings(
     dispatcher_enabled=False,
 )
 upgrade(_SETTINGS.database_url)
-_ACCOUNT: list[uuid.UUID] = []
+_ORGANIZATION: list[uuid.UUID] = []
 T = TypeVar("T")
 CLIENT = ClientInfo(ip_address="203.0.113.9", user_agent="fsm")
 
 
 async def _account(app: App) -> uuid.UUID:
-    if not _ACCOUNT:
-        async with app.write() as db:
+    """A fresh account per example: the account's code-failure counter (the 2FA lock) spans
+    flows, so a shared account would carry state from one example into the next."""
+    async with app.write() as db:
+        if not _ORGANIZATION:
             org = await create_organization(app, db, siret=SIRET, name="FSM")
             await db.flush()
-            account = await create_account(
-                app,
-                db,
-                organization_id=org.id,
-                login="fsm",
-                display_name="FSM",
-                email="fsm@example.fr",
-                phone=MOBILE,
-                role=Role.MEMBER,
-                password_hash="x",
-            )
-        _ACCOUNT.append(account.id)
-    return _ACCOUNT[0]
+            _ORGANIZATION.append(org.id)
+        account = await create_account(
+            app,
+            db,
+            organization_id=_ORGANIZATION[0],
+            login=f"fsm-{uuid.uuid4().hex[:12]}",
+            display_name="FSM",
+            email="fsm@example.fr",
+            phone=MOBILE,
+            role=Role.MEMBER,
+            password_hash="x",
+        )
+    return account.id
 
 
 class LoginFlowMachine(RuleBasedStateMachine):
@@ -115,12 +117,8 @@ class LoginFlowMachine(RuleBasedStateMachine):
 
     async def _delivered_code(self) -> str:
         async with self.app.read() as db:
-            message = await db.scalar(
-                select(OutboxMessage)
-                .where(OutboxMessage.flow_id == self.flow_id)
-                .order_by(desc(OutboxMessage.created_at))
-                .limit(1)
-            )
+            challenge_id = await db.scalar(select(Flow.challenge_id).where(Flow.id == self.flow_id))
+            message = await db.scalar(select(OutboxMessage).where(OutboxMessage.id == challenge_id))
         assert message is not None and message.payload_sealed is not None
         text = Payload.loads(self.app.keys.sealer.open(message.payload_sealed, message.id.bytes))
         return text.text.rsplit("#", 1)[1]
