@@ -81,6 +81,12 @@ def serve_workers(settings: Settings, listen: str | None, workers: int) -> int:
     if address.rsplit(":", 1)[-1] == "0":
         raise SystemExit("--workers needs a fixed port: workers must share it")
     per_worker = worker_settings(settings, workers)
+    if settings.database_url.startswith("sqlite"):
+        log.warning(
+            "several workers on SQLite: writes from different processes wait on its file lock "
+            "(busy timeout); use PostgreSQL to scale writes",
+            workers=workers,
+        )
     context = multiprocessing.get_context("fork")
     # No signal may reach the parent between the forks and its handlers: block, fork, handle.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
