@@ -244,7 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="run a load-test scenario end to end")
     parser.add_argument("--scenario", default="national_peak")
     parser.add_argument("--name", help="report name (default: scenario and time)")
-    parser.add_argument("--users", type=int, default=120, help="users at the peak")
+    parser.add_argument("--users", type=int, default=60, help="users at the peak")
     parser.add_argument("--ramp", type=float, default=30.0, help="seconds to reach the peak")
     parser.add_argument("--peak", type=float, default=60.0, help="seconds at the peak")
     parser.add_argument("--rampdown", type=float, default=10.0, help="seconds to leave")
