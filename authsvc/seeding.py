@@ -111,7 +111,7 @@ async def seed(
             rows = await db.execute(
                 select(Organization.siret, Organization.id).where(Organization.siret.in_(chunk))
             )
-            org_ids.update(dict(rows.tuples().all()))
+            org_ids.update({siret: org_id for siret, org_id in rows})
     created_orgs = 0
     for offset in range(0, orgs, BATCH):
         async with app.write() as db:
