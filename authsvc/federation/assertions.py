@@ -75,7 +75,7 @@ class AssertionVerifier:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.DecodeError:
+        except jwt.PyJWTError:  # DecodeError, and odd headers ("kid": 123, "crit")
             raise refused("ASSERTION_MALFORMED", "not a compact JWS") from None
         algorithm = header.get("alg")
         if algorithm not in ACCEPTED:

@@ -16,6 +16,7 @@ from jwt import PyJWK, PyJWKSet
 from jwt.exceptions import PyJWKError, PyJWKSetError
 
 from authsvc.config import TrustedIssuer
+from authsvc.errors import Failure
 from authsvc.federation.failures import refused
 
 _MAX_JWKS_BYTES = 256 * 1024
@@ -49,14 +50,24 @@ class KeySet:
         return self._keys.get(kid)
 
     async def _refresh(self) -> None:
+        started = time.monotonic()
         async with self._lock:
-            raw = await asyncio.to_thread(self._read)
-            try:
-                key_set = PyJWKSet.from_dict(raw)
-            except (PyJWKSetError, PyJWKError, KeyError, TypeError):
-                raise refused("ASSERTION_KEY_UNKNOWN", "the issuer's key set is unusable") from None
-            self._keys = {key.key_id: key for key in key_set.keys}
+            if self._loaded_at >= started:
+                return  # another request refreshed while this one waited
+            # Any attempt, good or bad, starts the throttle: a failing endpoint is not hammered.
             self._loaded_at = time.monotonic()
+            try:
+                raw = await asyncio.to_thread(self._read)
+                key_set = PyJWKSet.from_dict(raw)
+            except (OSError, ValueError, PyJWKSetError, PyJWKError, KeyError, TypeError):
+                # Keep the keys we had: a published key set that cannot be read now does not
+                # revoke the keys it published before.
+                if self._keys:
+                    return
+                raise Failure(
+                    "UNAVAILABLE", "ASSERTION_KEY_UNKNOWN", "the issuer's keys cannot be read now"
+                ) from None
+            self._keys = {key.key_id: key for key in key_set.keys}
 
     def _read(self) -> dict[str, Any]:
         if self._trusted.jwks_file is not None:
@@ -70,5 +81,5 @@ class KeySet:
                 data = response.read(_MAX_JWKS_BYTES)
         parsed = json.loads(data)
         if not isinstance(parsed, dict):
-            raise refused("ASSERTION_KEY_UNKNOWN", "the issuer's key set is unusable")
+            raise ValueError("a JWKS is a JSON object")
         return parsed

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authsvc import audit
 from authsvc.app import App
 from authsvc.courier.notices import notify
-from authsvc.db import Account, Flow, FlowPurpose, TrustedDevice
+from authsvc.db import Account, Flow, FlowPurpose, Session, TrustedDevice
 from authsvc.db.base import new_id
 from authsvc.flows import grants
 from authsvc.flows.login import ClientInfo, open_flow, pending_view
@@ -135,6 +135,16 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> ContactVerified:
         await db.execute(
             update(TrustedDevice)
             .where(TrustedDevice.account_id == target.id, TrustedDevice.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        # And the holder's sessions, but the one that made the change.
+        await db.execute(
+            update(Session)
+            .where(
+                Session.account_id == target.id,
+                Session.id != flow.session_id,
+                Session.revoked_at.is_(None),
+            )
             .values(revoked_at=now)
         )
     await db.execute(update(Account).where(Account.id == target.id).values(**changes))

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
 from authsvc.app import App
-from authsvc.db import Account, FederatedIdentity, Flow, FlowPurpose, Organization
+from authsvc.courier.notices import notify
+from authsvc.db import Account, FederatedIdentity, Flow, FlowPurpose, Organization, Role
 from authsvc.errors import Failure, invalid_field
 from authsvc.federation.assertions import AssertionVerifier, Claims, rate_limit_subject
 from authsvc.federation.failures import (
@@ -145,14 +146,19 @@ async def request_link(
             raise invalid_field("subject", "issuer and subject are required")
         if not verifier.knows(issuer):
             raise refused("ASSERTION_ISSUER_UNKNOWN", "this issuer is not trusted")
+        if linked.role == Role.ADMIN:
+            # An identity an administrator names could be their own: never onto an admin.
+            raise denied("an administrator links their identity themselves")
     await _ensure_free(app, linked.id, issuer, subject)
-    destination.account_phone(account)  # the code goes to the acting user's phone
+    # The code goes to the phone of the account being linked: its holder consents, so an
+    # administrator cannot attach an identity they control to someone else's account alone.
+    destination.account_phone(linked)
     async with app.write() as db:
         flow = open_flow(
             app,
             db,
             FlowPurpose.FEDERATED_LINK,
-            account,
+            linked,
             client,
             session_id=caller.session_id,
             target_account_id=linked.id,
@@ -168,7 +174,7 @@ async def request_link(
             target=linked.id,
             issuer=issuer,
         )
-    return pending_view(flow, account)
+    return pending_view(flow, linked)
 
 
 async def _ensure_free(app: App, account_id: uuid.UUID, issuer: str, subject: str) -> None:
@@ -256,6 +262,12 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> FederatedLinkResult:
         except IntegrityError:  # linked elsewhere since the request: the unique keys decide
             raise identity_already_linked() from None
         linked = True
+    # The holder hears of every change to how their account can be entered.
+    holder = await db.scalar(select(Account).where(Account.id == flow.target_account_id))
+    assert holder is not None
+    what = "identité Net-entreprises (liée)" if linked else "identité Net-entreprises (retirée)"
+    notify(app, db, holder, "contact_changed", what=what)
+    app.outbox_ready.set()
     audit.record(
         db,
         app.clock,

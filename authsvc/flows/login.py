@@ -126,6 +126,8 @@ async def after_first_factor(
     async with app.write() as db:
         trusted_at = await cadence.trusted_since(app, db, account.id, device_token)
         if trusted_at is not None:
+            # A trusted device stands for the code: not while the second factor is locked.
+            lockout.check_code_lock(app, account, app.clock.now())
             await lockout.clear(db, account.id)  # a full success
             audit.record(
                 db,

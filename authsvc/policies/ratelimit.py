@@ -136,7 +136,9 @@ class RateLimitPolicy:
         self.send_global = rate("send.global", "global", limits.send_global)
 
     def ip_key(self, ip: str) -> str | None:
-        return self.key("ip", ip) if ip else None
+        # A caller that omits the end user's IP shares one bucket with every such call,
+        # rather than escaping the per-IP limits.
+        return self.key("ip", ip or "unknown")
 
     def key(self, *parts: str) -> str:
         """A keyed digest of the parts: what the backend stores instead of the values."""

@@ -80,11 +80,7 @@ def test_trusted_issuer_needs_exactly_one_key_source() -> None:
     with pytest.raises(ValidationError, match="exactly one"):
         Settings(federation_issuers=[{"issuer": "x"}])
     with pytest.raises(ValidationError):
-        Settings(
-            federation_issuers=[
-                {"issuer": "x", "jwks_file": "/a", "algorithms": ["HS256"]}
-            ]
-        )
+        Settings(federation_issuers=[{"issuer": "x", "jwks_file": "/a", "algorithms": ["HS256"]}])
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,6 +106,8 @@ def test_ip_address(value: str, ok: bool) -> None:
         ("a@b", False),
         ("a b@x.fr", False),
         ("a@-x.fr", False),
+        ("a\x00b@example.fr", False),
+        ("a\x7fb@example.fr", False),
         ("x" * 65 + "@x.fr", False),
     ],
 )
