@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from authsvc import audit
 from authsvc.app import App
 from authsvc.db import Account, AccountStatus, Organization, Role, Session
 from authsvc.flows import failures
@@ -124,8 +125,21 @@ async def revoke(app: App, token: str) -> None:
     """Logout. Idempotent: an unknown, expired or already revoked token also succeeds, so that a
     retried Logout never fails and the answer says nothing about the token."""
     async with app.write() as db:
-        await db.execute(
+        ended = await db.execute(
             update(Session)
             .where(Session.token_digest == token_digest(token), Session.revoked_at.is_(None))
             .values(revoked_at=app.clock.now())
+            .returning(Session.account_id)
         )
+        account_id = ended.scalar_one_or_none()
+        if account_id is not None:
+            organization_id = await db.scalar(
+                select(Account.organization_id).where(Account.id == account_id)
+            )
+            audit.record(
+                db,
+                app.clock,
+                "session.logout",
+                organization_id=organization_id,
+                actor=account_id,
+            )

@@ -230,6 +230,15 @@ async def request_unlink(
             target_account_id=linked.id,
             federated_issuer=issuer,
         )
+        audit.record(
+            db,
+            app.clock,
+            "federation.unlink_requested",
+            organization_id=account.organization_id,
+            actor=account.id,
+            target=linked.id,
+            issuer=issuer,
+        )
     return pending_view(flow, account)
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
+from sqlalchemy import func, select
 from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of
 
 from authsvc.clock import FrozenClock
+from authsvc.db import AuditEvent
+from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -74,13 +77,25 @@ async def test_idle_deadline_never_passes_the_absolute_one(
     assert info.idle_expire_time == info.expire_time  # 30 min idle would pass 12 h: capped
 
 
-async def test_logout_revokes_and_is_idempotent(stub: Stub, inbox: Inbox, alice: Seeded) -> None:
+async def test_logout_revokes_and_is_idempotent(
+    stub: Stub, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
     token = await signed_in(stub, inbox, alice)
     other = await signed_in(stub, inbox, alice)
     await stub.Logout(pb.LogoutRequest(session_token=token, client=CLIENT))
     await stub.Logout(pb.LogoutRequest(session_token=token, client=CLIENT))
     assert (await failure_of(validate(stub, token))).reason == "SESSION_INVALID"
     assert (await validate(stub, other)).login == alice.login  # only that session ends
+    async with server.app.read() as db:
+        logouts = await db.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.event_type == "session.logout",
+                AuditEvent.actor_account_id == alice.account_id,
+            )
+        )
+    assert logouts == 1  # audited once: the repeated Logout ended nothing
 
 
 async def test_unknown_token(stub: Stub, alice: Seeded) -> None:
