@@ -91,8 +91,13 @@ class RateLimits(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # Before the credential is verified only what the client controls is spent: its address
+    # (password and federated attempts each have their own) and the login it names.
     login_ip: Rate = Rate(count=100, period_s=60)
     login_account: Rate = Rate(count=30, period_s=60)  # organisation + login, known or not
+    login_federated_ip: Rate = Rate(count=100, period_s=60)  # assertions not yet verified
+    # After the credential is verified (a right password, a valid assertion): what stands
+    # between the first factor and the flows/sessions it opens, per organisation and overall.
     login_organization: Rate = Rate(count=1000, period_s=60)
     login_global: Rate = Rate(count=2000, period_s=1)
     verify_ip: Rate = Rate(count=100, period_s=60)
@@ -107,6 +112,10 @@ class RateLimits(BaseModel):
     # Sends to one number prefix (the number without its last digits): beyond it, the prefix's
     # breaker trips (SMS/voice pumping).
     send_prefix: Rate = Rate(count=100, period_s=3600)
+    # Codes to a destination not yet verified for the account (a contact being changed): the
+    # requester pays, per destination and in all, never the destination's own caps.
+    send_unverified_destination: Rate = Rate(count=3, period_s=3600)
+    send_unverified_requester: Rate = Rate(count=10, period_s=3600)
 
 
 # Default destination countries of SMS and voice codes: France, with its overseas departments
@@ -245,6 +254,9 @@ class Settings(BaseSettings):
     redis_key_prefix: str = "authsvc:"
     redis_timeout_s: float = Field(default=0.5, gt=0, le=10)
     rate_limits: RateLimits = RateLimits()
+    # Per-IP limits key an IPv4 address (IPv4-mapped IPv6 included) alone and an IPv6 address
+    # by its /64; the /48 around it has budgets this many times the /64's.
+    ipv6_48_multiplier: int = Field(default=8, ge=1, le=64)
     # Per destination number (requirements: at most 10 an hour and 20 a day).
     phone_sends_per_hour: int = Field(default=10, ge=1, le=10)
     phone_sends_per_day: int = Field(default=20, ge=1, le=20)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import uuid
 
 from authsvc.errors import invalid_field
+from authsvc.policies import networks
 
 _LOGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _EMAIL = re.compile(
@@ -111,7 +111,8 @@ def ip_address(value: str, field: str = "client.ip_address") -> str:
     if "%" in value or len(value) > 45:
         raise invalid_field(field, "not an IPv4 or IPv6 address")
     try:
-        return str(ipaddress.ip_address(value))
+        # `::ffff:198.51.100.9` is 198.51.100.9: one form in audit rows and in the limiter.
+        return networks.canonical(value)
     except ValueError:
         raise invalid_field(field, "not an IPv4 or IPv6 address") from None
 

@@ -38,20 +38,6 @@ class Claims:
     expires_at: datetime
 
 
-def rate_limit_subject(token: str) -> tuple[str, str]:
-    """(siret, sub) read WITHOUT verification, only to pick the rate-limit buckets before any
-    work: a forger can choose a bucket to spend, never escape the per-IP and global ones."""
-    try:
-        claims = jwt.decode(token[:MAX_ASSERTION_BYTES], options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return "", ""
-    siret, subject = claims.get("siret"), claims.get("sub")
-    return (
-        siret[:14] if isinstance(siret, str) else "",
-        subject[:256] if isinstance(subject, str) else "",
-    )
-
-
 class AssertionVerifier:
     def __init__(self, app: App) -> None:
         self._app = app

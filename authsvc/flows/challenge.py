@@ -89,6 +89,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         address=destination.address(app, flow, account),
         ip=request.ip_address,
         organization_id=str(account.organization_id),
+        requester=destination.unverified_requester(flow),
     )
 
     settings = app.settings

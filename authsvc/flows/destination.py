@@ -38,3 +38,16 @@ def address(app: App, flow: Flow, account: Account) -> str:
         return app.keys.sealer.open(flow.contact_sealed, flow.id.bytes)
     assert account.phone_sealed is not None
     return app.keys.sealer.open(account.phone_sealed, account.id.bytes)
+
+
+def unverified_requester(flow: Flow) -> str | None:
+    """Who pays for a code to a destination not yet verified for the account, or None.
+
+    A contact being changed is whatever number the requester typed: its codes are charged to
+    the requester (policies/ratelimit.py), never to that number's caps or its prefix's breaker,
+    which protect the logins of the number's holder. Every other flow's code goes to the
+    account's own phone.
+    """
+    if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
+        return str(flow.account_id)
+    return None

@@ -20,7 +20,7 @@ from authsvc.app import App
 from authsvc.courier.notices import notify
 from authsvc.db import Account, FederatedIdentity, Flow, FlowPurpose, Organization, Role
 from authsvc.errors import Failure, invalid_field
-from authsvc.federation.assertions import AssertionVerifier, Claims, rate_limit_subject
+from authsvc.federation.assertions import AssertionVerifier, Claims
 from authsvc.federation.failures import (
     identity_already_linked,
     identity_not_linked,
@@ -64,15 +64,13 @@ async def login_with_assertion(
     device_token: str | None,
     client: ClientInfo,
 ) -> IssuedSession | PendingFlowView:
-    # The same login limits as a password, before any verification work.
-    hinted_siret, hinted_subject = rate_limit_subject(assertion)
-    await app.limits.login(
-        app.clock.now(),
-        ip=client.ip_address,
-        siret=hinted_siret,
-        login=f"federated:{hinted_subject}",
-    )
+    # Before verification the claims are the forger's choice: only the client's network.
+    await app.limits.federated_attempt(app.clock.now(), ip=client.ip_address)
     claims = await _verified(app, verifier, assertion, "login.federated")
+    # Verified: the subject's, the organisation's and the global login budgets.
+    await app.limits.login_verified(
+        app.clock.now(), siret=claims.siret, subject=(claims.issuer, claims.subject)
+    )
     async with app.read() as db:
         row = (
             await db.execute(

@@ -80,7 +80,8 @@ async def login_with_password(
     client: ClientInfo,
 ) -> IssuedSession | PendingFlowView:
     now = app.clock.now()
-    # Rate limits first: cheap, and before any expensive work (argon2).
+    # Rate limits first: cheap, and before any expensive work (argon2). Only the client's
+    # network and this login: a stranger's guesses never spend the organisation's budget.
     await app.limits.login(now, ip=client.ip_address, siret=siret, login=login)
     async with app.read() as db:
         row = (
@@ -111,6 +112,8 @@ async def login_with_password(
         raise locked or failures.invalid_credentials()
     if account.status != AccountStatus.ACTIVE:
         raise failures.account_not_active()
+    # The password is right: now the organisation's and the global budgets (ratelimit.py).
+    await app.limits.login_verified(now, siret=siret)
     if app.passwords.needs_rehash(stored):
         await _rehash(app, account, stored, password)
 

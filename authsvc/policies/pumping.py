@@ -9,6 +9,11 @@ pay them per message. Defences, in the order a send meets them:
    day), per prefix, per organisation and global budgets. When the prefix limit refuses, the
    prefix's breaker trips: one log line (warning), one row in `send_breakers`, visible with
    `authsvc breaker list` and closed with `authsvc breaker reset`.
+
+A code to a destination not yet verified for the account (`requester` given: a contact being
+changed) meets the same country list and open breakers, but is charged to the requester and
+never counts toward the number's caps or the prefix's breaker: otherwise any member could
+block a chosen number's (or prefix's) login codes by typing it as their new contact.
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ async def check_send(
     address: str,
     ip: str,
     organization_id: str,
+    requester: str | None = None,
 ) -> None:
     """Everything a send must pass, cheapest first; raises the refusal."""
     now = app.clock.now()
@@ -144,10 +150,16 @@ async def check_send(
         where = phone_destination(app, address)
         check_country(app, channel, where.region)
         generation = await breaker_generation(app, where.prefix, now)
-        prefix = f"{where.prefix}#{generation}"
+        # An unverified destination's send does not count toward the breaker (see above).
+        prefix = f"{where.prefix}#{generation}" if requester is None else None
     policy = app.limits
     verdict = await policy.send(
-        now, ip=ip, destination=destination, prefix=prefix, organization_id=organization_id
+        now,
+        ip=ip,
+        destination=destination,
+        prefix=prefix,
+        organization_id=organization_id,
+        requester=requester,
     )
     if verdict.allowed:
         return

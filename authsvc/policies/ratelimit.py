@@ -9,6 +9,18 @@ the global budget, and stops at the first limit that refuses: a flood from one a
 refused by its own limit and never spends the budget the other users share. Checks run before
 any expensive work (argon2, a send).
 
+Nothing a stranger can spend may lock out other people, so each budget is spent only by those
+who can be held to it:
+- before a credential is verified (a password, an assertion's signature), only the client's own
+  network (policies/networks.py: an IPv4 address, an IPv6 /64 and its /48) and the login it
+  names; unverified assertions have per-network budgets of their own;
+- the organisation and global login budgets are spent after the credential is verified: they
+  bound the flows and sessions opened, and a stranger guessing passwords never reaches them;
+- a code to a destination not yet verified for the account (a contact being changed) is
+  charged to the requester (per requester and destination, and per requester), never to the
+  destination's per-number caps nor to the prefix's pumping breaker, which protect the logins
+  of whoever holds that number.
+
 Keys never hold a personal value in clear: each is a keyed digest (HMAC with a subkey of the
 master secret) of the value, so neither Redis nor a memory dump shows a number, login or IP.
 """
@@ -25,6 +37,7 @@ from typing import Protocol
 
 from authsvc.config import Rate, Settings
 from authsvc.errors import rate_limited
+from authsvc.policies import networks
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -113,8 +126,10 @@ class RateLimitPolicy:
         self._key = digest_key
         limits = settings.rate_limits
         rate = Limit.rate
+        self._wide_factor = settings.ipv6_48_multiplier
         self.login_ip = rate("login.ip", "ip", limits.login_ip)
         self.login_account = rate("login.account", "account", limits.login_account)
+        self.login_federated_ip = rate("login.federated.ip", "ip", limits.login_federated_ip)
         self.login_organization = rate(
             "login.organization", "organization", limits.login_organization
         )
@@ -134,11 +149,36 @@ class RateLimitPolicy:
         self.send_prefix = rate("send.prefix", "phone_prefix", limits.send_prefix)
         self.send_organization = rate("send.organization", "organization", limits.send_organization)
         self.send_global = rate("send.global", "global", limits.send_global)
+        self.send_unverified_destination = rate(
+            "send.unverified.destination", "requester", limits.send_unverified_destination
+        )
+        self.send_unverified_requester = rate(
+            "send.unverified.requester", "requester", limits.send_unverified_requester
+        )
+        # The /48 tier of each per-IP limit: the same name with ".48", `factor` times the budget.
+        self._wide = {
+            limit.name: Limit(
+                f"{limit.name}.48",
+                limit.subject,
+                limit.burst * self._wide_factor,
+                max(1, limit.interval_us // self._wide_factor),
+            )
+            for limit in (
+                self.login_ip,
+                self.login_federated_ip,
+                self.verify_ip,
+                self.step_up_ip,
+                self.send_ip,
+            )
+        }
 
-    def ip_key(self, ip: str) -> str | None:
-        # A caller that omits the end user's IP shares one bucket with every such call,
-        # rather than escaping the per-IP limits.
-        return self.key("ip", ip or "unknown")
+    def ip_checks(self, limit: Limit, ip: str) -> list[tuple[Limit, str | None]]:
+        """A per-IP limit on the client's network: its IPv4 address or IPv6 /64, then the /48."""
+        where = networks.of_address(ip)
+        checks: list[tuple[Limit, str | None]] = [(limit, self.key("ip", where.narrow))]
+        if where.wide is not None:
+            checks.append((self._wide[limit.name], self.key("ip", where.wide)))
+        return checks
 
     def key(self, *parts: str) -> str:
         """A keyed digest of the parts: what the backend stores instead of the values."""
@@ -165,25 +205,43 @@ class RateLimitPolicy:
             raise rate_limited(verdict.limit.subject, retry)
 
     async def login(self, now: datetime, *, ip: str, siret: str, login: str) -> None:
-        """Before the password is checked: known and unknown logins alike."""
+        """Before the password is checked (known and unknown logins alike): only the client's
+        network and the login it names; the organisation's budget waits for the password."""
         self._refuse(
             await self._decide(
                 now,
                 [
-                    (self.login_ip, self.ip_key(ip)),
+                    *self.ip_checks(self.login_ip, ip),
                     (self.login_account, self.key("login", siret, login.casefold())),
-                    (self.login_organization, self.key("org", siret)),
-                    (self.login_global, "all"),
                 ],
             )
         )
+
+    async def federated_attempt(self, now: datetime, *, ip: str) -> None:
+        """Before an assertion is verified: its claims are the forger's choice, so only the
+        client's network is spent, in budgets of their own (not the password logins')."""
+        self._refuse(await self._decide(now, self.ip_checks(self.login_federated_ip, ip)))
+
+    async def login_verified(
+        self, now: datetime, *, siret: str, subject: tuple[str, str] | None = None
+    ) -> None:
+        """After the first factor is verified: the subject's (a federated identity's) budget,
+        the organisation's and the global one. A password's login was spent before argon2."""
+        checks: list[tuple[Limit, str | None]] = []
+        if subject is not None:
+            checks.append((self.login_account, self.key("federated", *subject)))
+        checks += [
+            (self.login_organization, self.key("org", siret)),
+            (self.login_global, "all"),
+        ]
+        self._refuse(await self._decide(now, checks))
 
     async def verify(self, now: datetime, *, ip: str, account_id: str) -> None:
         self._refuse(
             await self._decide(
                 now,
                 [
-                    (self.verify_ip, self.ip_key(ip)),
+                    *self.ip_checks(self.verify_ip, ip),
                     (self.verify_account, self.key("account", account_id)),
                     (self.verify_global, "all"),
                 ],
@@ -195,7 +253,7 @@ class RateLimitPolicy:
             await self._decide(
                 now,
                 [
-                    (self.step_up_ip, self.ip_key(ip)),
+                    *self.ip_checks(self.step_up_ip, ip),
                     (self.step_up_account, self.key("account", account_id)),
                 ],
             )
@@ -209,17 +267,27 @@ class RateLimitPolicy:
         destination: str,
         prefix: str | None,
         organization_id: str,
+        requester: str | None = None,
     ) -> Verdict:
         """Before a code is queued. Fails closed when the shared store is unreachable. The
         caller handles a refusal by the prefix limit (it trips the breaker), so it gets the
-        Verdict; `refuse(verdict)` turns it into the Failure."""
-        checks: list[tuple[Limit, str | None]] = [
-            (self.send_ip, self.ip_key(ip)),
-            (self.send_hour, self.key("to", destination)),
-            (self.send_day, self.key("to", destination)),
-        ]
-        if prefix is not None:
-            checks.append((self.send_prefix, self.key("prefix", prefix)))
+        Verdict; `refuse(verdict)` turns it into the Failure.
+
+        `requester`: the account that asked for a code to a destination not yet verified for
+        it; that account pays instead of the destination's caps and the prefix's breaker."""
+        checks = self.ip_checks(self.send_ip, ip)
+        if requester is not None:
+            checks += [
+                (self.send_unverified_destination, self.key("asks", requester, destination)),
+                (self.send_unverified_requester, self.key("asks", requester)),
+            ]
+        else:
+            checks += [
+                (self.send_hour, self.key("to", destination)),
+                (self.send_day, self.key("to", destination)),
+            ]
+            if prefix is not None:
+                checks.append((self.send_prefix, self.key("prefix", prefix)))
         checks += [
             (self.send_organization, self.key("org", organization_id)),
             (self.send_global, "all"),
