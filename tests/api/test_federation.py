@@ -430,16 +430,20 @@ async def test_jwks_rotation_at_a_url_is_picked_up(
         await server.stop(grace=0)
 
 
-async def test_federated_logins_share_the_login_rate_limits(
+async def test_unverified_assertions_have_a_per_ip_limit_of_their_own(
     settings: Settings, idp: Path, clock: FrozenClock
 ) -> None:
+    """Before verification an assertion spends only its client's network, in a budget apart
+    from the password logins' (issue 11: a forger must not spend anyone else's budget)."""
     from support import aio_channel
 
     from authsvc.config import Rate
     from authsvc.server import create_server
     from authsvc.v1 import auth_service_pb2_grpc
 
-    limits = settings.rate_limits.model_copy(update={"login_ip": Rate(count=3, period_s=60)})
+    limits = settings.rate_limits.model_copy(
+        update={"login_federated_ip": Rate(count=3, period_s=60)}
+    )
     server = await create_server(
         settings.model_copy(update={"rate_limits": limits}), clock=clock, listen="127.0.0.1:0"
     )

@@ -163,9 +163,9 @@ async def test_forged_assertions_from_one_64_do_not_deny_the_organisation(
         )
         answers.append(await outcome(budgets.stub.Login(request)))
     # Nothing was spent from the organisation's (5) or the global (8) budget: the real users'
-    # right passwords go through, from their own addresses.
-    for index in range(5):
-        done = await budgets.stub.Login(password_login(alice, ip=f"198.51.100.{index + 1}"))
+    # right passwords go through, even from the forger's /64 (assertions have their own budget).
+    for ip in ["2001:db8:7:7::99", *(f"198.51.100.{index}" for index in range(1, 5))]:
+        done = await budgets.stub.Login(password_login(alice, ip=ip))
         assert done.WhichOneof("result") == "pending_flow"
     # The /64's own budget for unverified assertions: 3 reach the signature check, then "ip".
     assert answers == ["ASSERTION_SIGNATURE_INVALID"] * 3 + ["RATE_LIMITED:ip"] * 9
