@@ -69,7 +69,7 @@ async def login_with_assertion(
     claims = await _verified(app, verifier, assertion, "login.federated")
     # Verified: the subject's, the organisation's and the global login budgets.
     await app.limits.login_verified(
-        app.clock.now(), siret=claims.siret, subject=(claims.issuer, claims.subject)
+        app.clock.now(), siret=claims.siret, federated=(claims.issuer, claims.subject)
     )
     async with app.read() as db:
         row = (

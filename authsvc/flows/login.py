@@ -81,8 +81,8 @@ async def login_with_password(
 ) -> IssuedSession | PendingFlowView:
     now = app.clock.now()
     # Rate limits first: cheap, and before any expensive work (argon2). Only the client's
-    # network and this login: a stranger's guesses never spend the organisation's budget.
-    await app.limits.login(now, ip=client.ip_address, siret=siret, login=login)
+    # network: a stranger's guesses never spend a budget other people need.
+    await app.limits.login(now, ip=client.ip_address)
     async with app.read() as db:
         row = (
             await db.execute(
@@ -112,8 +112,8 @@ async def login_with_password(
         raise locked or failures.invalid_credentials()
     if account.status != AccountStatus.ACTIVE:
         raise failures.account_not_active()
-    # The password is right: now the organisation's and the global budgets (ratelimit.py).
-    await app.limits.login_verified(now, siret=siret)
+    # The password is right: now the login's, the organisation's and the global budgets.
+    await app.limits.login_verified(now, siret=siret, login=login)
     if app.passwords.needs_rehash(stored):
         await _rehash(app, account, stored, password)
 

@@ -12,10 +12,12 @@ any expensive work (argon2, a send).
 Nothing a stranger can spend may lock out other people, so each budget is spent only by those
 who can be held to it:
 - before a credential is verified (a password, an assertion's signature), only the client's own
-  network (policies/networks.py: an IPv4 address, an IPv6 /64 and its /48) and the login it
-  names; unverified assertions have per-network budgets of their own;
-- the organisation and global login budgets are spent after the credential is verified: they
-  bound the flows and sessions opened, and a stranger guessing passwords never reaches them;
+  network (policies/networks.py: an IPv4 address, an IPv6 /64 and its /48); unverified
+  assertions have per-network budgets of their own. Password guesses per login are bounded by
+  the lockout (policies/lockout.py), which runs before argon2;
+- the subject (organisation + login, or federated identity), organisation and global login
+  budgets are spent after the credential is verified: they bound the flows and sessions
+  opened, and a stranger guessing passwords or forging assertions never reaches them;
 - a code to a destination not yet verified for the account (a contact being changed) is
   charged to the requester (per requester and destination, and per requester), never to the
   destination's per-number caps nor to the prefix's pumping breaker, which protect the logins
@@ -204,18 +206,11 @@ class RateLimitPolicy:
             retry = verdict.retry_after if math.isfinite(verdict.retry_after) else 86400.0
             raise rate_limited(verdict.limit.subject, retry)
 
-    async def login(self, now: datetime, *, ip: str, siret: str, login: str) -> None:
+    async def login(self, now: datetime, *, ip: str) -> None:
         """Before the password is checked (known and unknown logins alike): only the client's
-        network and the login it names; the organisation's budget waits for the password."""
-        self._refuse(
-            await self._decide(
-                now,
-                [
-                    *self.ip_checks(self.login_ip, ip),
-                    (self.login_account, self.key("login", siret, login.casefold())),
-                ],
-            )
-        )
+        network. What the request names (login, organisation) waits for the right password:
+        a stranger's guesses are bounded by their network and by the password lockout."""
+        self._refuse(await self._decide(now, self.ip_checks(self.login_ip, ip)))
 
     async def federated_attempt(self, now: datetime, *, ip: str) -> None:
         """Before an assertion is verified: its claims are the forger's choice, so only the
@@ -223,18 +218,30 @@ class RateLimitPolicy:
         self._refuse(await self._decide(now, self.ip_checks(self.login_federated_ip, ip)))
 
     async def login_verified(
-        self, now: datetime, *, siret: str, subject: tuple[str, str] | None = None
+        self,
+        now: datetime,
+        *,
+        siret: str,
+        login: str | None = None,
+        federated: tuple[str, str] | None = None,
     ) -> None:
-        """After the first factor is verified: the subject's (a federated identity's) budget,
-        the organisation's and the global one. A password's login was spent before argon2."""
-        checks: list[tuple[Limit, str | None]] = []
-        if subject is not None:
-            checks.append((self.login_account, self.key("federated", *subject)))
-        checks += [
-            (self.login_organization, self.key("org", siret)),
-            (self.login_global, "all"),
-        ]
-        self._refuse(await self._decide(now, checks))
+        """After the first factor is verified: the subject's budget (the organisation's login,
+        or the federated issuer and subject), the organisation's and the global one."""
+        subject = (
+            self.key("login", siret, login.casefold())
+            if login is not None
+            else self.key("federated", *(federated or ("", "")))
+        )
+        self._refuse(
+            await self._decide(
+                now,
+                [
+                    (self.login_account, subject),
+                    (self.login_organization, self.key("org", siret)),
+                    (self.login_global, "all"),
+                ],
+            )
+        )
 
     async def verify(self, now: datetime, *, ip: str, account_id: str) -> None:
         self._refuse(
