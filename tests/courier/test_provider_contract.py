@@ -37,6 +37,7 @@ from authsvc.clock import FrozenClock
 from authsvc.config import HttpGateway, ProviderName, Settings, SmtpSecurity
 from authsvc.courier.dispatcher import MAX_ATTEMPTS, Dispatcher
 from authsvc.courier.outbox import enqueue
+from authsvc.courier.templates import Rendered
 from authsvc.courier.providers import (
     DeliveryError,
     MessageProvider,
@@ -203,8 +204,12 @@ async def queue_one(app: App, channel: str) -> None:
             template="test",
             to=TO[channel],
             masked_to="masked",
-            text="PEP's : votre code est 424242.",
-            subject="PEP's : votre code" if channel == "email" else None,
+            message=Rendered(
+                text="PEP's : votre code est 424242.",
+                summary="PEP's : votre code est ••••.",
+                secrets=("424242",),
+                subject="PEP's : votre code" if channel == "email" else None,
+            ),
             flow_id=None,
         )
 

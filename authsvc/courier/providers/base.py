@@ -9,11 +9,16 @@ from typing import Protocol, runtime_checkable
 
 
 class DeliveryError(Exception):
-    """The provider did not accept the message. `permanent` ones are not retried."""
+    """The provider did not accept the message. `permanent` ones are not retried.
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    The message is ours (which gateway, which status); `detail` is what the gateway itself said,
+    which may quote the payload: the dispatcher keeps only a masked, bounded excerpt of it
+    (courier/redaction.py), and masks the message with the payload too."""
+
+    def __init__(self, message: str, *, permanent: bool = False, detail: str | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.detail = detail
 
 
 @dataclass(frozen=True)
