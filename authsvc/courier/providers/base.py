@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
+
+# httpx logs every request line at INFO, query string included: for Kannel's sendsms that is the
+# password, the number and the text with its code (and some gateways take an API key in the
+# URL). Never below WARNING, whatever logging set-up the process has.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class DeliveryError(Exception):
