@@ -85,7 +85,9 @@ class Logs:
         return [event["method"] for event in self.events if event.get("event") == "rpc"]
 
 
-def capturing(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[Logs]:
+def capturing(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> Iterator[Logs]:
     """The body of a test module's `logs` fixture: everything logged while the test runs."""
     caplog.set_level(logging.DEBUG)
     with capture_logs() as events:

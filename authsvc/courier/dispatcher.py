@@ -34,7 +34,6 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from authsvc.app import App
 from authsvc.courier import outcomes
 from authsvc.courier.outbox import Payload
-from authsvc.courier.redaction import Redactor
 from authsvc.courier.providers import (
     DeliveryError,
     MessageProvider,
@@ -42,6 +41,7 @@ from authsvc.courier.providers import (
     Provider,
     build_providers,
 )
+from authsvc.courier.redaction import Redactor
 from authsvc.db import MessageStatus, OutboxMessage
 
 log = structlog.get_logger("authsvc.dispatcher")

@@ -99,6 +99,7 @@ def _render(
         summary = summary.replace(form, MASK)
     return Rendered(text=text, summary=summary, secrets=forms, subject=subject, html=markup)
 
+
 # What the code is for, as each channel says it.
 _SMS_WHAT = {
     "login": "votre code de connexion",
@@ -180,7 +181,7 @@ def code_message(
     subject and HTML alternative), and its summary."""
     _check(purpose, code, minutes)
     secret = {"code": code}
-    common = {"purpose": purpose, "service": service, "minutes": minutes}
+    common: dict[str, str | int] = {"purpose": purpose, "service": service, "minutes": minutes}
     if channel == "sms":
         return _render(_code_sms, secret, domain=domain, **common)
     if channel == "voice":
@@ -206,7 +207,9 @@ def code_sms(*, service: str, code: str, minutes: int, domain: str, purpose: str
 
 
 def code_voice(*, service: str, code: str, minutes: int, purpose: str = "login") -> str:
-    return code_text("voice", purpose=purpose, code=code, minutes=minutes, service=service, domain="")
+    return code_text(
+        "voice", purpose=purpose, code=code, minutes=minutes, service=service, domain=""
+    )
 
 
 def code_email(*, purpose: str, code: str, minutes: int, service: str) -> Rendered:
@@ -307,7 +310,8 @@ def _email_verification(
     return _mail(
         f"{service} : confirmez votre nouvelle adresse électronique",
         f"Bonjour {display_name},",
-        f"Pour confirmer cette adresse électronique sur {service}, saisissez le code : {code.plain}",
+        f"Pour confirmer cette adresse électronique sur {service}, saisissez le code : "
+        f"{code.plain}",
         f"Ce code expire dans {_minutes(int(minutes))}. {_NEVER_SHARE}",
         "Si vous n'avez rien demandé, ignorez ce message : votre adresse ne sera pas modifiée.",
         signature=service,

@@ -49,6 +49,7 @@ from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as Stub
 
+
 async def wait_until_delivered(server: Server, count: int, limit_s: float = 10.0) -> None:
     """Poll (with a deadline) until `count` outbox messages reached a final state."""
     loop = asyncio.get_running_loop()
@@ -319,8 +320,9 @@ async def test_a_gateway_quoting_the_code_in_its_error_leaks_it_nowhere(
                 assert await dispatcher.run_once() == 1  # and sent
             finally:
                 await dispatcher.close()
-            sent = unquote_plus(echoing_gateway.requests[-1].body.decode()
-                                or echoing_gateway.requests[-1].path)
+            sent = unquote_plus(
+                echoing_gateway.requests[-1].body.decode() or echoing_gateway.requests[-1].path
+            )
             match = re.search(r"#(\d{6})|code est : ((?:\d, ){5}\d)", sent)
             assert match, sent
             code = (match.group(1) or match.group(2)).replace(", ", "")
@@ -339,7 +341,9 @@ async def test_a_gateway_quoting_the_code_in_its_error_leaks_it_nowhere(
 
 # ---- an activation token without a digit -------------------------------------------------------
 
-DIGIT_FREE_TOKEN = "kPqRsTuVwXyZaBcDeFgHiJkLmNoPqRsTuVwXyZ_-abc"  # 43 characters, as random_token(32)
+DIGIT_FREE_TOKEN = (
+    "kPqRsTuVwXyZaBcDeFgHiJkLmNoPqRsTuVwXyZ_-abc"  # 43 characters, as random_token(32)
+)
 
 
 async def test_an_activation_token_without_a_digit_is_kept_nowhere(

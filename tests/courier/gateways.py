@@ -90,6 +90,7 @@ class HttpGatewayServer:
                     time.sleep(HANG_S)
                 # What it was sent, quoted back: the JSON body, or the query string of a GET.
                 echoed = body.decode(errors="replace") or self.path
+                answer: dict[str, str] | str
                 status, answer = {
                     "ok": (200, {"id": f"gw-{len(gateway.requests)}"}),
                     "hang": (200, {"id": "late"}),

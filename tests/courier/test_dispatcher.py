@@ -54,9 +54,7 @@ async def queue(app: App, count: int = 1) -> None:
                 template="test",
                 to=f"+3361234{n:04d}",
                 masked_to="+33 •••••••00",
-                message=Rendered(
-                    text=f"code {n:06d}", summary="code ••••", secrets=(f"{n:06d}",)
-                ),
+                message=Rendered(text=f"code {n:06d}", summary="code ••••", secrets=(f"{n:06d}",)),
                 flow_id=None,
             )
 

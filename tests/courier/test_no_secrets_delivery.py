@@ -155,7 +155,13 @@ async def test_gateways_quoting_every_message_leave_no_secret_behind(
         for channel, template, message in messages:
             to = ADDRESS if channel == "email" else MOBILE
             enqueue(
-                app, db, channel=channel, template=template, to=to, masked_to="m", message=message,
+                app,
+                db,
+                channel=channel,
+                template=template,
+                to=to,
+                masked_to="m",
+                message=message,
                 flow_id=None,
             )
     count = len(messages)
@@ -198,7 +204,13 @@ async def test_a_delivered_message_keeps_only_its_summary(
         for channel, template, message in every_message(secret):
             to = ADDRESS if channel == "email" else MOBILE
             enqueue(
-                app, db, channel=channel, template=template, to=to, masked_to="m", message=message,
+                app,
+                db,
+                channel=channel,
+                template=template,
+                to=to,
+                masked_to="m",
+                message=message,
                 flow_id=None,
             )
     dispatcher = Dispatcher(app)

@@ -37,7 +37,6 @@ from authsvc.clock import FrozenClock
 from authsvc.config import HttpGateway, ProviderName, Settings, SmtpSecurity
 from authsvc.courier.dispatcher import MAX_ATTEMPTS, Dispatcher
 from authsvc.courier.outbox import enqueue
-from authsvc.courier.templates import Rendered
 from authsvc.courier.providers import (
     DeliveryError,
     MessageProvider,
@@ -45,6 +44,7 @@ from authsvc.courier.providers import (
     build_providers,
     classify_http_status,
 )
+from authsvc.courier.templates import Rendered
 from authsvc.db import MessageStatus, OutboxMessage
 
 TIMEOUT_S = 0.5

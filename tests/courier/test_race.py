@@ -19,8 +19,8 @@ from authsvc.clock import FrozenClock
 from authsvc.config import Settings
 from authsvc.courier.dispatcher import Dispatcher
 from authsvc.courier.outbox import enqueue
-from authsvc.courier.templates import Rendered
 from authsvc.courier.providers import Provider
+from authsvc.courier.templates import Rendered
 from authsvc.db import MessageStatus, OutboxMessage
 
 COUNT = 1000

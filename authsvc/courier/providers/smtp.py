@@ -45,7 +45,9 @@ class SmtpProvider:
         try:
             email = self.compose(message)
         except (ValueError, IndexError) as error:  # an address the headers refuse
-            raise DeliveryError("smtp: address refused", permanent=True, detail=str(error)) from None
+            raise DeliveryError(
+                "smtp: address refused", permanent=True, detail=str(error)
+            ) from None
         await asyncio.to_thread(self._send, email)
         return str(email["Message-ID"])
 
