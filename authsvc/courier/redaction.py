@@ -9,7 +9,7 @@ with what the dispatcher knows the message holds:
 - every form of every secret the template wrote (templates.Secret.forms), matched with any run of
   up to three non-alphanumeric characters between their characters ("123456" also masks
   "1, 2, 3, 4, 5, 6", "123 456", "1-2-3-4-5-6");
-- the destination: an address, case-insensitively; a phone number as its international digits,
+- the destination: an address (and its local part), case-insensitively; a phone number as its international digits,
   its national digits and its significant digits, with separators allowed between digits.
 
 Percent-encoding is undone first (a gateway echoing its query string). A gateway's own words
@@ -74,6 +74,9 @@ class Redactor:
         to = payload.to
         if "@" in to:
             self._add(re.escape(to), ADDRESS_MASK)
+            local = to.rpartition("@")[0]
+            if len(local) >= 5:  # "user alice.martin unknown"
+                self._add(rf"\b{re.escape(local)}\b", ADDRESS_MASK)
         for digits in _phone_digits(to) if "@" not in to else []:
             self._add(r"\+?" + _spread(digits), NUMBER_MASK)
 
