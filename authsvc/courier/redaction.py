@@ -9,8 +9,8 @@ with what the dispatcher knows the message holds:
 - every form of every secret the template wrote (templates.Secret.forms), matched with any run of
   up to three non-alphanumeric characters between their characters ("123456" also masks
   "1, 2, 3, 4, 5, 6", "123 456", "1-2-3-4-5-6");
-- the destination: an address (and its local part), case-insensitively; a phone number as its international digits,
-  its national digits and its significant digits, with separators allowed between digits.
+- the destination: an address (and its local part), case-insensitively; a phone number as its
+  international, national and significant digits, with separators allowed between digits.
 
 Percent-encoding is undone first (a gateway echoing its query string). A gateway's own words
 (`DeliveryError.detail`) are never kept verbatim: after that masking, any run of four digits or
