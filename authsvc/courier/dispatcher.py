@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import re
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -42,21 +41,28 @@ from authsvc.courier.providers import (
     Provider,
     build_providers,
 )
+from authsvc.courier.redaction import Redactor
 from authsvc.db import MessageStatus, OutboxMessage
 
 log = structlog.get_logger("authsvc.dispatcher")
 
 MAX_ATTEMPTS = 5
 BATCH = 32
+MAX_ERROR_CHARS = 400
 
 
-# A run of digits long enough to be a phone number, however a gateway spaces or prefixes it.
-_NUMBER = re.compile(r"\+?\d(?:[\s().-]*\d){5,}")
-
-
-def redact(error: str) -> str:
-    """Provider errors often quote the destination: drop numbers before storing or logging."""
-    return _NUMBER.sub("[number]", error)[:1000]
+def redact(error: Exception, payload: Payload) -> str:
+    """What is stored (last_error) and logged of a provider's failure: masked with the message's
+    own payload (courier/redaction.py); the gateway's words only as a masked, bounded excerpt."""
+    redactor = Redactor(payload)
+    if isinstance(error, DeliveryError):
+        said = redactor.mask(str(error))
+        if error.detail:
+            said = f"{said}: {redactor.excerpt(error.detail)}"
+    else:  # a provider bug: its message is as untrusted as a gateway's
+        said = f"{type(error).__name__}: {redactor.excerpt(str(error))}"
+    said = " ".join(said.split())
+    return said if len(said) <= MAX_ERROR_CHARS else said[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def backoff_s(attempt: int) -> float:
@@ -139,11 +145,13 @@ class Dispatcher:
                     created_at=message.created_at,
                 )
         except DeliveryError as error:
-            return await self._failed(message, redact(str(error)), permanent=error.permanent)
+            detail = redact(error, payload)
+            return await self._failed(message, detail, permanent=error.permanent)
         except Exception as error:  # a provider bug must not kill the dispatcher
-            detail = redact(f"{type(error).__name__}: {error}")
-            return await self._failed(message, detail, permanent=False)
-        if not await self._finish(message, MessageStatus.SENT, provider_id=provider_id[:128]):
+            return await self._failed(message, redact(error, payload), permanent=False)
+        # A gateway's id is its own words too: masked by value (an id has digits: no excerpt).
+        provider_id = Redactor(payload).mask(provider_id)[:128]
+        if not await self._finish(message, MessageStatus.SENT, provider_id=provider_id):
             return MessageStatus.SENT
         log.info(
             "message_sent",

@@ -33,7 +33,6 @@ def notify(
         template=kind,
         to=address,
         masked_to=mask_email(address),
-        text=message.text,
-        subject=message.subject,
+        message=message,
         flow_id=None,
     )

@@ -5,19 +5,100 @@
   never to share it, and ends with the WebOTP line (`@domain #code`) so that browsers can offer to
   fill the code in; it stays within one GSM-7 segment (no ê, ç, curly quotes...). The voice text
   reads the digits one by one, twice. For email it is the plain-text body.
-- `email(kind, **fields)`: notifications and activation, as an `EmailText` (subject, plain text,
-  and an HTML alternative made from the same paragraphs).
+- `email(kind, **fields)`: notifications and activation (subject, plain text, and an HTML
+  alternative made from the same paragraphs).
+
+Both come as a `Rendered`: the text to send, and what may be kept of it for good. A secret (a code,
+an activation token) reaches a template only as a `Secret`, which refuses to be formatted as is:
+the template picks the form it writes (`.plain`, `.spoken`). The template is then rendered a second
+time with placeholders in place of every secret, and that rendering is the `summary` kept after
+delivery; nothing is ever derived by searching the secret text for what looks like a code. The
+`Rendered` also lists every form of every secret (`secrets`), which the dispatcher masks in what a
+gateway answers.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 CHANNELS: Final = ("sms", "voice", "email")
 PURPOSES: Final = ("login", "step_up", "contact_verification")
+# What stands for a secret in a summary.
+MASK: Final = "••••"
+# Email fields that are secrets whichever template names them.
+SECRET_FIELDS: Final = frozenset({"activation_token", "code"})
+
+
+class Secret:
+    """A secret as a template writes it. Each form a template may write is a property, so that the
+    placeholder (`Secret(None)`) writes every one of them as MASK and `forms()` lists them all.
+    Formatting the object itself raises: a template cannot write a secret by accident."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str | None) -> None:
+        self._value = value
+
+    @property
+    def plain(self) -> str:
+        return MASK if self._value is None else self._value
+
+    @property
+    def spoken(self) -> str:
+        """One character at a time, as a voice reads it: "1, 2, 3, 4, 5, 6"."""
+        return MASK if self._value is None else ", ".join(self._value)
+
+    def forms(self) -> tuple[str, ...]:
+        """Every way this secret may appear in a rendered message (or a gateway's echo of it)."""
+        if self._value is None:
+            return ()
+        value = self._value
+        return tuple(dict.fromkeys((value, self.spoken, " ".join(value), html.escape(value))))
+
+    def __format__(self, spec: str) -> str:
+        raise TypeError("write a Secret through one of its forms (.plain, .spoken)")
+
+    def __str__(self) -> str:
+        raise TypeError("write a Secret through one of its forms (.plain, .spoken)")
+
+    def __repr__(self) -> str:
+        return "Secret(...)"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A message ready to queue: what is sent, and what may be kept (`summary`, rendered from the
+    template with placeholders). `secrets`: every form of every secret in the message."""
+
+    text: str
+    summary: str
+    secrets: tuple[str, ...] = ()
+    subject: str | None = None
+    html: str | None = None
+
+
+def _render(
+    body: Callable[..., str | EmailText], secrets: Mapping[str, str], **public: str | int
+) -> Rendered:
+    """`body` rendered twice: with the secrets, and with placeholders (the summary)."""
+    real = body(**public, **{name: Secret(value) for name, value in secrets.items()})
+    blank = body(**public, **{name: Secret(None) for name in secrets})
+    forms = tuple(form for value in secrets.values() for form in Secret(value).forms())
+    if isinstance(real, EmailText):
+        assert isinstance(blank, EmailText)
+        summary = f"{blank.subject}\n\n{blank.text}"
+        text, subject, markup = real.text, real.subject, real.html
+    else:
+        assert isinstance(blank, str)
+        summary, text, subject, markup = blank, real, None, None
+    # A public field that happens to hold a secret (a display name equal to a code...): by value.
+    for form in sorted(forms, key=len, reverse=True):
+        summary = summary.replace(form, MASK)
+    return Rendered(text=text, summary=summary, secrets=forms, subject=subject, html=markup)
+
 
 # What the code is for, as each channel says it.
 _SMS_WHAT = {
@@ -62,33 +143,29 @@ def _check(purpose: str, code: str, minutes: int) -> None:
         raise ValueError("a code lives at least one minute")
 
 
-def code_sms(*, service: str, code: str, minutes: int, domain: str, purpose: str = "login") -> str:
-    _check(purpose, code, minutes)
+def _code_sms(*, service: str, code: Secret, minutes: int, domain: str, purpose: str) -> str:
     return (
-        f"{service} : {_SMS_WHAT[purpose]} est {code}. "
+        f"{service} : {_SMS_WHAT[purpose]} est {code.plain}. "
         f"Il expire dans {_minutes(minutes)}. {_NEVER_SHARE}\n\n"
-        f"@{domain} #{code}"
+        f"@{domain} #{code.plain}"
     )
 
 
-def code_voice(*, service: str, code: str, minutes: int, purpose: str = "login") -> str:
-    _check(purpose, code, minutes)
-    digits = ", ".join(code)
+def _code_voice(*, service: str, code: Secret, minutes: int, purpose: str) -> str:
     what = _VOICE_WHAT[purpose].format(service=service)
     return (
         f"Bonjour. Voici {what}. "
-        f"Votre code est : {digits}. Je répète : {digits}. "
+        f"Votre code est : {code.spoken}. Je répète : {code.spoken}. "
         f"Ce code expire dans {_minutes(minutes)}. {_NEVER_SHARE} Au revoir."
     )
 
 
-def _code_email(*, purpose: str, service: str, code: str, minutes: int) -> EmailText:
-    _check(purpose, code, minutes)
+def _code_email(*, purpose: str, service: str, code: Secret, minutes: int) -> EmailText:
     title, intro = _EMAIL_WHAT[purpose]
     return _mail(
         f"{service} : {title.lower()}",
         "Bonjour,",
-        f"{intro.format(service=service)} : {code}",
+        f"{intro.format(service=service)} : {code.plain}",
         f"Ce code expire dans {_minutes(minutes)}. {_NEVER_SHARE} {service} ne vous le "
         "demandera jamais, ni par téléphone ni par courriel.",
         "Si vous n'avez rien demandé, ignorez ce message : sans ce code, personne ne peut "
@@ -97,22 +174,49 @@ def _code_email(*, purpose: str, service: str, code: str, minutes: int) -> Email
     )
 
 
+def code_message(
+    channel: str, *, purpose: str, code: str, minutes: int, service: str, domain: str
+) -> Rendered:
+    """The message that carries a code on `channel` ("sms", "voice", or "email", with its
+    subject and HTML alternative), and its summary."""
+    _check(purpose, code, minutes)
+    secret = {"code": code}
+    common: dict[str, str | int] = {"purpose": purpose, "service": service, "minutes": minutes}
+    if channel == "sms":
+        return _render(_code_sms, secret, domain=domain, **common)
+    if channel == "voice":
+        return _render(_code_voice, secret, **common)
+    if channel == "email":
+        return _render(_code_email, secret, **common)
+    raise ValueError(f"unknown channel {channel!r}; one of {CHANNELS}")
+
+
 def code_text(
     channel: str, *, purpose: str, code: str, minutes: int, service: str, domain: str
 ) -> str:
     """The text that carries a code on `channel` ("sms", "voice", or "email": the plain body)."""
-    if channel == "sms":
-        return code_sms(service=service, code=code, minutes=minutes, domain=domain, purpose=purpose)
-    if channel == "voice":
-        return code_voice(service=service, code=code, minutes=minutes, purpose=purpose)
-    if channel == "email":
-        return _code_email(purpose=purpose, service=service, code=code, minutes=minutes).text
-    raise ValueError(f"unknown channel {channel!r}; one of {CHANNELS}")
+    return code_message(
+        channel, purpose=purpose, code=code, minutes=minutes, service=service, domain=domain
+    ).text
 
 
-def code_email(*, purpose: str, code: str, minutes: int, service: str) -> EmailText:
+def code_sms(*, service: str, code: str, minutes: int, domain: str, purpose: str = "login") -> str:
+    return code_text(
+        "sms", purpose=purpose, code=code, minutes=minutes, service=service, domain=domain
+    )
+
+
+def code_voice(*, service: str, code: str, minutes: int, purpose: str = "login") -> str:
+    return code_text(
+        "voice", purpose=purpose, code=code, minutes=minutes, service=service, domain=""
+    )
+
+
+def code_email(*, purpose: str, code: str, minutes: int, service: str) -> Rendered:
     """A code by email, with its subject (the body is `code_text("email", ...)`)."""
-    return _code_email(purpose=purpose, service=service, code=code, minutes=minutes)
+    return code_message(
+        "email", purpose=purpose, code=code, minutes=minutes, service=service, domain=""
+    )
 
 
 # ---- emails -------------------------------------------------------------------------------------
@@ -140,13 +244,13 @@ def _mail(subject: str, *paragraphs: str, signature: str) -> EmailText:
     )
 
 
-def _activation(*, display_name: str, activation_token: str, service: str) -> EmailText:
+def _activation(*, display_name: str, activation_token: Secret, service: str) -> EmailText:
     return _mail(
         f"{service} : activez votre compte",
         f"Bonjour {display_name},",
         f"Un compte {service} vient d'être créé pour vous par l'administrateur des comptes de "
         "votre organisation.",
-        f"Votre code d'activation : {activation_token}",
+        f"Votre code d'activation : {activation_token.plain}",
         "Il sert une seule fois. Ne le communiquez à personne. Lors de l'activation, vous "
         "choisirez votre mot de passe ; un code vous sera ensuite envoyé par SMS ou par appel "
         "vocal à chaque première connexion depuis un nouvel appareil.",
@@ -200,11 +304,14 @@ def _code_failures(*, display_name: str, service: str) -> EmailText:
     )
 
 
-def _email_verification(*, display_name: str, code: str, minutes: str, service: str) -> EmailText:
+def _email_verification(
+    *, display_name: str, code: Secret, minutes: str, service: str
+) -> EmailText:
     return _mail(
         f"{service} : confirmez votre nouvelle adresse électronique",
         f"Bonjour {display_name},",
-        f"Pour confirmer cette adresse électronique sur {service}, saisissez le code : {code}",
+        f"Pour confirmer cette adresse électronique sur {service}, saisissez le code : "
+        f"{code.plain}",
         f"Ce code expire dans {_minutes(int(minutes))}. {_NEVER_SHARE}",
         "Si vous n'avez rien demandé, ignorez ce message : votre adresse ne sera pas modifiée.",
         signature=service,
@@ -222,12 +329,15 @@ _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
 EMAIL_KINDS: Final = tuple(_EMAILS)
 
 
-def email(kind: str, **fields: str) -> EmailText:
-    """An email of `kind`; every field it names is required, and no other is accepted."""
+def email(kind: str, **fields: str) -> Rendered:
+    """An email of `kind`; every field it names is required, and no other is accepted. Fields of
+    SECRET_FIELDS reach the template as a `Secret` and are placeholders in the summary."""
     if kind not in _EMAILS:
         raise ValueError(f"unknown email kind {kind!r}; one of {EMAIL_KINDS}")
     render, names = _EMAILS[kind]
     if set(fields) != names:
         missing, extra = sorted(names - set(fields)), sorted(set(fields) - names)
         raise ValueError(f"email {kind!r}: missing fields {missing}, unexpected fields {extra}")
-    return render(**fields)
+    secrets = {name: value for name, value in fields.items() if name in SECRET_FIELDS}
+    public = {name: value for name, value in fields.items() if name not in SECRET_FIELDS}
+    return _render(render, secrets, **public)

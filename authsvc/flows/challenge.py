@@ -175,7 +175,7 @@ def _queue_code(
     settings = app.settings
     # Linking or unlinking a federated identity is a sensitive action: the step-up wording.
     purpose = _TEXT_PURPOSE.get(str(flow.purpose), str(flow.purpose))
-    text = templates.code_text(
+    message = templates.code_message(
         channel,
         purpose=purpose,
         code=code,
@@ -190,10 +190,9 @@ def _queue_code(
         template=f"{purpose}_code_{channel}",
         to=destination.address(app, flow, account),
         masked_to=destination.of_flow(flow, account).masked,
-        text=text,
+        message=message,  # its summary is the template with placeholders
         flow_id=flow.id,
         message_id=challenge_id,  # one message per challenge: its delivery is one key away
-        subject=f"{settings.service_name} : votre code" if channel == "email" else None,
     )
 
 

@@ -223,8 +223,7 @@ def notify_code_lock(app: App, db: AsyncSession, account: Account) -> None:
         template="code_failures",
         to=account.email,
         masked_to=mask_email(account.email),
-        text=message.text,
-        subject=message.subject,
+        message=message,
         flow_id=None,
     )
 

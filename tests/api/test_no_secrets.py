@@ -11,137 +11,43 @@ PostgreSQL, via the shared fixtures.
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import re
-from collections.abc import AsyncIterator, Iterator, MutableMapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
 
 import pytest
-from sqlalchemy import MetaData, select
-from sqlalchemy.engine import make_url
-from structlog.testing import capture_logs
-from support import CLIENT, MOBILE, PASSWORD, Inbox, aio_channel, seed_account
+from courier.gateways import HttpGatewayServer
+from leaks import (
+    NATIONAL,
+    TABLES,
+    Logs,
+    capturing,
+    code_forms,
+    dump,
+    find_leaks,
+    leaks_at_rest,
+    phone_forms,
+)
+from sqlalchemy import select
+from support import CLIENT, MOBILE, PASSWORD, Inbox, aio_channel, seed_account, sign_in, step_up
 
+from authsvc.accounts import creation
 from authsvc.clock import FrozenClock
-from authsvc.config import Settings
+from authsvc.config import HttpGateway, ProviderName, Settings
 from authsvc.courier.dispatcher import Dispatcher
 from authsvc.courier.outbox import Payload
 from authsvc.courier.providers import DeliveryError, Provider
-from authsvc.db import MessageStatus, OutboxMessage
+from authsvc.db import MessageStatus, OutboxMessage, Role
 from authsvc.server import Server, create_server
+from authsvc.v1 import account_service_pb2 as apb
+from authsvc.v1 import account_service_pb2_grpc, common_pb2
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
-from authsvc.v1 import common_pb2
 
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as Stub
-
-NATIONAL = "0" + MOBILE.removeprefix("+33")  # 0612345678
-SIGNIFICANT = MOBILE.removeprefix("+33")  # 612345678
-TABLES = {
-    "organizations",
-    "accounts",
-    "flows",
-    "sessions",
-    "trusted_devices",
-    "outbox_messages",
-}
-
-
-def phone_forms() -> dict[str, str]:
-    spaced = " ".join([NATIONAL[:2], NATIONAL[2:4], NATIONAL[4:6], NATIONAL[6:8], NATIONAL[8:]])
-    return {
-        "phone (E.164)": MOBILE,
-        "phone (national)": NATIONAL,
-        "phone (significant digits)": SIGNIFICANT,
-        "phone (spaced)": spaced,
-        "phone (international spaced)": "+33 " + spaced[1:],
-    }
-
-
-def code_forms(code: str) -> dict[str, str]:
-    return {"code": code, "code (read aloud)": ", ".join(code)}
-
-
-def find_leaks(where: str, value: object, secrets: dict[str, str]) -> list[str]:
-    """Which secrets appear in `value` (text, or bytes searched for the UTF-8 form)."""
-    if value is None:
-        return []
-    if isinstance(value, bytes | bytearray | memoryview):
-        blob = bytes(value)
-        return [f"{name} in {where}" for name, secret in secrets.items() if secret.encode() in blob]
-    text = value if isinstance(value, str) else str(value)
-    return [
-        f"{name} in {where}"
-        for name, secret in secrets.items()
-        if secret in text or secret.encode() in text.encode("utf-8", "surrogatepass")
-    ]
-
-
-# ---- capturing what the process logs -----------------------------------------------------------
-
-
-@dataclass
-class Logs:
-    events: list[MutableMapping[str, Any]]
-    caplog: pytest.LogCaptureFixture
-    capfd: pytest.CaptureFixture[str]
-
-    def everything(self) -> str:
-        out, err = self.capfd.readouterr()
-        rendered = [json.dumps(event, default=repr, ensure_ascii=False) for event in self.events]
-        records = [
-            f"{record.name} {record.levelname} {record.getMessage()} {record.args!r}"
-            for record in self.caplog.records
-        ]
-        return "\n".join([*rendered, *records, out, err])
-
-    def rpc_methods(self) -> list[str]:
-        return [event["method"] for event in self.events if event.get("event") == "rpc"]
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[Logs]:
-    caplog.set_level(logging.DEBUG)
-    with capture_logs() as events:
-        yield Logs(events, caplog, capfd)
-
-
-# ---- reading everything at rest ----------------------------------------------------------------
-
-
-async def dump(server: Server) -> dict[str, list[dict[str, object]]]:
-    """Every row of every table, reflected from the database itself (not from the models)."""
-    tables: dict[str, list[dict[str, object]]] = {}
-    async with server.app.engine.connect() as connection:
-        metadata = MetaData()
-        await connection.run_sync(metadata.reflect)
-        for table in metadata.sorted_tables:
-            rows = (await connection.execute(select(table))).mappings().all()
-            tables[table.name] = [dict(row) for row in rows]
-    return tables
-
-
-def leaks_at_rest(
-    tables: dict[str, list[dict[str, object]]], settings: Settings, secrets: dict[str, str]
-) -> list[str]:
-    found = []
-    for table, rows in tables.items():
-        for number, row in enumerate(rows):
-            for column, value in row.items():
-                found += find_leaks(f"{table}[{number}].{column}", value, secrets)
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite":  # the raw files too, with the write-ahead log
-        assert url.database
-        for suffix in ("", "-wal", "-shm"):
-            path = Path(url.database + suffix)
-            if path.exists():
-                found += find_leaks(path.name, path.read_bytes(), secrets)
-    return found
 
 
 async def wait_until_delivered(server: Server, count: int, limit_s: float = 10.0) -> None:
@@ -157,6 +63,11 @@ async def wait_until_delivered(server: Server, count: int, limit_s: float = 10.0
         if loop.time() > deadline:
             raise AssertionError(f"outbox not delivered in {limit_s} s: {statuses}")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[Logs]:
+    yield from capturing(caplog, capfd)
 
 
 # ---- the full login ----------------------------------------------------------------------------
@@ -341,3 +252,146 @@ def test_leak_finder_finds_what_it_looks_for() -> None:
     assert find_leaks("v", "9, 8, 7, 6, 5, 0", secrets) == ["code (read aloud) in v"]
     assert find_leaks("n", None, secrets) == []
     assert find_leaks("m", "+33 •••••••78", secrets) == []
+
+
+# ---- gateways that quote what they were sent -----------------------------------------------
+
+
+@pytest.fixture
+def echoing_gateway() -> Iterator[HttpGatewayServer]:
+    with HttpGatewayServer() as gateway:
+        yield gateway
+
+
+GATEWAY_ROUTES = {
+    "voice over http": (common_pb2.CHANNEL_VOICE, ProviderName.HTTP),
+    "sms over http": (common_pb2.CHANNEL_SMS, ProviderName.HTTP),
+    "sms over kannel": (common_pb2.CHANNEL_SMS, ProviderName.KANNEL),
+}
+
+
+@pytest.mark.parametrize("route", list(GATEWAY_ROUTES), ids=list(GATEWAY_ROUTES))
+async def test_a_gateway_quoting_the_code_in_its_error_leaks_it_nowhere(
+    settings: Settings,
+    clock: FrozenClock,
+    echoing_gateway: HttpGatewayServer,
+    logs: Logs,
+    route: str,
+) -> None:
+    """The attack: a gateway's error quotes the voice text ("4, 8, 2, 9, 1, 0"); whoever reads
+    the logs or outbox_messages.last_error while the code lives signs in with it."""
+    channel, sms_provider = GATEWAY_ROUTES[route]
+    configured = settings.model_copy(
+        update={
+            "dispatcher_enabled": False,
+            "sms_provider": sms_provider,
+            "sms_http": HttpGateway(url=echoing_gateway.url),
+            "kannel_url": echoing_gateway.url,
+            "voice_provider": ProviderName.HTTP,
+            "voice_http": HttpGateway(url=echoing_gateway.url),
+        }
+    )
+    server = await create_server(configured, clock=clock, listen="127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio_channel(f"127.0.0.1:{server.port}") as grpc_channel:
+            stub = pb_grpc.AuthServiceStub(grpc_channel)
+            alice = await seed_account(server)
+            pending = (
+                await stub.Login(
+                    pb.LoginRequest(
+                        organization_siret=alice.organization_siret,
+                        login=alice.login,
+                        password=pb.PasswordCredential(password=PASSWORD),
+                        client=CLIENT,
+                    )
+                )
+            ).pending_flow
+            await stub.Challenge(
+                pb.ChallengeRequest(flow_id=pending.flow_id, channel=channel, client=CLIENT)
+            )
+            echoing_gateway.script.set("echo-transient")
+            dispatcher = Dispatcher(server.app)
+            try:
+                assert await dispatcher.run_once() == 1  # refused, quoting the text: retried
+                [row] = (await dump(server))["outbox_messages"]
+                assert row["status"] == MessageStatus.FAILED and row["last_error"]
+                clock.advance(2)
+                assert await dispatcher.run_once() == 1  # and sent
+            finally:
+                await dispatcher.close()
+            sent = unquote_plus(
+                echoing_gateway.requests[-1].body.decode() or echoing_gateway.requests[-1].path
+            )
+            match = re.search(r"#(\d{6})|code est : ((?:\d, ){5}\d)", sent)
+            assert match, sent
+            code = (match.group(1) or match.group(2)).replace(", ", "")
+            # The code was live while the error was logged and stored.
+            verified = await stub.Verify(
+                pb.VerifyRequest(flow_id=pending.flow_id, code=code, client=CLIENT)
+            )
+            assert verified.login.session.token
+        assert any(event.get("event") == "message_retry" for event in logs.events)
+        secrets = {**code_forms(code), **phone_forms()}
+        assert find_leaks("the logs", logs.everything(), secrets) == []
+        assert leaks_at_rest(await dump(server), configured, secrets) == []
+    finally:
+        await server.stop(grace=0)
+
+
+# ---- an activation token without a digit -------------------------------------------------------
+
+DIGIT_FREE_TOKEN = (
+    "kPqRsTuVwXyZaBcDeFgHiJkLmNoPqRsTuVwXyZ_-abc"  # 43 characters, as random_token(32)
+)
+
+
+async def test_an_activation_token_without_a_digit_is_kept_nowhere(
+    stub: Stub,
+    server: Server,
+    settings: Settings,
+    inbox: Inbox,
+    logs: Logs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attack: about one token in 1,500 has no digit, and the summary kept such a token in
+    clear; whoever reads outbox_messages activates the account with a password of their own.
+    The token generator is made to draw such a token (the draw itself is not under test)."""
+    monkeypatch.setattr(creation, "random_token", lambda nbytes=32: DIGIT_FREE_TOKEN)
+    admin = await seed_account(server, login="admin", role=Role.ADMIN)
+    session = (await sign_in(stub, inbox, admin)).session.token
+    values = pb.ActionValues(
+        login="nadia",
+        display_name="Nadia B.",
+        email="nadia@mairie.example",
+        phone="+33698765432",
+        role=common_pb2.ROLE_MEMBER,
+    )
+    grant = await step_up(
+        stub, inbox, session, common_pb2.SENSITIVE_ACTION_CREATE_ACCOUNT, values=values
+    )
+    async with aio_channel(f"127.0.0.1:{server.port}") as grpc_channel:
+        accounts = account_service_pb2_grpc.AccountServiceStub(grpc_channel)
+        await accounts.CreateAccount(
+            apb.CreateAccountRequest(
+                session_token=session,
+                grant_token=grant.grant_token,
+                login=values.login,
+                display_name=values.display_name,
+                email=values.email,
+                phone=values.phone,
+                role=values.role,
+                client=CLIENT,
+            )
+        )
+    activation = await inbox.next_to("nadia@mairie.example")
+    assert DIGIT_FREE_TOKEN in activation["text"]  # the real token went out
+    await wait_until_delivered(server, 3)  # two codes to the admin, the activation
+
+    tables = await dump(server)
+    [row] = [m for m in tables["outbox_messages"] if m["template"] == "activation"]
+    assert row["status"] == MessageStatus.SENT and row["payload_sealed"] is None
+    assert row["summary"] and "••••" in str(row["summary"])
+    secrets = {"activation token": DIGIT_FREE_TOKEN}
+    assert leaks_at_rest(tables, settings, secrets) == []
+    assert find_leaks("the logs", logs.everything(), secrets) == []

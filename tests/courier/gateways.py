@@ -1,6 +1,9 @@
 """Real gateways that the courier tests start on loopback ports: an HTTP server (stdlib, in a
 thread) and an SMTP server (aiosmtpd, STARTTLS or TLS, with authentication). Each answers as the
-test scripts it: "ok", "permanent", "transient", "rate" (HTTP 429) or "hang" (answers too late).
+test scripts it: "ok", "permanent", "transient", "rate" (HTTP 429) or "hang" (answers too late),
+or, as many real gateways do, an error that quotes what it was sent: "echo" (refused for good) and
+"echo-transient" (to be retried). The HTTP server also answers GET (Kannel's sendsms interface),
+echoing the query string as sent, percent-encoded.
 """
 
 from __future__ import annotations
@@ -85,14 +88,21 @@ class HttpGatewayServer:
                 outcome = gateway.script.next()
                 if outcome == "hang":
                     time.sleep(HANG_S)
+                # What it was sent, quoted back: the JSON body, or the query string of a GET.
+                echoed = body.decode(errors="replace") or self.path
+                answer: dict[str, str] | str
                 status, answer = {
                     "ok": (200, {"id": f"gw-{len(gateway.requests)}"}),
                     "hang": (200, {"id": "late"}),
                     "permanent": (400, {"error": "invalid destination +33 6 12 34 56 78"}),
                     "transient": (503, {"error": "try later"}),
                     "rate": (429, {"error": "slow down"}),
+                    "echo": (400, {"error": f"message refused: {echoed}"}),
+                    "echo-transient": (503, {"error": f"queue full, not sent: {echoed}"}),
                 }[outcome]
-                data = json.dumps(answer).encode()
+                if self.command == "GET" and outcome == "ok":  # Kannel's answer
+                    status, answer = 202, "0: Accepted for delivery"
+                data = (answer if isinstance(answer, str) else json.dumps(answer)).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -102,6 +112,7 @@ class HttpGatewayServer:
 
             do_POST = _handle
             do_PUT = _handle
+            do_GET = _handle
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None
@@ -170,6 +181,15 @@ SMTP_USER = "authsvc"
 SMTP_PASSWORD = "smtp-secret"
 
 
+def _plain_text(content: bytes) -> str:
+    for part in message_from_bytes(content).walk():
+        if part.get_content_type() == "text/plain":
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            return payload.decode(part.get_content_charset() or "utf-8")
+    return ""
+
+
 class _Handler:
     def __init__(self, gateway: SmtpGatewayServer) -> None:
         self._gateway = gateway
@@ -186,6 +206,11 @@ class _Handler:
             return "451 4.3.0 try again later"
         content = envelope.original_content or envelope.content or b""
         assert isinstance(content, bytes)
+        if outcome.startswith("echo"):  # a content filter quoting the recipient and the text
+            # One line, ASCII (an SMTP reply): the code and the address survive as they are.
+            quoted = " ".join(_plain_text(content).split()).encode("ascii", "replace").decode()
+            code = "550 5.7.1" if outcome == "echo" else "451 4.7.1"
+            return f"{code} <{envelope.rcpt_tos[0]}> refused: {quoted}"
         self._gateway.mails.append(
             Mail(
                 str(envelope.mail_from),

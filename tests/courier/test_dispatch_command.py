@@ -13,6 +13,7 @@ from pathlib import Path
 from authsvc.app import App
 from authsvc.config import Settings
 from authsvc.courier.outbox import enqueue
+from authsvc.courier.templates import Rendered
 from authsvc.db.migrate import upgrade
 
 
@@ -53,7 +54,7 @@ async def test_dispatch_command_delivers_and_stops_on_sigterm(tmp_path: Path) ->
                 template="test",
                 to="+33612345678",
                 masked_to="+33 •••••••78",
-                text="code 135790",
+                message=Rendered(text="code 135790", summary="code ••••", secrets=("135790",)),
                 flow_id=None,
             )
         outbox = tmp_path / "outbox.jsonl"

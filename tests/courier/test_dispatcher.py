@@ -16,6 +16,7 @@ from authsvc.config import Settings
 from authsvc.courier.dispatcher import MAX_ATTEMPTS, Dispatcher
 from authsvc.courier.outbox import enqueue
 from authsvc.courier.providers import DeliveryError, Provider
+from authsvc.courier.templates import Rendered
 from authsvc.db import MessageStatus, OutboxMessage
 
 
@@ -53,7 +54,7 @@ async def queue(app: App, count: int = 1) -> None:
                 template="test",
                 to=f"+3361234{n:04d}",
                 masked_to="+33 •••••••00",
-                text=f"code {n:06d}",
+                message=Rendered(text=f"code {n:06d}", summary="code ••••", secrets=(f"{n:06d}",)),
                 flow_id=None,
             )
 
@@ -75,7 +76,7 @@ async def test_sent_message_is_purged(app: App) -> None:
     (message,) = await messages(app)
     assert message.status == MessageStatus.SENT and message.payload_sealed is None
     assert message.provider_message_id == "id-1" and message.attempts == 1
-    assert message.summary == "code ••••"  # what remains: masked destination, code-free text
+    assert message.summary == "code ••••"  # what remains: masked destination, the summary
 
 
 async def test_transient_failures_retry_with_backoff_then_abandon(
@@ -204,8 +205,7 @@ async def test_a_hanging_gateway_holds_back_no_other_message(app: App) -> None:
             template="test",
             to="bob@example.fr",
             masked_to="b•••@example.fr",
-            text="bonjour",
-            subject="objet",
+            message=Rendered(text="bonjour", summary="objet\n\nbonjour", subject="objet"),
             flow_id=None,
         )
     app.outbox_ready.set()

@@ -44,6 +44,7 @@ from authsvc.courier.providers import (
     build_providers,
     classify_http_status,
 )
+from authsvc.courier.templates import Rendered
 from authsvc.db import MessageStatus, OutboxMessage
 
 TIMEOUT_S = 0.5
@@ -203,8 +204,12 @@ async def queue_one(app: App, channel: str) -> None:
             template="test",
             to=TO[channel],
             masked_to="masked",
-            text="PEP's : votre code est 424242.",
-            subject="PEP's : votre code" if channel == "email" else None,
+            message=Rendered(
+                text="PEP's : votre code est 424242.",
+                summary="PEP's : votre code est ••••.",
+                secrets=("424242",),
+                subject="PEP's : votre code" if channel == "email" else None,
+            ),
             flow_id=None,
         )
 

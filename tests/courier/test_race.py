@@ -20,6 +20,7 @@ from authsvc.config import Settings
 from authsvc.courier.dispatcher import Dispatcher
 from authsvc.courier.outbox import enqueue
 from authsvc.courier.providers import Provider
+from authsvc.courier.templates import Rendered
 from authsvc.db import MessageStatus, OutboxMessage
 
 COUNT = 1000
@@ -71,7 +72,7 @@ async def test_two_dispatchers_send_each_of_1000_messages_exactly_once(
                 template="race",
                 to=f"+336{n:08d}",
                 masked_to="+33 •••••••••",
-                text=f"message {n}",
+                message=Rendered(text=f"message {n}", summary="message"),
                 flow_id=None,
             )
     gateway = Gateway()

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+# httpx logs every request line at INFO, query string included: for Kannel's sendsms that is the
+# password, the number and the text with its code (and some gateways take an API key in the
+# URL). Never below WARNING, whatever logging set-up the process has.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 
 class DeliveryError(Exception):
-    """The provider did not accept the message. `permanent` ones are not retried."""
+    """The provider did not accept the message. `permanent` ones are not retried.
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    The message is ours (which gateway, which status); `detail` is what the gateway itself said,
+    which may quote the payload: the dispatcher keeps only a masked, bounded excerpt of it
+    (courier/redaction.py), and masks the message with the payload too."""
+
+    def __init__(self, message: str, *, permanent: bool = False, detail: str | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.detail = detail
 
 
 @dataclass(frozen=True)

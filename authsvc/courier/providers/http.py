@@ -93,12 +93,16 @@ class HttpProvider:
         except httpx.TimeoutException:
             raise DeliveryError(f"{self._name}: no answer within {gateway.timeout_s} s") from None
         except httpx.HTTPError as error:
-            raise DeliveryError(f"{self._name}: {type(error).__name__}: {error}") from None
+            raise DeliveryError(
+                f"{self._name}: {type(error).__name__}", detail=str(error)
+            ) from None
         permanent = classify_http_status(response.status_code)
         if permanent is not None:
+            # The body often quotes the request: it goes as detail, masked by the dispatcher.
             raise DeliveryError(
-                f"{self._name}: HTTP {response.status_code}: {response.text[:300]}",
+                f"{self._name}: HTTP {response.status_code}",
                 permanent=permanent,
+                detail=response.text,
             )
         try:
             answer = response.json()

@@ -53,13 +53,14 @@ class KannelProvider:
             # The URL holds the password in its query: never quote the request.
             raise DeliveryError(f"kannel: {type(error).__name__}") from None
         permanent = classify_http_status(response.status_code)
-        answer = response.text.strip()[:300]
+        answer = response.text.strip()
+        # Kannel's answer may quote the number or the text: detail, masked by the dispatcher.
         if permanent is not None:
             raise DeliveryError(
-                f"kannel: HTTP {response.status_code}: {answer}", permanent=permanent
+                f"kannel: HTTP {response.status_code}", permanent=permanent, detail=answer
             )
         if not answer.startswith(("0:", "3:")):
-            raise DeliveryError(f"kannel: unexpected answer: {answer}")
+            raise DeliveryError("kannel: unexpected answer", detail=answer)
         return f"kannel-{message.reference}"
 
     async def aclose(self) -> None:

@@ -45,7 +45,9 @@ class SmtpProvider:
         try:
             email = self.compose(message)
         except (ValueError, IndexError) as error:  # an address the headers refuse
-            raise DeliveryError(f"smtp: {error}", permanent=True) from None
+            raise DeliveryError(
+                "smtp: address refused", permanent=True, detail=str(error)
+            ) from None
         await asyncio.to_thread(self._send, email)
         return str(email["Message-ID"])
 
@@ -84,12 +86,13 @@ class SmtpProvider:
             ) from None
         except smtplib.SMTPResponseException as error:
             raw = error.smtp_error
-            detail = (raw.decode(errors="replace") if isinstance(raw, bytes) else raw)[:300]
+            detail = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            # The relay's words may quote the message: detail, masked by the dispatcher.
             raise DeliveryError(
-                f"smtp: {error.smtp_code} {detail}", permanent=error.smtp_code >= 500
+                f"smtp: {error.smtp_code}", permanent=error.smtp_code >= 500, detail=detail
             ) from None
         except (smtplib.SMTPException, OSError) as error:  # timeouts, refused, TLS errors
-            raise DeliveryError(f"smtp: {type(error).__name__}: {error}") from None
+            raise DeliveryError(f"smtp: {type(error).__name__}", detail=str(error)) from None
 
     async def aclose(self) -> None:
         return None
