@@ -180,7 +180,7 @@ TIGHTENING: list[object] = [
         {"rate_limit_backend": "redis", "redis_url": "rediss://redis.example:6380/0"},
         id="redis-over-tls",
     ),
-    pytest.param({"sms_provider": "kannel", "kannel_url": "https://kannel/send"}, id="kannel-https"),
+    pytest.param({"sms_provider": "kannel", "kannel_url": "https://k/send"}, id="kannel-https"),
     pytest.param(
         {"federation_issuers": [{"issuer": "https://idp.example", "jwks_url": "https://idp/j"}]},
         id="jwks-https",
