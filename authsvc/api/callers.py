@@ -23,6 +23,7 @@ import grpc
 import structlog
 from sqlalchemy import select
 
+from authsvc.api.decoding import tolerant
 from authsvc.api.status import to_grpc_status
 from authsvc.app import App
 from authsvc.db import Backend
@@ -198,7 +199,9 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            # An undecodable body still reaches `guarded` (as UNDECODABLE): authenticated,
+            # answered and logged like any call, never grpc's UNKNOWN.
+            request_deserializer=tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
