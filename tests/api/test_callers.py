@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import CLIENT, TEST_API_KEY, failure_of
+from support import CLIENT, PASSWORD, TEST_API_KEY, failure_of, seed_account
 
 from authsvc.api.callers import list_backends, register_backend, revoke_backend
 from authsvc.clock import FrozenClock
@@ -201,3 +201,34 @@ async def test_tls_with_a_key_and_mutual_tls_with_a_client_certificate(
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # no TLS handshake
     finally:
         await server.stop(grace=0)
+
+
+async def test_idempotency_keys_are_scoped_per_backend(
+    server: Server, bare: Any, clock: FrozenClock, inbox: Any
+) -> None:
+    """Backend B reusing backend A's idempotency key gets its own challenge (and its own
+    code), not A's: before, B received A's challenge and no code was sent."""
+    alice = await seed_account(server)
+    other = await register_backend(server.app, "other", ["*"])
+    assert other is not None and server.callers is not None
+    await server.callers.refresh()
+    pending = (
+        await bare.Login(
+            pb.LoginRequest(
+                organization_siret=alice.organization_siret,
+                login=alice.login,
+                password=pb.PasswordCredential(password=PASSWORD),
+                client=CLIENT,
+            ),
+            metadata=bearer(TEST_API_KEY),
+        )
+    ).pending_flow
+    request = pb.ChallengeRequest(flow_id=pending.flow_id, idempotency_key="retry-1", client=CLIENT)
+    first = await bare.Challenge(request, metadata=bearer(TEST_API_KEY))
+    again = await bare.Challenge(request, metadata=bearer(TEST_API_KEY))
+    assert again.challenge_id == first.challenge_id  # A's retry: the same challenge
+    assert len(await inbox.wait_for(1)) == 1
+    clock.advance(31)  # past the resend cooldown
+    theirs = await bare.Challenge(request, metadata=bearer(other))
+    assert theirs.challenge_id != first.challenge_id
+    assert len(await inbox.wait_for(2)) == 2  # B's call sent its own code
