@@ -147,7 +147,7 @@ class ApiKey(BaseModel):
 
     `key` (the secret itself) or `key_sha256` (hex SHA-256 of it); `rpcs`: "*", "Service/*",
     "Service/Method" or a bare method name. With neither key, the entry names an mTLS client
-    (certificate identity == name).
+    (certificate identity == name); `credentials` says which of the two name the backend.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -156,6 +156,24 @@ class ApiKey(BaseModel):
     key: SecretStr | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     rpcs: tuple[str, ...] = ("*",)
+    # Which credentials name this backend: "key", "mtls" or "both". Default: "key" when a key
+    # is given (a certificate of the same name is then NOT accepted), "mtls" otherwise.
+    credentials: Literal["key", "mtls", "both"] | None = None
+
+    @model_validator(mode="after")
+    def _credentials_fit(self) -> ApiKey:
+        has_key = self.key is not None or self.key_sha256 is not None
+        if self.credentials in ("key", "both") and not has_key:
+            raise ValueError(f"backend {self.name}: credentials {self.credentials} need a key")
+        if self.credentials == "mtls" and has_key:
+            raise ValueError(f"backend {self.name}: an mtls-only backend takes no key")
+        return self
+
+    @property
+    def accepts(self) -> str:
+        if self.credentials is not None:
+            return self.credentials
+        return "key" if self.key is not None or self.key_sha256 is not None else "mtls"
 
 
 DEV_ISSUER = "https://dev-idp.authsvc.invalid"

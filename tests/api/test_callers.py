@@ -232,3 +232,71 @@ async def test_idempotency_keys_are_scoped_per_backend(
     theirs = await bare.Challenge(request, metadata=bearer(other))
     assert theirs.challenge_id != first.challenge_id
     assert len(await inbox.wait_for(2)) == 2  # B's call sent its own code
+
+
+async def test_a_certificate_names_only_backends_that_accept_certificates(
+    settings: Settings, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """The attack: a client certificate from the client CA whose name is a key-only backend's
+    ("tests" from the configuration, "portal" from `backend add`) got that backend's rights."""
+    ca_cert, ca_key = _certificate("authsvc test CA", None, ca=True)
+    ca = (ca_cert.subject, ca_key)
+    server_cert, server_key = _certificate("localhost", ca)
+    (tmp_path / "ca.pem").write_bytes(_pem(ca_cert))
+    (tmp_path / "server.pem").write_bytes(_pem(server_cert))
+    (tmp_path / "server.key").write_bytes(_key_pem(server_key))
+    mutual = Settings.model_validate(
+        {
+            **settings.model_dump(),
+            "tls_cert_file": tmp_path / "server.pem",
+            "tls_key_file": tmp_path / "server.key",
+            "tls_client_ca_file": tmp_path / "ca.pem",
+            "api_keys": [
+                {"name": "tests", "key": TEST_API_KEY, "rpcs": ["*"]},  # key only (default)
+                {"name": "billing", "rpcs": ["*"]},  # no key: mTLS
+            ],
+        }
+    )
+    server = await create_server(mutual, clock=clock, listen="127.0.0.1:0")
+    await server.start()
+    try:
+        portal_key = await register_backend(server.app, "portal", ["*"])
+        hybrid_key = await register_backend(server.app, "hybrid", ["*"], credentials="both")
+        assert await register_backend(server.app, "certs", ["*"], credentials="mtls") is None
+        assert portal_key is not None and hybrid_key is not None and server.callers is not None
+        await server.callers.refresh()
+        rows = {row.name: row.credentials for row in await list_backends(server.app)}
+        assert rows == {"portal": "key", "hybrid": "both", "certs": "mtls"}
+
+        async def reason(name: str, metadata: tuple[tuple[str, str], ...] = ()) -> str:
+            cert, key = _certificate(name, ca)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(ca_cert),
+                private_key=_key_pem(key),
+                certificate_chain=_pem(cert),
+            )
+            async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", credentials) as chan:
+                stub: Any = auth_service_pb2_grpc.AuthServiceStub(chan)
+                session = pb.ValidateSessionRequest(session_token="A" * 43, client=CLIENT)
+                return (await failure_of(stub.ValidateSession(session, metadata=metadata))).reason
+
+        assert await reason("tests") == "PERMISSION_DENIED"
+        assert await reason("portal") == "PERMISSION_DENIED"
+        assert await reason("billing") == "SESSION_INVALID"  # the RPC answered
+        assert await reason("hybrid") == "SESSION_INVALID"
+        assert await reason("certs") == "SESSION_INVALID"
+        # Keys still name key backends, whatever certificate the channel presents.
+        assert await reason("nobody", bearer(portal_key)) == "SESSION_INVALID"
+        assert await reason("nobody", bearer(hybrid_key)) == "SESSION_INVALID"
+    finally:
+        await server.stop(grace=0)
+
+
+def test_configured_credentials_must_fit_the_keys() -> None:
+    with pytest.raises(ValueError, match="need a key"):
+        Settings(api_keys=[{"name": "x", "credentials": "both"}])
+    with pytest.raises(ValueError, match="takes no key"):
+        Settings(api_keys=[{"name": "x", "key": "k" * 20, "credentials": "mtls"}])
+    both = Settings(api_keys=[{"name": "x", "key": "k" * 20, "credentials": "both"}])
+    assert both.api_keys[0].accepts == "both"
+    assert Settings(api_keys=[{"name": "y"}]).api_keys[0].accepts == "mtls"
