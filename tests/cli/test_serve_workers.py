@@ -44,3 +44,17 @@ def test_serve_refuses_workers_with_the_memory_limiter_in_production(tmp_path: P
     assert "AUTHSVC_RATE_LIMIT_BACKEND=redis" in done.stderr, done.stderr
     assert "multiplied by 2" in done.stderr, done.stderr
     assert "workers started" not in done.stderr  # refused before any fork
+
+
+def test_development_warns_about_workers_with_the_memory_limiter() -> None:
+    from structlog.testing import capture_logs
+
+    from authsvc.config import Settings
+    from authsvc.workers import check_limiter
+
+    with capture_logs() as logs:
+        check_limiter(Settings(), 3)
+        check_limiter(Settings(), 1)
+        check_limiter(Settings(rate_limit_backend="redis"), 3)
+    assert [line["log_level"] for line in logs] == ["warning"]
+    assert "multiplied by 3" in logs[0]["event"]
