@@ -260,13 +260,6 @@ async def test_a_certificate_names_only_backends_that_accept_certificates(
     server = await create_server(mutual, clock=clock, listen="127.0.0.1:0")
     await server.start()
     try:
-        portal_key = await register_backend(server.app, "portal", ["*"])
-        hybrid_key = await register_backend(server.app, "hybrid", ["*"], credentials="both")
-        assert await register_backend(server.app, "certs", ["*"], credentials="mtls") is None
-        assert portal_key is not None and hybrid_key is not None and server.callers is not None
-        await server.callers.refresh()
-        rows = {row.name: row.credentials for row in await list_backends(server.app)}
-        assert rows == {"portal": "key", "hybrid": "both", "certs": "mtls"}
 
         async def reason(name: str, metadata: tuple[tuple[str, str], ...] = ()) -> str:
             cert, key = _certificate(name, ca)
@@ -280,7 +273,15 @@ async def test_a_certificate_names_only_backends_that_accept_certificates(
                 session = pb.ValidateSessionRequest(session_token="A" * 43, client=CLIENT)
                 return (await failure_of(stub.ValidateSession(session, metadata=metadata))).reason
 
-        assert await reason("tests") == "PERMISSION_DENIED"
+        assert await reason("tests") == "PERMISSION_DENIED"  # a configured key backend
+        portal_key = await register_backend(server.app, "portal", ["*"])
+        hybrid_key = await register_backend(server.app, "hybrid", ["*"], credentials="both")
+        assert await register_backend(server.app, "certs", ["*"], credentials="mtls") is None
+        assert portal_key is not None and hybrid_key is not None and server.callers is not None
+        await server.callers.refresh()
+        rows = {row.name: row.credentials for row in await list_backends(server.app)}
+        assert rows == {"portal": "key", "hybrid": "both", "certs": "mtls"}
+
         assert await reason("portal") == "PERMISSION_DENIED"
         assert await reason("billing") == "SESSION_INVALID"  # the RPC answered
         assert await reason("hybrid") == "SESSION_INVALID"
