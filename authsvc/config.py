@@ -128,7 +128,7 @@ def loosened_rates(model: BaseModel, path: str = "") -> list[str]:
                 or value.count * default.period_s > default.count * value.period_s
             ):
                 found.append(where)
-        elif isinstance(value, RateLimits):
+        elif isinstance(value, BaseModel):  # RateLimits, or any group of limits added later
             found += loosened_rates(value, where + ".")
     return found
 

@@ -191,3 +191,22 @@ TIGHTENING: list[object] = [
 @pytest.mark.parametrize("tightening", TIGHTENING)
 def test_production_accepts_tightening(tightening: dict[str, object]) -> None:
     Settings(**{**STRICT, **tightening})  # type: ignore[arg-type]
+
+
+def test_rate_fields_anywhere_are_compared_with_their_defaults() -> None:
+    """A group of limits added later (a model with Rate fields) is covered without a change."""
+    from pydantic import BaseModel
+
+    from authsvc.config import loosened_rates
+
+    class Later(BaseModel):
+        contact_sends: Rate = Rate(count=3, period_s=3600)
+
+    class Holder(BaseModel):
+        later: Later = Later()
+        direct: Rate = Rate(count=5, period_s=60)
+
+    assert loosened_rates(Holder()) == []
+    looser = Holder(later=Later(contact_sends=Rate(count=4, period_s=3600)))
+    assert loosened_rates(looser) == ["later.contact_sends"]
+    assert loosened_rates(Holder(direct=Rate(count=5, period_s=59))) == ["direct"]
