@@ -13,6 +13,7 @@ import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -118,9 +119,36 @@ class RateLimits(BaseModel):
     send_unverified_requester: Rate = Rate(count=10, period_s=3600)
 
 
+def loosened_rates(model: BaseModel, path: str = "") -> list[str]:
+    """The Rate fields of `model` (recursively) that are looser than their documented default.
+
+    Generic on purpose: every Rate field, present or added later, is compared with the default
+    its model class declares. A rate is tighter when it allows no more on average (count per
+    period) and no larger burst (count): e.g. 50 per 30 s tightens 100 per 60 s.
+    """
+    found: list[str] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        where = f"{path}{name}"
+        if isinstance(value, Rate):
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, Rate) and (
+                value.count > default.count
+                or value.count * default.period_s > default.count * value.period_s
+            ):
+                found.append(where)
+        elif isinstance(value, BaseModel):  # RateLimits, or any group of limits added later
+            found += loosened_rates(value, where + ".")
+    return found
+
+
 # Default destination countries of SMS and voice codes: France, with its overseas departments
 # and territories (ISO 3166 regions as phonenumbers names them).
 FRANCE_AND_OVERSEAS = ("FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF", "WF", "PF", "NC")
+# Production bounds beyond the fields' own (checked by Settings._limits_only_tighten): codes go
+# to these countries at most, and a tripped pumping breaker stays open at least this long.
+PRODUCTION_COUNTRIES = frozenset(FRANCE_AND_OVERSEAS)
+PRODUCTION_MIN_BREAKER_OPEN_S = 3600
 
 
 class ApiKey(BaseModel):
@@ -128,7 +156,7 @@ class ApiKey(BaseModel):
 
     `key` (the secret itself) or `key_sha256` (hex SHA-256 of it); `rpcs`: "*", "Service/*",
     "Service/Method" or a bare method name. With neither key, the entry names an mTLS client
-    (certificate identity == name).
+    (certificate identity == name); `credentials` says which of the two name the backend.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -137,6 +165,24 @@ class ApiKey(BaseModel):
     key: SecretStr | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     rpcs: tuple[str, ...] = ("*",)
+    # Which credentials name this backend: "key", "mtls" or "both". Default: "key" when a key
+    # is given (a certificate of the same name is then NOT accepted), "mtls" otherwise.
+    credentials: Literal["key", "mtls", "both"] | None = None
+
+    @model_validator(mode="after")
+    def _credentials_fit(self) -> ApiKey:
+        has_key = self.key is not None or self.key_sha256 is not None
+        if self.credentials in ("key", "both") and not has_key:
+            raise ValueError(f"backend {self.name}: credentials {self.credentials} need a key")
+        if self.credentials == "mtls" and has_key:
+            raise ValueError(f"backend {self.name}: an mtls-only backend takes no key")
+        return self
+
+    @property
+    def accepts(self) -> str:
+        if self.credentials is not None:
+            return self.credentials
+        return "key" if self.key is not None or self.key_sha256 is not None else "mtls"
 
 
 DEV_ISSUER = "https://dev-idp.authsvc.invalid"
@@ -281,6 +327,9 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     # mTLS: clients must present a certificate from this CA; its identity names the backend.
     tls_client_ca_file: Path | None = None
+    # The operator's statement that a proxy in front of the service terminates TLS (the gRPC
+    # port itself then speaks plaintext to that proxy only). Production needs TLS here or this.
+    tls_terminated_upstream: bool = False
 
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
@@ -335,7 +384,62 @@ class Settings(BaseSettings):
         for channel in ("sms", "voice", "email"):
             if getattr(self, f"{channel}_provider") in _DEVELOPMENT_PROVIDERS:
                 raise ValueError(f"AUTHSVC_{channel.upper()}_PROVIDER: a development provider")
+        for setting, url in self._urls_in_use():
+            if urlsplit(url).scheme.lower() != "https":
+                raise ValueError(f"{setting}: production needs an https:// URL")
+        if self.tls_cert_file is None and not self.tls_terminated_upstream:
+            raise ValueError(
+                "production needs TLS: AUTHSVC_TLS_CERT_FILE and AUTHSVC_TLS_KEY_FILE, or "
+                "AUTHSVC_TLS_TERMINATED_UPSTREAM=true when a proxy in front terminates it"
+            )
+        if self.rate_limit_backend is RateLimitBackend.REDIS and not _redis_url_is_private(
+            self.redis_url
+        ):
+            raise ValueError(
+                "AUTHSVC_REDIS_URL: production needs rediss:// (TLS), a unix socket or loopback"
+            )
+        self._limits_only_tighten()
         return self
+
+    def _urls_in_use(self) -> list[tuple[str, str]]:
+        """Every URL the service fetches from or sends to, with the setting that names it."""
+        urls = [
+            (f"AUTHSVC_FEDERATION_ISSUERS ({trusted.issuer}) jwks_url", trusted.jwks_url)
+            for trusted in self.federation_issuers
+            if trusted.jwks_url is not None
+        ]
+        for channel in ("sms", "voice", "email"):
+            gateway: HttpGateway | None = getattr(self, f"{channel}_http")
+            if gateway is not None:
+                urls.append((f"AUTHSVC_{channel.upper()}_HTTP url", gateway.url))
+        if self.sms_provider is ProviderName.KANNEL:
+            urls.append(("AUTHSVC_KANNEL_URL", self.kannel_url))
+        return urls
+
+    def _limits_only_tighten(self) -> None:
+        """Production may tighten the documented limits, never loosen them (README "Security").
+
+        Bounds that hold in every environment are the fields' own ge/le; these hold in
+        production on top: every Rate (generically, against its default), the breaker's open
+        time, and the destination countries (a subset of the default set).
+        """
+        loosened = loosened_rates(self)
+        if loosened:
+            raise ValueError(
+                f"AUTHSVC_RATE_LIMITS: {', '.join(loosened)} looser than the documented default; "
+                "production may only tighten rate limits"
+            )
+        if self.breaker_open_s < PRODUCTION_MIN_BREAKER_OPEN_S:
+            raise ValueError(
+                f"AUTHSVC_BREAKER_OPEN_S: at least {PRODUCTION_MIN_BREAKER_OPEN_S} in production"
+            )
+        for setting in ("sms_countries", "voice_countries"):
+            widened = set(getattr(self, setting)) - PRODUCTION_COUNTRIES
+            if widened:
+                raise ValueError(
+                    f"AUTHSVC_{setting.upper()}: {', '.join(sorted(widened))} beyond the default "
+                    "countries; production may only narrow them"
+                )
 
     def master_key(self) -> bytes:
         """The master secret; in development, created in `secret_key_file` on first use."""
@@ -347,6 +451,14 @@ class Settings(BaseSettings):
             path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
             path.chmod(0o600)
         return _decode_key(path.read_text().strip())
+
+
+def _redis_url_is_private(url: str) -> bool:
+    """rediss:// (TLS), a unix socket, or a server on this host's loopback."""
+    parts = urlsplit(url)
+    if parts.scheme in ("rediss", "unix"):
+        return True
+    return parts.scheme == "redis" and parts.hostname in ("127.0.0.1", "::1", "localhost")
 
 
 def _decode_key(text: str) -> bytes:

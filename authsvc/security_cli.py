@@ -1,7 +1,8 @@
 """Operator commands of the abuse defences, wired into `authsvc` (cli.py):
 
-- `authsvc backend add NAME --rpcs Login,Challenge,...` (prints the API key once; `--mtls` for
-  a backend that authenticates by client certificate only), `backend list`, `backend revoke`;
+- `authsvc backend add NAME --rpcs Login,Challenge,... [--credentials key|mtls|both]` (prints
+  the API key once; `--credentials mtls` (or `--mtls`) for a backend that authenticates by
+  client certificate only, `both` for either; default: key only), `backend list`, `backend revoke`;
 - `authsvc breaker list [--all]`, `authsvc breaker reset PREFIX|--all` (SMS pumping breakers);
 - `authsvc unlock --org SIRET --login LOGIN` (clears an account's password and code lockouts,
   including the hard bound of 100 wrong codes).
@@ -37,7 +38,14 @@ def add_parsers(commands: Any) -> None:
     add.add_argument(
         "--rpcs", required=True, help='comma-separated: "*", "AuthService/*", "Login", ...'
     )
-    add.add_argument("--mtls", action="store_true", help="no key: client certificate only")
+    add.add_argument(
+        "--credentials",
+        choices=("key", "mtls", "both"),
+        default=None,
+        help="what names the backend: its API key (default), a client certificate whose "
+        "identity is NAME (mtls), or either (both)",
+    )
+    add.add_argument("--mtls", action="store_true", help="same as --credentials mtls")
     backend_actions.add_parser("list", help="the backends and their RPCs")
     revoke = backend_actions.add_parser("revoke", help="revoke a backend")
     revoke.add_argument("name")
@@ -75,6 +83,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int | None:
 
     if args.command == "backend" and args.action == "add":
         rpcs = [part for part in args.rpcs.split(",") if part.strip()]
+        if args.mtls and args.credentials not in (None, "mtls"):
+            print("backend refused: --mtls contradicts --credentials", file=sys.stderr)
+            return 2
+        accepted = "mtls" if args.mtls else (args.credentials or "key")
         try:
             callers.normalise_rpcs(rpcs)
         except ValueError as error:
@@ -82,18 +94,20 @@ def run(settings: Settings, args: argparse.Namespace) -> int | None:
             return 2
         key = _with_app(
             settings,
-            lambda app: callers.register_backend(app, args.name, rpcs, with_key=not args.mtls),
+            lambda app: callers.register_backend(app, args.name, rpcs, credentials=accepted),
         )
+        certificate = f"; mTLS: certificate identity {args.name!r}" if accepted != "key" else ""
         if key is None:
-            print(f"backend {args.name} added (mTLS: certificate identity {args.name!r})")
+            print(f"backend {args.name} added (credentials: {accepted}{certificate})")
         else:
-            print(f"backend {args.name} added. Its API key, shown only this once:\n{key}")
+            print(f"backend {args.name} added (credentials: {accepted}{certificate}).")
+            print(f"Its API key, shown only this once:\n{key}")
             print("send it as metadata  authorization: Bearer <key>", file=sys.stderr)
         return 0
     if args.command == "backend" and args.action == "list":
         for backend in _with_app(settings, callers.list_backends):
-            state = "revoked" if backend.revoked_at else ("key" if backend.key_digest else "mtls")
-            print(f"{backend.name:<24} {state:<8} {backend.rpcs}")
+            state = "revoked" if backend.revoked_at else "active"
+            print(f"{backend.name:<24} {state:<8} {backend.credentials:<5} {backend.rpcs}")
         return 0
     if args.command == "backend" and args.action == "revoke":
         done = _with_app(settings, lambda app: callers.revoke_backend(app, args.name))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 import uuid
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
 from authsvc.errors import invalid_field
 from authsvc.policies import networks
 
@@ -16,6 +19,11 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 random bytes, URL-safe base64 wi
 _PRINTABLE = re.compile(r"[\x21-\x7e]{1,128}")
 # La Poste's establishments are the one exception to the SIRET Luhn rule (INSEE).
 _LA_POSTE_SIREN = "356000000"
+
+# C0 and C1 control characters, NUL and DEL included (Unicode category Cc).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The largest value of a signed 64-bit column (BIGINT): integers carried as text stay below it.
+MAX_INT64 = 2**63 - 1
 
 MAX_PASSWORD = 128
 MAX_USER_AGENT = 512
@@ -121,3 +129,33 @@ def user_agent(value: str, field: str = "client.user_agent") -> str:
     if len(value) > MAX_USER_AGENT or not value.isprintable():
         raise invalid_field(field, f"at most {MAX_USER_AGENT} printable characters")
     return value
+
+
+def no_control_characters(message: Message, prefix: str = "") -> None:
+    """Refuse a control character (NUL included) in any string field of a request, nested and
+    repeated fields too: no field of the API carries one, and PostgreSQL refuses a NUL in text.
+    Checked once for every RPC, before its handler, so no handler has to remember it."""
+    for descriptor, value in message.ListFields():
+        path = prefix + descriptor.name
+        if descriptor.type == FieldDescriptor.TYPE_STRING:
+            texts = value if _repeated(descriptor) else (value,)
+            if any(_CONTROL.search(text) for text in texts):
+                raise invalid_field(path, "control characters are not allowed")
+        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+            for inner in value if _repeated(descriptor) else (value,):
+                no_control_characters(inner, path + ".")
+
+
+def _repeated(descriptor: FieldDescriptor) -> bool:
+    # protobuf 6 replaced `label` by `is_repeated`; accept both.
+    repeated = getattr(descriptor, "is_repeated", None)
+    if repeated is None:
+        repeated = getattr(descriptor, "label", 0) == FieldDescriptor.LABEL_REPEATED
+    return bool(repeated)
+
+
+def int64_text(value: str, field: str) -> int:
+    """A non-negative decimal integer given as text that fits a BIGINT (below 2^63)."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 19) or int(value) > MAX_INT64:
+        raise invalid_field(field, f"a decimal integer from 0 to {MAX_INT64}")
+    return int(value)

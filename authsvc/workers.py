@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 
 import structlog
 
-from authsvc.config import Settings
+from authsvc.config import Environment, RateLimitBackend, Settings
 
 log = structlog.get_logger("authsvc.workers")
 
@@ -49,6 +49,23 @@ def worker_settings(settings: Settings, workers: int) -> Settings:
             "password_hash_threads": threads,
         }
     )
+
+
+MEMORY_LIMITER_WITH_WORKERS = (
+    "--workers {workers} with AUTHSVC_RATE_LIMIT_BACKEND=memory: each worker keeps its own "
+    "rate-limit buckets, so every limit is multiplied by {workers}"
+)
+
+
+def check_limiter(settings: Settings, workers: int) -> None:
+    """Several workers must share their rate limits: in production the Redis backend is
+    required (refused otherwise, before any fork); in development a warning says so."""
+    if workers <= 1 or settings.rate_limit_backend is not RateLimitBackend.MEMORY:
+        return
+    message = MEMORY_LIMITER_WITH_WORKERS.format(workers=workers)
+    if settings.environment is Environment.PRODUCTION:
+        raise SystemExit(f"refused: {message}; set AUTHSVC_RATE_LIMIT_BACKEND=redis")
+    log.warning(message + "; use the redis backend outside development", workers=workers)
 
 
 def _die_with_parent() -> None:
@@ -77,6 +94,7 @@ async def _serve_worker(settings: Settings, listen: str) -> None:
 
 
 def serve_workers(settings: Settings, listen: str | None, workers: int) -> int:
+    check_limiter(settings, workers)
     address = listen or settings.listen
     if address.rsplit(":", 1)[-1] == "0":
         raise SystemExit("--workers needs a fixed port: workers must share it")

@@ -8,6 +8,7 @@ from grpc.aio import ServicerContext
 
 from authsvc import sessions, validation
 from authsvc.api import convert
+from authsvc.api.callers import current_backend
 from authsvc.api.rpc import rpc
 from authsvc.app import App
 from authsvc.errors import invalid_field
@@ -92,7 +93,10 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     async def Challenge(self, request: pb.ChallengeRequest, context: Ctx) -> pb.ChallengeResponse:
         flow_id = validation.flow_id(request.flow_id)
         channel = convert.channel_from_pb(request.channel)
-        key = validation.idempotency_key(request.idempotency_key)
+        # Scoped to the calling backend, as the proto says (api/callers.py names it).
+        key = convert.scoped_idempotency_key(
+            current_backend.get(), validation.idempotency_key(request.idempotency_key)
+        )
         client = convert.client_info(request.client)
         view = await challenge.challenge(
             self._app, challenge.ChallengeRequest(flow_id, channel, key, client.ip_address)

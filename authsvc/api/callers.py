@@ -23,6 +23,7 @@ import grpc
 import structlog
 from sqlalchemy import select
 
+from authsvc.api.decoding import tolerant
 from authsvc.api.status import to_grpc_status
 from authsvc.app import App
 from authsvc.db import Backend
@@ -88,6 +89,19 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+#: Which credentials name a backend (the `backends.credentials` column, ApiKey.credentials).
+CREDENTIALS = ("key", "mtls", "both")
+
+
+def accepts_key(credentials: str) -> bool:
+    return credentials in ("key", "both")
+
+
+def accepts_certificate(credentials: str) -> bool:
+    # Anything else (an unknown value in the table) accepts no certificate: fail closed.
+    return credentials in ("mtls", "both")
+
+
 @dataclass(frozen=True)
 class Caller:
     name: str
@@ -105,11 +119,13 @@ class CallerRegistry:
         self._static_names: dict[str, Caller] = {}
         for entry in app.settings.api_keys:
             caller = Caller(entry.name, normalise_rpcs(entry.rpcs))
-            if entry.key is not None:
-                self._static_keys[key_digest(entry.key.get_secret_value())] = caller
-            if entry.key_sha256 is not None:
-                self._static_keys[bytes.fromhex(entry.key_sha256)] = caller
-            self._static_names[entry.name] = caller
+            if accepts_key(entry.accepts):
+                if entry.key is not None:
+                    self._static_keys[key_digest(entry.key.get_secret_value())] = caller
+                if entry.key_sha256 is not None:
+                    self._static_keys[bytes.fromhex(entry.key_sha256)] = caller
+            if accepts_certificate(entry.accepts):
+                self._static_names[entry.name] = caller
         self.by_digest: dict[bytes, Caller] = dict(self._static_keys)
         self.by_name: dict[str, Caller] = dict(self._static_names)
 
@@ -123,8 +139,13 @@ class CallerRegistry:
             except ValueError:
                 log.warning("backend_rpcs_invalid", backend=row.name)
                 continue
-            by_name[row.name] = caller
-            if row.key_digest is not None:
+            # A certificate names only a backend that accepts certificates: a key backend's
+            # name is not an mTLS identity (a client certificate of that name gets nothing).
+            if accepts_certificate(row.credentials):
+                by_name[row.name] = caller
+            else:
+                by_name.pop(row.name, None)
+            if row.key_digest is not None and accepts_key(row.credentials):
                 by_digest[row.key_digest] = caller
         self.by_digest, self.by_name = by_digest, by_name
 
@@ -198,7 +219,9 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            # An undecodable body still reaches `guarded` (as UNDECODABLE): authenticated,
+            # answered and logged like any call, never grpc's UNKNOWN.
+            request_deserializer=tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -237,15 +260,20 @@ async def _refuse(
 
 
 async def register_backend(
-    app: App, name: str, rpcs: Sequence[str], *, with_key: bool = True
+    app: App, name: str, rpcs: Sequence[str], *, credentials: str = "key"
 ) -> str | None:
-    """Add (or replace) a backend; returns its new API key, shown once (None: mTLS only)."""
+    """Add (or replace) a backend; returns its new API key, shown once (None: mTLS only).
+
+    `credentials`: "key" (API key only, the default), "mtls" (client certificate whose
+    identity is `name`, only) or "both"."""
     from authsvc.db import Backend as Row
 
+    if credentials not in CREDENTIALS:
+        raise ValueError(f"credentials: one of {', '.join(CREDENTIALS)}")
     patterns = " ".join(
         sorted(short for path, short in METHODS.items() if path in normalise_rpcs(rpcs))
     )
-    key = new_key() if with_key else None
+    key = new_key() if accepts_key(credentials) else None
     async with app.write() as db:
         existing = await db.get(Row, name)
         if existing is not None:
@@ -256,6 +284,7 @@ async def register_backend(
                 name=name,
                 key_digest=key_digest(key) if key else None,
                 rpcs=patterns,
+                credentials=credentials,
                 created_at=app.clock.now(),
                 revoked_at=None,
             )
@@ -278,6 +307,7 @@ async def register_key(app: App, name: str, key: str, rpcs: Sequence[str] = ("*"
                 name=name,
                 key_digest=key_digest(key),
                 rpcs=" ".join(rpcs),
+                credentials="key",
                 created_at=app.clock.now(),
                 revoked_at=None,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -86,6 +87,15 @@ def service_codes(codes: Sequence[str], field: str) -> list[str]:
     if len(codes) > MAX_SERVICE_CODES or any(len(code) > 64 for code in codes):
         raise invalid_field(field, f"at most {MAX_SERVICE_CODES} codes of 64 characters")
     return list(codes)
+
+
+def scoped_idempotency_key(backend: str, key: str | None) -> str | None:
+    """The key as the calling backend's own (common to its calls, apart from every other
+    backend's): a digest of (backend, key), so two backends that pick the same key never get
+    each other's challenge, and no client-chosen text is kept in the flow row."""
+    if key is None:
+        return None
+    return hashlib.sha256(f"{backend}\x1f{key}".encode()).hexdigest()
 
 
 def client_info(client: common_pb2.ClientContext, *, ip_required: bool = False) -> ClientInfo:

@@ -16,12 +16,15 @@ from typing import TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from grpc.aio import ServicerContext
 
-from authsvc import audit
+from authsvc import audit, validation
 from authsvc.api.callers import current_backend
+from authsvc.api.decoding import Undecodable
 from authsvc.api.status import to_grpc_status
-from authsvc.errors import Failure, LimiterUnavailable
+from authsvc.app import App
+from authsvc.errors import Failure, LimiterUnavailable, invalid_field
 
 log = structlog.get_logger("authsvc.rpc")
 
@@ -41,6 +44,19 @@ def _request_id(context: ServicerContext[Req, Resp]) -> str:
     return uuid.uuid4().hex
 
 
+async def _well_formed(servicer: object, name: str, request: object) -> None:
+    """What every request must be before its handler runs: decodable, and with no control
+    character in any string field (validation.no_control_characters)."""
+    if isinstance(request, Undecodable):
+        # Throttled like a call of this RPC that names no end-user IP (it names nothing).
+        app = getattr(servicer, "_app", None)
+        if isinstance(app, App):
+            await app.limits.malformed(app.clock.now(), name)
+        raise invalid_field("request", "the request body is not a valid message of this RPC")
+    if isinstance(request, Message):
+        validation.no_control_characters(request)
+
+
 def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
     def decorate(handler: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         @functools.wraps(handler)
@@ -50,6 +66,7 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
             started = time.perf_counter()
             outcome, reason = "OK", ""
             try:
+                await _well_formed(self, name, request)
                 response = await handler(self, request, context)
                 context.set_trailing_metadata((("x-request-id", request_id),))
                 return response

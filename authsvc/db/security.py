@@ -21,6 +21,9 @@ class Backend(Base):
     key_digest: Mapped[bytes | None] = mapped_column(LargeBinary(32), unique=True)
     # Space-separated patterns: "*", "authsvc.v1.AuthService/*", "authsvc.v1.AuthService/Login".
     rpcs: Mapped[str] = mapped_column(Text)
+    # Which credentials name this backend: "key" (API key only), "mtls" (client certificate
+    # only) or "both". A certificate whose identity is `name` counts only with mtls or both.
+    credentials: Mapped[str] = mapped_column(String(8), default="key", server_default="key")
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
 

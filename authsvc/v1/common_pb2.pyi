@@ -318,7 +318,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_INVALID_FIELD: _ErrorReason.ValueType  # 1
     """INVALID_ARGUMENT. A request field is missing or malformed. Metadata "field": the field's
     path in the request, dotted snake_case (for example "client.ip_address" or
-    "new_values.phone").
+    "new_values.phone"); "request" when the body is not a valid message of the RPC (it is
+    logged and counted by the RPC's per-IP limit like a call that names no IP). A control
+    character (U+0000-U+001F, U+007F-U+009F, NUL included) in any string field answers this
+    reason for that field, before the RPC's own checks.
     """
     ERROR_REASON_INVALID_CREDENTIALS: _ErrorReason.ValueType  # 2
     """UNAUTHENTICATED. Unknown organisation, unknown login or wrong password: deliberately
@@ -484,7 +487,10 @@ ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 ERROR_REASON_INVALID_FIELD: ErrorReason.ValueType  # 1
 """INVALID_ARGUMENT. A request field is missing or malformed. Metadata "field": the field's
 path in the request, dotted snake_case (for example "client.ip_address" or
-"new_values.phone").
+"new_values.phone"); "request" when the body is not a valid message of the RPC (it is
+logged and counted by the RPC's per-IP limit like a call that names no IP). A control
+character (U+0000-U+001F, U+007F-U+009F, NUL included) in any string field answers this
+reason for that field, before the RPC's own checks.
 """
 ERROR_REASON_INVALID_CREDENTIALS: ErrorReason.ValueType  # 2
 """UNAUTHENTICATED. Unknown organisation, unknown login or wrong password: deliberately

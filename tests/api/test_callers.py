@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import CLIENT, TEST_API_KEY, failure_of
+from support import CLIENT, PASSWORD, TEST_API_KEY, failure_of, seed_account
 
 from authsvc.api.callers import list_backends, register_backend, revoke_backend
 from authsvc.clock import FrozenClock
@@ -201,3 +201,103 @@ async def test_tls_with_a_key_and_mutual_tls_with_a_client_certificate(
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # no TLS handshake
     finally:
         await server.stop(grace=0)
+
+
+async def test_idempotency_keys_are_scoped_per_backend(
+    server: Server, bare: Any, clock: FrozenClock, inbox: Any
+) -> None:
+    """Backend B reusing backend A's idempotency key gets its own challenge (and its own
+    code), not A's: before, B received A's challenge and no code was sent."""
+    alice = await seed_account(server)
+    other = await register_backend(server.app, "other", ["*"])
+    assert other is not None and server.callers is not None
+    await server.callers.refresh()
+    pending = (
+        await bare.Login(
+            pb.LoginRequest(
+                organization_siret=alice.organization_siret,
+                login=alice.login,
+                password=pb.PasswordCredential(password=PASSWORD),
+                client=CLIENT,
+            ),
+            metadata=bearer(TEST_API_KEY),
+        )
+    ).pending_flow
+    request = pb.ChallengeRequest(flow_id=pending.flow_id, idempotency_key="retry-1", client=CLIENT)
+    first = await bare.Challenge(request, metadata=bearer(TEST_API_KEY))
+    again = await bare.Challenge(request, metadata=bearer(TEST_API_KEY))
+    assert again.challenge_id == first.challenge_id  # A's retry: the same challenge
+    assert len(await inbox.wait_for(1)) == 1
+    clock.advance(31)  # past the resend cooldown
+    theirs = await bare.Challenge(request, metadata=bearer(other))
+    assert theirs.challenge_id != first.challenge_id
+    assert len(await inbox.wait_for(2)) == 2  # B's call sent its own code
+
+
+async def test_a_certificate_names_only_backends_that_accept_certificates(
+    settings: Settings, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """The attack: a client certificate from the client CA whose name is a key-only backend's
+    ("tests" from the configuration, "portal" from `backend add`) got that backend's rights."""
+    ca_cert, ca_key = _certificate("authsvc test CA", None, ca=True)
+    ca = (ca_cert.subject, ca_key)
+    server_cert, server_key = _certificate("localhost", ca)
+    (tmp_path / "ca.pem").write_bytes(_pem(ca_cert))
+    (tmp_path / "server.pem").write_bytes(_pem(server_cert))
+    (tmp_path / "server.key").write_bytes(_key_pem(server_key))
+    mutual = Settings.model_validate(
+        {
+            **settings.model_dump(),
+            "tls_cert_file": tmp_path / "server.pem",
+            "tls_key_file": tmp_path / "server.key",
+            "tls_client_ca_file": tmp_path / "ca.pem",
+            "api_keys": [
+                {"name": "tests", "key": TEST_API_KEY, "rpcs": ["*"]},  # key only (default)
+                {"name": "billing", "rpcs": ["*"]},  # no key: mTLS
+            ],
+        }
+    )
+    server = await create_server(mutual, clock=clock, listen="127.0.0.1:0")
+    await server.start()
+    try:
+
+        async def reason(name: str, metadata: tuple[tuple[str, str], ...] = ()) -> str:
+            cert, key = _certificate(name, ca)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(ca_cert),
+                private_key=_key_pem(key),
+                certificate_chain=_pem(cert),
+            )
+            async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", credentials) as chan:
+                stub: Any = auth_service_pb2_grpc.AuthServiceStub(chan)
+                session = pb.ValidateSessionRequest(session_token="A" * 43, client=CLIENT)
+                return (await failure_of(stub.ValidateSession(session, metadata=metadata))).reason
+
+        assert await reason("tests") == "PERMISSION_DENIED"  # a configured key backend
+        portal_key = await register_backend(server.app, "portal", ["*"])
+        hybrid_key = await register_backend(server.app, "hybrid", ["*"], credentials="both")
+        assert await register_backend(server.app, "certs", ["*"], credentials="mtls") is None
+        assert portal_key is not None and hybrid_key is not None and server.callers is not None
+        await server.callers.refresh()
+        rows = {row.name: row.credentials for row in await list_backends(server.app)}
+        assert rows == {"portal": "key", "hybrid": "both", "certs": "mtls"}
+
+        assert await reason("portal") == "PERMISSION_DENIED"
+        assert await reason("billing") == "SESSION_INVALID"  # the RPC answered
+        assert await reason("hybrid") == "SESSION_INVALID"
+        assert await reason("certs") == "SESSION_INVALID"
+        # Keys still name key backends, whatever certificate the channel presents.
+        assert await reason("nobody", bearer(portal_key)) == "SESSION_INVALID"
+        assert await reason("nobody", bearer(hybrid_key)) == "SESSION_INVALID"
+    finally:
+        await server.stop(grace=0)
+
+
+def test_configured_credentials_must_fit_the_keys() -> None:
+    with pytest.raises(ValueError, match="need a key"):
+        Settings(api_keys=[{"name": "x", "credentials": "both"}])
+    with pytest.raises(ValueError, match="takes no key"):
+        Settings(api_keys=[{"name": "x", "key": "k" * 20, "credentials": "mtls"}])
+    both = Settings(api_keys=[{"name": "x", "key": "k" * 20, "credentials": "both"}])
+    assert both.api_keys[0].accepts == "both"
+    assert Settings(api_keys=[{"name": "y"}]).api_keys[0].accepts == "mtls"

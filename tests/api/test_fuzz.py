@@ -19,6 +19,7 @@ behind validation.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -383,17 +384,45 @@ CONTROL = st.characters(max_codepoint=0x1F) | st.sampled_from(
     ["\x7f", "\x85", "\u00a0", "\u200b", "\u2028", "\u202e", "\ufeff", "\U0010fffd"]
 )
 ASCII = st.characters(codec="ascii")
+# Unicode category Cc only: C0 (NUL included), DEL, C1.
+CONTROL_ONLY = st.characters(max_codepoint=0x1F) | st.characters(
+    min_codepoint=0x7F, max_codepoint=0x9F
+)
 PRINTABLE_ASCII = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 URLSAFE = string.ascii_letters + string.digits + "-_"
 
 
+# Integers written as text around the edges of 64-bit columns: at and past 2^63 (a BIGINT
+# overflows), negative, and past 2^64. Every integer-ish string field gets these (page_token).
+BIG_INTEGER_TEXT = st.one_of(
+    st.sampled_from([str(2**63 - 1), str(2**63), "9999999999999999999", str(2**64), "-1", "0"]),
+    st.integers(2**63 - 8, 2**80).map(str),
+    st.integers(-(2**80), -1).map(str),
+)
+
+
+def with_control(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """A value of `strategy` (often a valid one) with a control character (NUL included)
+    inserted somewhere: every string field must answer INVALID_FIELD for it."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> str:
+        text_ = draw(strategy)
+        where = draw(st.integers(0, len(text_)))
+        return text_[:where] + draw(CONTROL_ONLY) + text_[where:]
+
+    return build()
+
+
 def wild_text() -> st.SearchStrategy[str]:
-    """Empty, unicode, ASCII, control characters, and a few KB."""
+    """Empty, unicode, ASCII, control characters, big integers, and a few KB."""
     return st.one_of(
         st.just(""),
         st.text(max_size=40),
         st.text(ASCII, max_size=80),
         st.text(CONTROL | ASCII, min_size=1, max_size=20),
+        BIG_INTEGER_TEXT,
+        with_control(st.text(PRINTABLE_ASCII, max_size=40)),
         st.builds(
             lambda unit, times: unit * times,
             st.text(min_size=1, max_size=8),
@@ -476,7 +505,11 @@ def draw_fields(draw: st.DrawFn, fields: list[Field]) -> dict[str, Any]:
     drawn: dict[str, Any] = {}
     for one in fields:
         wild = mode == "all wild" or (mode == "one wild" and one.name == wild_one)
-        drawn[one.name] = draw(one.wild if wild else one.valid, label=one.name)
+        value = draw(one.wild if wild else one.valid, label=one.name)
+        if wild and isinstance(value, str) and draw(st.booleans()):
+            # The near-valid value with a control character: only the character is wrong.
+            value = draw(with_control(st.just(draw(one.valid))), label=f"{one.name}+control")
+        drawn[one.name] = value
     return drawn
 
 
@@ -822,6 +855,7 @@ def _message_strategy(descriptor: Any, harness: Harness, depth: int = 0) -> st.S
                 text_ = real | base if real is not None else base
             else:
                 text_ = wild_text()
+            text_ = text_ | with_control(text_)
             fields[name] = st.lists(text_, max_size=3) if _repeated(field_) else text_
         elif field_.type == field_.TYPE_ENUM:
             numbers = [value.number for value in field_.enum_type.values]
@@ -835,6 +869,8 @@ def _message_strategy(descriptor: Any, harness: Harness, depth: int = 0) -> st.S
                 if field_.type == field_.TYPE_UINT32
                 else (st.integers(-(2**31), 2**31 - 1))
             )
+            if field_.type == field_.TYPE_INT64:
+                fields[name] = fields[name] | st.sampled_from([2**63 - 1, -(2**63)])
 
     @st.composite
     def build(draw: st.DrawFn) -> Any:
@@ -926,3 +962,121 @@ def test_api_key_metadata_fuzz(harness: Harness, data: st.DataObject) -> None:
         assert _check_failure(error, "Login", request) == "PERMISSION_DENIED"
         return
     raise AssertionError(f"a call with authorization {authorization!r:.80} succeeded")
+
+
+# ---- federated assertions: JOSE headers of every JSON type -------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@st.composite
+def assertions(draw: st.DrawFn) -> str:
+    """A compact JWS whose header fields (alg, kid, typ, crit, ...) take any JSON value, with
+    a plausible or random payload and a garbage signature."""
+    header = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "alg": JSON_VALUES | st.sampled_from(["RS256", "ES256", "EdDSA", "none", "HS256"]),
+                "kid": JSON_VALUES,
+                "typ": JSON_VALUES,
+                "crit": JSON_VALUES,
+                "jku": JSON_VALUES,
+            },
+        )
+    )
+    top = draw(st.sampled_from(["object", "other"]))
+    header_json = json.dumps(header if top == "object" else draw(JSON_VALUES))
+    payload = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "iss": JSON_VALUES | st.just("https://idp.example"),
+                "sub": JSON_VALUES,
+                "aud": JSON_VALUES | st.just("authsvc"),
+                "exp": JSON_VALUES | st.floats() | st.integers(2**63 - 1, 2**70),
+                "iat": JSON_VALUES | st.floats(),
+                "siret": JSON_VALUES | st.just(SIRET),
+            },
+        )
+    )
+    signature = draw(st.binary(max_size=64))
+    return ".".join(
+        [_b64(header_json.encode()), _b64(json.dumps(payload).encode()), _b64(signature)]
+    )
+
+
+# NOTE for the integrator: until the federated parser's fix (a non-string `alg` such as a list
+# or an object crashed `alg in ACCEPTED`, INTERNAL) is merged, this property fails on a branch
+# without that fix. It is meant to pass after the merge; do not mark it xfail.
+@FUZZ
+@given(data=st.data())
+def test_federated_assertion_jose_header_fuzz(harness: Harness, data: st.DataObject) -> None:
+    assertion = data.draw(assertions(), label="assertion")
+    if data.draw(st.booleans(), label="via Login"):
+        request: Any = pb.LoginRequest(
+            federated=pb.FederatedCredential(assertion=assertion), client=CLIENT
+        )
+        exercise(harness.stub.Login, request, "Login", None)
+        return
+    token = harness.session_tokens[0] if harness.session_tokens else "A" * 43
+    request = account_service_pb2.LinkFederatedIdentityRequest(
+        session_token=token, assertion=assertion, client=CLIENT
+    )
+    exercise(harness.account_stub.LinkFederatedIdentity, request, "LinkFederatedIdentity", None)
+
+
+# ---- raw bodies: undecodable (or accidentally decodable) bytes to every RPC --------------------
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """What _check_failure needs of a request, for bytes sent as they are."""
+
+    body: bytes
+
+    def ByteSize(self) -> int:
+        return len(self.body)
+
+
+ALL_RPCS = [
+    (pb.DESCRIPTOR.services_by_name["AuthService"].full_name, method.name)
+    for method in pb.DESCRIPTOR.services_by_name["AuthService"].methods
+] + [(ACCOUNT_SERVICE.full_name, method.name) for method in ACCOUNT_SERVICE.methods]
+RAW_BODIES = st.one_of(
+    st.binary(min_size=1, max_size=64),
+    st.sampled_from([b"\xff", b"\x0a\xff", b"\x08", b"\x0f", b"\x0a\x02\xc3\x28"]),
+    # A valid-looking tag followed by junk.
+    st.builds(lambda tag, rest: bytes([tag]) + rest, st.integers(0, 255), st.binary(max_size=16)),
+)
+
+
+@pytest.mark.parametrize(("service", "rpc"), ALL_RPCS, ids=[rpc for _, rpc in ALL_RPCS])
+def test_raw_body_fuzz(harness: Harness, service: str, rpc: str) -> None:
+    """Bytes that are not (or are, by chance) a message of the RPC: never UNKNOWN/INTERNAL;
+    an undecodable body answers INVALID_FIELD ("request") like any bad field."""
+    channel = sync_channel(f"127.0.0.1:{harness.server.port}")
+    # The body goes on the wire as it is (no serializer of a message class).
+    method: Any = channel.unary_unary(f"/{service}/{rpc}", lambda raw: raw.body, None)
+
+    @settings(
+        max_examples=GENERIC_EXAMPLES,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(body=RAW_BODIES, request_id=request_ids())
+    def run(body: bytes, request_id: str | None) -> None:
+        exercise(method, RawBody(body), rpc, request_id)
+
+    try:
+        run()
+    finally:
+        channel.close()

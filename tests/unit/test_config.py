@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from authsvc.config import DEV_ISSUER, Settings
+from authsvc.config import DEV_ISSUER, FRANCE_AND_OVERSEAS, Rate, RateLimits, Settings
 
 LOOSER = [
     ("code_ttl_s", 601),
@@ -58,18 +58,23 @@ def test_production_needs_a_key_and_real_providers() -> None:
         Settings(environment="production", secret_key="A" * 43)
 
 
+# A production configuration that passes every check (TLS terminated by a proxy in front).
+STRICT: dict[str, object] = {
+    "environment": "production",
+    "secret_key": "A" * 43,
+    "sms_provider": "http",
+    "voice_provider": "http",
+    "email_provider": "http",
+    "sms_http": {"url": "https://sms.example"},
+    "voice_http": {"url": "https://voice.example"},
+    "email_http": {"url": "https://mail.example"},
+    "tls_terminated_upstream": True,
+}
+
+
 def test_production_refuses_the_development_issuer_unless_allowed() -> None:
     dev = [{"issuer": DEV_ISSUER, "jwks_file": "/dev/null"}]
-    strict = {
-        "environment": "production",
-        "secret_key": "A" * 43,
-        "sms_provider": "http",
-        "voice_provider": "http",
-        "email_provider": "http",
-        "sms_http": {"url": "https://sms.example"},
-        "voice_http": {"url": "https://voice.example"},
-        "email_http": {"url": "https://mail.example"},
-    }
+    strict = STRICT
     Settings(**strict)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="development issuer"):
         Settings(**strict, federation_issuers=dev)  # type: ignore[arg-type]
@@ -89,3 +94,119 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("AUTHSVC_CODE_TTL_S", "900")
     with pytest.raises(ValidationError):
         Settings()
+
+
+RATE_NAMES = [name for name, info in RateLimits.model_fields.items() if info.annotation is Rate]
+
+
+def _default_rate(name: str) -> Rate:
+    default = RateLimits.model_fields[name].default
+    assert isinstance(default, Rate)
+    return default
+
+
+def _loosened(name: str, how: str) -> dict[str, dict[str, float]]:
+    rate = _default_rate(name)
+    if how == "burst":  # same average, a larger burst
+        return {name: {"count": rate.count * 2, "period_s": rate.period_s * 2}}
+    return {name: {"count": rate.count, "period_s": rate.period_s / 2}}  # a higher average
+
+
+# Each of these weakens production; each started on the code before the production checks.
+WEAKENING: list[object] = [
+    pytest.param(
+        {"federation_issuers": [{"issuer": "https://idp.example", "jwks_url": "http://idp/jwks"}]},
+        "jwks_url",
+        id="jwks-over-http",
+    ),
+    pytest.param({"sms_http": {"url": "http://sms.example"}}, "SMS_HTTP", id="sms-gateway-http"),
+    pytest.param(
+        {"voice_http": {"url": "http://voice.example"}}, "VOICE_HTTP", id="voice-gateway-http"
+    ),
+    pytest.param(
+        {"email_http": {"url": "http://mail.example"}}, "EMAIL_HTTP", id="email-gateway-http"
+    ),
+    pytest.param(
+        {"sms_provider": "kannel", "kannel_url": "http://kannel.example/cgi-bin/sendsms"},
+        "KANNEL_URL",
+        id="kannel-over-http",
+    ),
+    pytest.param({"tls_terminated_upstream": False}, "needs TLS", id="no-tls"),
+    pytest.param(
+        {"rate_limits": {"login_ip": {"count": 10_000_000, "period_s": 1}}},
+        "login_ip",
+        id="ten-million-per-second",
+    ),
+    *[
+        pytest.param({"rate_limits": _loosened(name, how)}, name, id=f"{name}-{how}")
+        for name in RATE_NAMES
+        for how in ("burst", "average")
+    ],
+    pytest.param({"sms_countries": [*FRANCE_AND_OVERSEAS, "US"]}, "SMS_COUNTRIES", id="sms-us"),
+    pytest.param({"voice_countries": ["FR", "CI"]}, "VOICE_COUNTRIES", id="voice-ci"),
+    pytest.param({"breaker_open_s": 60}, "BREAKER_OPEN_S", id="breaker-one-minute"),
+    pytest.param(
+        {"rate_limit_backend": "redis", "redis_url": "redis://redis.example:6379/0"},
+        "REDIS_URL",
+        id="redis-in-clear",
+    ),
+]
+
+
+@pytest.mark.parametrize(("weakening", "match"), WEAKENING)
+def test_production_refuses_every_weakening_setting(
+    weakening: dict[str, object], match: str
+) -> None:
+    Settings(**{**STRICT, **weakening, "environment": "development"})  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=match):
+        Settings(**{**STRICT, **weakening})  # type: ignore[arg-type]
+
+
+def test_every_rate_limit_is_covered() -> None:
+    assert len(RATE_NAMES) == len(RateLimits.model_fields) >= 13
+
+
+TIGHTENING: list[object] = [
+    pytest.param({"tls_cert_file": "/etc/c.pem", "tls_key_file": "/etc/k.pem"}, id="tls-here"),
+    pytest.param(
+        {"rate_limits": {"login_ip": {"count": 10, "period_s": 60}}}, id="fewer-per-period"
+    ),
+    pytest.param(
+        {"rate_limits": {"login_ip": {"count": 50, "period_s": 30}}}, id="same-average-less-burst"
+    ),
+    pytest.param({"sms_countries": ["FR"], "voice_countries": ["FR", "RE"]}, id="fewer-countries"),
+    pytest.param({"breaker_open_s": 7200}, id="longer-breaker"),
+    pytest.param(
+        {"rate_limit_backend": "redis", "redis_url": "rediss://redis.example:6380/0"},
+        id="redis-over-tls",
+    ),
+    pytest.param({"sms_provider": "kannel", "kannel_url": "https://k/send"}, id="kannel-https"),
+    pytest.param(
+        {"federation_issuers": [{"issuer": "https://idp.example", "jwks_url": "https://idp/j"}]},
+        id="jwks-https",
+    ),
+]
+
+
+@pytest.mark.parametrize("tightening", TIGHTENING)
+def test_production_accepts_tightening(tightening: dict[str, object]) -> None:
+    Settings(**{**STRICT, **tightening})  # type: ignore[arg-type]
+
+
+def test_rate_fields_anywhere_are_compared_with_their_defaults() -> None:
+    """A group of limits added later (a model with Rate fields) is covered without a change."""
+    from pydantic import BaseModel
+
+    from authsvc.config import loosened_rates
+
+    class Later(BaseModel):
+        contact_sends: Rate = Rate(count=3, period_s=3600)
+
+    class Holder(BaseModel):
+        later: Later = Later()
+        direct: Rate = Rate(count=5, period_s=60)
+
+    assert loosened_rates(Holder()) == []
+    looser = Holder(later=Later(contact_sends=Rate(count=4, period_s=3600)))
+    assert loosened_rates(looser) == ["later.contact_sends"]
+    assert loosened_rates(Holder(direct=Rate(count=5, period_s=59))) == ["direct"]
