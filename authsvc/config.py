@@ -149,6 +149,8 @@ FRANCE_AND_OVERSEAS = ("FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF", "WF
 # to these countries at most, and a tripped pumping breaker stays open at least this long.
 PRODUCTION_COUNTRIES = frozenset(FRANCE_AND_OVERSEAS)
 PRODUCTION_MIN_BREAKER_OPEN_S = 3600
+# The /48 tier of every per-IP limit is this many times the /64 budget: more loosens them all.
+PRODUCTION_MAX_IPV6_48_MULTIPLIER = 8
 
 
 class ApiKey(BaseModel):
@@ -421,7 +423,7 @@ class Settings(BaseSettings):
 
         Bounds that hold in every environment are the fields' own ge/le; these hold in
         production on top: every Rate (generically, against its default), the breaker's open
-        time, and the destination countries (a subset of the default set).
+        time, the IPv6 /48 tier's multiplier, and the destination countries (a subset of the default set).
         """
         loosened = loosened_rates(self)
         if loosened:
@@ -432,6 +434,11 @@ class Settings(BaseSettings):
         if self.breaker_open_s < PRODUCTION_MIN_BREAKER_OPEN_S:
             raise ValueError(
                 f"AUTHSVC_BREAKER_OPEN_S: at least {PRODUCTION_MIN_BREAKER_OPEN_S} in production"
+            )
+        if self.ipv6_48_multiplier > PRODUCTION_MAX_IPV6_48_MULTIPLIER:
+            raise ValueError(
+                f"AUTHSVC_IPV6_48_MULTIPLIER: at most {PRODUCTION_MAX_IPV6_48_MULTIPLIER} in "
+                "production (a wider /48 tier loosens every per-IP limit)"
             )
         for setting in ("sms_countries", "voice_countries"):
             widened = set(getattr(self, setting)) - PRODUCTION_COUNTRIES

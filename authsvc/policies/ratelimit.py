@@ -310,7 +310,7 @@ class RateLimitPolicy:
             "AuthorizeSensitiveAction": self.step_up_ip,
         }.get(rpc)
         if limit is not None:
-            self._refuse(await self._decide(now, [(limit, self.ip_key(""))]))
+            self._refuse(await self._decide(now, self.ip_checks(limit, "")))
 
     refuse = _refuse
 

@@ -145,6 +145,7 @@ WEAKENING: list[object] = [
     pytest.param({"sms_countries": [*FRANCE_AND_OVERSEAS, "US"]}, "SMS_COUNTRIES", id="sms-us"),
     pytest.param({"voice_countries": ["FR", "CI"]}, "VOICE_COUNTRIES", id="voice-ci"),
     pytest.param({"breaker_open_s": 60}, "BREAKER_OPEN_S", id="breaker-one-minute"),
+    pytest.param({"ipv6_48_multiplier": 64}, "IPV6_48_MULTIPLIER", id="wider-48-tier"),
     pytest.param(
         {"rate_limit_backend": "redis", "redis_url": "redis://redis.example:6379/0"},
         "REDIS_URL",
@@ -176,6 +177,7 @@ TIGHTENING: list[object] = [
     ),
     pytest.param({"sms_countries": ["FR"], "voice_countries": ["FR", "RE"]}, id="fewer-countries"),
     pytest.param({"breaker_open_s": 7200}, id="longer-breaker"),
+    pytest.param({"ipv6_48_multiplier": 4}, id="narrower-48-tier"),
     pytest.param(
         {"rate_limit_backend": "redis", "redis_url": "rediss://redis.example:6380/0"},
         id="redis-over-tls",
