@@ -340,3 +340,19 @@ async def test_the_operators_unlock_is_audited(stub: Stub, alice: Seeded, server
         None,
     )
     assert '"by": "operator"' in row.details
+
+
+async def test_the_window_of_wrong_codes_is_fixed_and_starts_again_after_it(
+    bounded: Server, bounded_stub: Stub, inbox: Inbox, clock: FrozenClock
+) -> None:
+    """The hard bound counts the wrong codes of `code_failure_window_s` (30 days) from the first
+    of them: eighteen, a window later nine more, is not twenty in one window."""
+    stub, alice = bounded_stub, await seed_account(bounded)
+    for _ in range(2):
+        assert await guess_codes(stub, inbox, alice, 9) == ["CODE_MISMATCH"] * 9
+        await sign_in(stub, inbox, alice)
+        clock.advance(86400)
+    assert (await account_row(bounded, alice)).code_window_failures == 18
+    clock.advance(bounded.app.settings.code_failure_window_s)
+    assert await guess_codes(stub, inbox, alice, 9) == ["CODE_MISMATCH"] * 9
+    assert (await account_row(bounded, alice)).code_window_failures == 9

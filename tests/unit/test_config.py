@@ -89,3 +89,11 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("AUTHSVC_CODE_TTL_S", "900")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_the_window_of_the_code_hard_bound_only_lengthens() -> None:
+    """A shorter window would let more wrong codes through: 30 days is the floor."""
+    assert Settings().code_failure_window_s == 30 * 86400
+    assert Settings(code_failure_window_s=90 * 86400).code_failure_window_s == 90 * 86400
+    with pytest.raises(ValidationError):
+        Settings(code_failure_window_s=30 * 86400 - 1)
