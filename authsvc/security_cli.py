@@ -3,8 +3,8 @@
 - `authsvc backend add NAME --rpcs Login,Challenge,...` (prints the API key once; `--mtls` for
   a backend that authenticates by client certificate only), `backend list`, `backend revoke`;
 - `authsvc breaker list [--all]`, `authsvc breaker reset PREFIX|--all` (SMS pumping breakers);
-- `authsvc unlock --org SIRET --login LOGIN` (clears an account's password and code lockouts, audited,
-  including the hard bound of 100 wrong codes).
+- `authsvc unlock --org SIRET --login LOGIN` (clears an account's password and code lockouts,
+  including the hard bound of 100 wrong codes; an `account.unlocked` audit row says so).
 
 And the development key of `make run`: created in var/dev-backend.key, read by `authsvc client`
 (or AUTHSVC_CLIENT_API_KEY).
