@@ -106,6 +106,9 @@ class RateLimits(BaseModel):
     verify_global: Rate = Rate(count=5000, period_s=1)
     step_up_ip: Rate = Rate(count=100, period_s=60)
     step_up_account: Rate = Rate(count=30, period_s=3600)
+    # ChangePassword checks a password like Login: its own limits, per IP and per account.
+    change_password_ip: Rate = Rate(count=100, period_s=60)
+    change_password_account: Rate = Rate(count=30, period_s=60)
     send_ip: Rate = Rate(count=60, period_s=3600)
     # Send budgets: per organisation and for the whole service.
     send_organization: Rate = Rate(count=5000, period_s=3600)
@@ -314,14 +317,17 @@ class Settings(BaseSettings):
     pumping_prefix_hidden_digits: int = Field(default=4, ge=2, le=8)
     breaker_open_s: int = Field(default=3600, ge=60, le=7 * 86400)
     # Lockouts: 5 consecutive wrong passwords lock the login 15 min, doubling, at most 24 h;
-    # 10 consecutive wrong codes lock the second factor 15 min; 100 lock it until an operator
-    # unlocks it (`authsvc unlock`).
+    # 10 consecutive wrong codes lock the second factor 15 min; 100 within the window below
+    # lock it until an operator unlocks it (`authsvc unlock`).
     password_lock_threshold: int = Field(default=5, ge=1, le=5)
     password_lock_s: int = Field(default=900, ge=900, le=86400)
     password_lock_max_s: int = Field(default=86400, ge=900, le=86400)
     code_lock_threshold: int = Field(default=10, ge=1, le=10)
     code_lock_s: int = Field(default=900, ge=900, le=86400)
     code_failure_hard_bound: int = Field(default=100, ge=1, le=100)
+    # The hard bound counts wrong codes over this fixed window (from the first of them); no
+    # success resets it. 30 days at least: a shorter window would let more guesses through.
+    code_failure_window_s: int = Field(default=30 * 86400, ge=30 * 86400, le=365 * 86400)
     # Callers: API keys (and/or mTLS client certificates) of the backends allowed to call.
     api_keys: tuple[ApiKey, ...] = ()
     api_keys_refresh_s: float = Field(default=10.0, gt=0, le=300)
@@ -423,7 +429,8 @@ class Settings(BaseSettings):
 
         Bounds that hold in every environment are the fields' own ge/le; these hold in
         production on top: every Rate (generically, against its default), the breaker's open
-        time, the IPv6 /48 tier's multiplier, and the destination countries (a subset of the default set).
+        time, the IPv6 /48 tier's multiplier, and the destination countries (a subset of the
+        default set).
         """
         loosened = loosened_rates(self)
         if loosened:

@@ -5,7 +5,7 @@
   client certificate only, `both` for either; default: key only), `backend list`, `backend revoke`;
 - `authsvc breaker list [--all]`, `authsvc breaker reset PREFIX|--all` (SMS pumping breakers);
 - `authsvc unlock --org SIRET --login LOGIN` (clears an account's password and code lockouts,
-  including the hard bound of 100 wrong codes).
+  including the hard bound of 100 wrong codes; an `account.unlocked` audit row says so).
 
 And the development key of `make run`: created in var/dev-backend.key, read by `authsvc client`
 (or AUTHSVC_CLIENT_API_KEY).

@@ -1,5 +1,9 @@
 """ChangePassword: a grant, the current password, a policy-compliant new one.
 
+Rate limited per IP and account; the grant is checked before the password (a missing grant
+answers the same whatever the password); the password check is reserved like Login's
+(policies/lockout.py), so concurrent calls cannot run more checks than the lock allows.
+
 The change revokes the account's trusted devices (the next login needs a code) and every other
 session, in the same transaction that redeems the grant.
 """
@@ -15,6 +19,7 @@ from authsvc.app import App
 from authsvc.courier.notices import notify
 from authsvc.db import Account, Session, TrustedDevice
 from authsvc.flows import failures, grants
+from authsvc.flows.login import ClientInfo
 from authsvc.policies import lockout, password_policy
 from authsvc.policies.permissions import Action
 from authsvc.sessions import SessionInfo
@@ -27,17 +32,45 @@ class PasswordChanged:
 
 
 async def change_password(
-    app: App, caller: SessionInfo, *, grant_token: str, current: str, new: str
+    app: App,
+    caller: SessionInfo,
+    *,
+    grant_token: str,
+    current: str,
+    new: str,
+    client: ClientInfo,
 ) -> PasswordChanged:
+    now = app.clock.now()
+    # Rate limits first, before any expensive work (argon2), like Login's.
+    await app.limits.change_password(now, ip=client.ip_address, account_id=str(caller.account_id))
     async with app.read() as db:
         account = await db.scalar(select(Account).where(Account.id == caller.account_id))
-    assert account is not None and account.password_hash is not None
-    # The current password is a password check like Login's: same lock, same counter, so a
-    # stolen session cannot be used to guess it without bound.
-    now = app.clock.now()
-    async with app.read() as db:
+        assert account is not None and account.password_hash is not None
+        # The grant before the password: without a grant that this session may spend, the
+        # answer is the grant's and nothing about the password is checked or revealed.
+        await grants.ensure_redeemable(
+            app,
+            db,
+            caller,
+            token=grant_token,
+            action=Action.CHANGE_OWN_PASSWORD,
+            target=account.id,
+            values=grants.ActionValues(),
+        )
+        # The current password is a password check like Login's: same lock, same counter, so
+        # a stolen session cannot be used to guess it without bound.
         await lockout.check_password_lock(
             app, db, account, caller.organization_siret, account.login, now
+        )
+    password_policy.check(
+        new,
+        login=account.login,
+        other_inputs=[account.display_name, account.email],
+        field="new_password",
+    )
+    async with app.write() as db:
+        await lockout.reserve_password_check(
+            app, db, account.id, caller.organization_siret, account.login, now
         )
     if not await app.passwords.verify(account.password_hash, current):
         async with app.write() as db:
@@ -45,12 +78,10 @@ async def change_password(
                 app, db, account.id, caller.organization_siret, account.login, now
             )
         raise locked or failures.invalid_credentials()
-    password_policy.check(
-        new,
-        login=account.login,
-        other_inputs=[account.display_name, account.email],
-        field="new_password",
-    )
+    async with app.write() as db:
+        refused = await lockout.password_success(app, db, account.id, now)
+    if refused is not None:
+        raise refused
     new_hash = await app.passwords.hash_async(new)
     async with app.write() as db:
         await grants.redeem(

@@ -135,9 +135,14 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
         current = validation.password(request.current_password, "current_password")
         if not request.new_password:
             raise invalid_field("new_password", "the new password is required")
-        convert.client_info(request.client)
+        client = convert.client_info(request.client)
         changed = await password.change_password(
-            self._app, caller, grant_token=token, current=current, new=request.new_password
+            self._app,
+            caller,
+            grant_token=token,
+            current=current,
+            new=request.new_password,
+            client=client,
         )
         return pb.ChangePasswordResponse(
             revoked_sessions=changed.revoked_sessions, revoked_devices=changed.revoked_devices

@@ -304,6 +304,19 @@ def _code_failures(*, display_name: str, service: str) -> EmailText:
     )
 
 
+def _wrong_codes(*, display_name: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : code erroné après votre mot de passe",
+        f"Bonjour {display_name},",
+        f"Une connexion à votre compte {service} a passé la première étape (votre mot de passe "
+        "ou votre identité fédérée), puis un code de vérification erroné a été saisi.",
+        "Si ce n'était pas vous, votre mot de passe est probablement connu d'un tiers : "
+        "changez-le dès que possible et prévenez l'administrateur des comptes de votre "
+        "organisation. Ce message est envoyé au plus une fois par jour.",
+        signature=service,
+    )
+
+
 def _email_verification(
     *, display_name: str, code: Secret, minutes: str, service: str
 ) -> EmailText:
@@ -324,6 +337,7 @@ _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "password_changed": (_password_changed, {"display_name", "service"}),
     "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
     "code_failures": (_code_failures, {"display_name", "service"}),
+    "wrong_codes": (_wrong_codes, {"display_name", "service"}),
     "email_verification": (_email_verification, {"display_name", "code", "minutes", "service"}),
 }
 EMAIL_KINDS: Final = tuple(_EMAILS)

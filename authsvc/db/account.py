@@ -55,6 +55,16 @@ class Account(Base):
     failed_password_count: Mapped[int] = mapped_column(default=0, server_default="0")
     password_lock_count: Mapped[int] = mapped_column(default=0, server_default="0")
     password_locked_until: Mapped[datetime | None]
+    # Password checks reserved and not yet settled (their argon2 runs): a check runs only if
+    # it fits, with the failures counted, under the threshold. The reservation is a lease:
+    # one lost with its process counts for nothing once `password_pending_until` passes.
+    password_checks_pending: Mapped[int] = mapped_column(default=0, server_default="0")
+    password_pending_until: Mapped[datetime | None]
     # Consecutive wrong codes since the last full success, whatever the flow.
     failed_code_count: Mapped[int] = mapped_column(default=0, server_default="0")
     code_locked_until: Mapped[datetime | None]
+    # Wrong codes in a fixed window (`code_failure_window_s`, from the first of them), that no
+    # success resets: the hard bound. The last notice of wrong codes after a first factor.
+    code_window_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    code_window_started_at: Mapped[datetime | None]
+    code_failures_notified_at: Mapped[datetime | None]

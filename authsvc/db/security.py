@@ -55,4 +55,6 @@ class LoginFailures(Base):
     failed_password_count: Mapped[int] = mapped_column(default=0)
     password_lock_count: Mapped[int] = mapped_column(default=0)
     password_locked_until: Mapped[datetime | None]
+    password_checks_pending: Mapped[int] = mapped_column(default=0, server_default="0")
+    password_pending_until: Mapped[datetime | None]
     updated_at: Mapped[datetime]

@@ -173,23 +173,10 @@ async def redeem(
     The caller's operation runs in the same transaction: if it fails, the grant is not spent
     (and neither is its audit event written).
     """
-    session_id = caller.session_id
     now = app.clock.now()
-    digest = token_digest(token)
-    values_digest = app.keys.binding_digest(values.canonical(action, target))
     spent = await db.execute(
         update(ActionGrant)
-        .where(
-            ActionGrant.token_digest == digest,
-            ActionGrant.redeemed_at.is_(None),
-            ActionGrant.expires_at > now,
-            ActionGrant.session_id == session_id,
-            ActionGrant.action == action.value,
-            (ActionGrant.target_account_id == target)
-            if target is not None
-            else ActionGrant.target_account_id.is_(None),
-            ActionGrant.values_digest == values_digest,
-        )
+        .where(*_redeemable(app, caller, token, action, target, values, now))  # type: ignore[arg-type]
         .values(redeemed_at=now)
         .returning(ActionGrant)
     )
@@ -206,21 +193,81 @@ async def redeem(
             by=by,
         )
         return grant
-    # Not spent: say why, most fundamental reason first.
+    raise await _refusal(db, caller, token, action, target, now)
+
+
+def _redeemable(
+    app: App,
+    caller: SessionInfo,
+    token: str,
+    action: Action,
+    target: uuid.UUID | None,
+    values: ActionValues,
+    now: datetime,
+) -> list[object]:
+    """The WHERE clause of a grant that this caller may spend now, for this exact action."""
+    values_digest = app.keys.binding_digest(values.canonical(action, target))
+    return [
+        ActionGrant.token_digest == token_digest(token),
+        ActionGrant.redeemed_at.is_(None),
+        ActionGrant.expires_at > now,
+        ActionGrant.session_id == caller.session_id,
+        ActionGrant.action == action.value,
+        (ActionGrant.target_account_id == target)
+        if target is not None
+        else ActionGrant.target_account_id.is_(None),
+        ActionGrant.values_digest == values_digest,
+    ]
+
+
+async def ensure_redeemable(
+    app: App,
+    db: AsyncSession,
+    caller: SessionInfo,
+    *,
+    token: str,
+    action: Action,
+    target: uuid.UUID | None,
+    values: ActionValues,
+) -> None:
+    """A read before costly or secret-dependent work (ChangePassword checks the grant before
+    the password): the same refusal as `redeem` would give, nothing spent. `redeem` still
+    decides, atomically, afterwards."""
+    now = app.clock.now()
+    found = await db.scalar(
+        select(ActionGrant.token_digest).where(
+            *_redeemable(app, caller, token, action, target, values, now)  # type: ignore[arg-type]
+        )
+    )
+    if found is None:
+        raise await _refusal(db, caller, token, action, target, now)
+
+
+async def _refusal(
+    db: AsyncSession,
+    caller: SessionInfo,
+    token: str,
+    action: Action,
+    target: uuid.UUID | None,
+    now: datetime,
+) -> Failure:
+    """Why a grant cannot be spent, most fundamental reason first."""
+    session_id = caller.session_id
+    digest = token_digest(token)
     stored = await db.scalar(select(ActionGrant).where(ActionGrant.token_digest == digest))
     if stored is None:
-        raise _failure("GRANT_NOT_FOUND", "NOT_FOUND", "unknown grant")
+        return _failure("GRANT_NOT_FOUND", "NOT_FOUND", "unknown grant")
     if stored.session_id != session_id:
-        raise _failure("GRANT_SESSION_MISMATCH", "PERMISSION_DENIED", "grant of another session")
+        return _failure("GRANT_SESSION_MISMATCH", "PERMISSION_DENIED", "grant of another session")
     if stored.redeemed_at is not None:
-        raise _failure("GRANT_ALREADY_USED", "FAILED_PRECONDITION", "this grant was used")
+        return _failure("GRANT_ALREADY_USED", "FAILED_PRECONDITION", "this grant was used")
     if stored.expires_at <= now:
-        raise _failure("GRANT_EXPIRED", "FAILED_PRECONDITION", "this grant has expired")
+        return _failure("GRANT_EXPIRED", "FAILED_PRECONDITION", "this grant has expired")
     if stored.action != action.value:
-        raise _failure("GRANT_ACTION_MISMATCH", "PERMISSION_DENIED", "grant of another action")
+        return _failure("GRANT_ACTION_MISMATCH", "PERMISSION_DENIED", "grant of another action")
     if stored.target_account_id != target:
-        raise _failure("GRANT_TARGET_MISMATCH", "PERMISSION_DENIED", "grant for another account")
-    raise _failure("GRANT_VALUES_MISMATCH", "PERMISSION_DENIED", "grant for other values")
+        return _failure("GRANT_TARGET_MISMATCH", "PERMISSION_DENIED", "grant for another account")
+    return _failure("GRANT_VALUES_MISMATCH", "PERMISSION_DENIED", "grant for other values")
 
 
 async def redeem_now(

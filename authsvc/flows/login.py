@@ -94,9 +94,22 @@ async def login_with_password(
         account = row[0] if row else None
         # A locked login is refused whatever the password, known or not (policies/lockout.py).
         await lockout.check_password_lock(app, db, account, siret, login, now)
+    # Reserve this check first (known and unknown logins alike): past the allowance of the
+    # lock window nothing reaches argon2, however many calls arrive together.
+    async with app.write() as db:
+        await lockout.reserve_password_check(
+            app, db, account.id if account else None, siret, login, now
+        )
     # Always one argon2 verification, against a dummy hash when the account is unknown.
     stored = account.password_hash if account is not None else None
-    if not await app.passwords.verify(stored, password) or account is None or stored is None:
+    right = await app.passwords.verify(stored, password) and account is not None
+    if right and account is not None:
+        # The right password counts only if no lock was set meanwhile (re-read in the write).
+        async with app.write() as db:
+            refused = await lockout.password_success(app, db, account.id, now)
+        if refused is not None:
+            raise refused
+    if not right or account is None or stored is None:
         async with app.write() as db:
             locked = await lockout.password_failure(
                 app, db, account.id if account else None, siret, login, now
@@ -130,8 +143,8 @@ async def after_first_factor(
         trusted_at = await cadence.trusted_since(app, db, account.id, device_token)
         if trusted_at is not None:
             # A trusted device stands for the code: not while the second factor is locked.
+            # It resets no counter: only a right code does (policies/lockout.py).
             lockout.check_code_lock(app, account, app.clock.now())
-            await lockout.clear(db, account.id)  # a full success
             audit.record(
                 db,
                 app.clock,

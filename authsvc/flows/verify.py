@@ -130,15 +130,20 @@ async def verify(
                 attempts=str(attempts),
                 consecutive=str(consecutive),
             )
+            notified = locked_now
             if locked_now:
                 # The password is known to whoever types these codes: tell the holder.
                 lockout.notify_code_lock(app, db, account)
+            elif flow.purpose == FlowPurpose.LOGIN:
+                # A wrong code after a right first factor: the holder hears of it (once a day).
+                notified = await lockout.notify_wrong_codes(app, db, account, now)
     except _Abort as abort:
         if abort.why == "locked":
             raise await _locked(app, flow.id) from None
         raise await _why_closed(app, flow.id, superseded=None) from None
-    if locked_now:
+    if notified:
         app.outbox_ready.set()
+    if locked_now:
         raise await _locked(app, flow.id)
     raise failures.code_mismatch(max(max_attempts - attempts, 0))
 

@@ -5,13 +5,19 @@ concurrent failures are all counted and a lock is set exactly once.
 - Password: `password_lock_threshold` (5) consecutive failures lock the login for
   `password_lock_s` (15 min), twice as long at each new lock, at most `password_lock_max_s`
   (24 h). While locked, Login answers ACCOUNT_LOCKED whatever the password, without checking
-  it. Logins that do not exist are locked alike, by the same SQL on a `login_failures` row
+  it. Each check reserves its place before argon2 (failures counted + checks in flight stay
+  below the threshold), so concurrent calls never run more checks than the threshold per
+  lock window, and a right password counts only through a statement that re-reads the lock.
+  Logins that do not exist are locked alike, by the same SQL on a `login_failures` row
   (keyed by a digest of organisation + login), so the answer reveals nothing about existence,
   in content or in time, on one process or many.
 - Codes: `code_lock_threshold` (10) consecutive wrong codes, across flows and resends, lock
   the second factor for `code_lock_s` (15 min) and the user is told by email; at
-  `code_failure_hard_bound` (100) it stays locked until an operator unlocks it.
-- Counters reset only on a full success (a session or an action grant issued).
+  `code_failure_hard_bound` (100) wrong codes within `code_failure_window_s` (30 days, a
+  fixed window no success resets), or as many in a row, it stays locked until an operator
+  unlocks it. A wrong code after a first factor tells the holder (one email a day at most).
+- Consecutive counters reset only on a full success with a code (a session or an action
+  grant issued); a login that needed no code (trusted device) resets nothing.
 """
 
 from __future__ import annotations
@@ -20,22 +26,27 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, literal, or_, select, update
+from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from authsvc import audit
 from authsvc.app import App
-from authsvc.courier import templates
-from authsvc.courier.outbox import enqueue
+from authsvc.courier.notices import notify
 from authsvc.db import Account, LoginFailures
 from authsvc.db.base import UTCDateTime
 from authsvc.errors import Failure
-from authsvc.phones import mask_email
 from authsvc.policies.ratelimit import lock_durations
 
 # What RetryInfo says when only an operator can lift a lock (the code failures' hard bound).
 UNTIL_OPERATOR_S = 86400.0
+# A reserved password check holds its place this long at most (argon2 takes well under a
+# second; this covers a saturated hashing pool). A lost reservation frees itself after it.
+PASSWORD_CHECK_LEASE_S = 60.0
+# At most one notice of wrong codes after a first factor per account in this period, so that
+# whoever knows the password cannot flood the holder's mailbox.
+CODE_NOTICE_INTERVAL_S = 86400
 
 
 def account_locked(retry_after: float) -> Failure:
@@ -108,6 +119,91 @@ def _unlocked(table: type[Account] | type[LoginFailures], now: datetime) -> Any:
     return or_(table.password_locked_until.is_(None), table.password_locked_until <= now)
 
 
+def _pending(table: type[Account] | type[LoginFailures], now: datetime) -> Any:
+    """The password checks in flight: none once their lease passed (a process that died
+    between its reservation and its verdict must not hold the login's allowance forever)."""
+    expired = or_(table.password_pending_until.is_(None), table.password_pending_until <= now)
+    return case((expired, 0), else_=table.password_checks_pending)
+
+
+def _released(table: type[Account] | type[LoginFailures], now: datetime) -> Any:
+    """The checks in flight once one of them has its verdict."""
+    pending = _pending(table, now)
+    return case((pending > 0, pending - 1), else_=0)
+
+
+def _row(
+    app: App, account_id: uuid.UUID | None, siret: str, login: str
+) -> tuple[type[Account] | type[LoginFailures], Any]:
+    """The row that holds a login's counters: its account's, or its `login_failures` row."""
+    if account_id is None:
+        return LoginFailures, LoginFailures.key_digest == unknown_login_key(app, siret, login)
+    return Account, Account.id == account_id
+
+
+async def reserve_password_check(
+    app: App,
+    db: AsyncSession,
+    account_id: uuid.UUID | None,
+    siret: str,
+    login: str,
+    now: datetime,
+) -> None:
+    """Before argon2 (its own short transaction): take one of the checks that the login has
+    left before it locks, or refuse with ACCOUNT_LOCKED without checking anything.
+
+    One conditional statement, on the account or on the unknown login's row alike: the
+    reservation fits only WHERE the login is unlocked and the failures counted plus the
+    checks in flight stay below the threshold. However many calls arrive together, at most
+    `password_lock_threshold` argon2 verifications run per lock window (PostgreSQL re-reads
+    the row under its lock; SQLite serialises the writers)."""
+    table, key = _row(app, account_id, siret, login)
+    threshold = app.settings.password_lock_threshold
+    fits = and_(
+        _unlocked(table, now), table.failed_password_count + _pending(table, now) < threshold
+    )
+    taken = {
+        "password_checks_pending": _pending(table, now) + 1,
+        "password_pending_until": _at(now + timedelta(seconds=PASSWORD_CHECK_LEASE_S)),
+    }
+    statement: Any
+    if account_id is None:
+        dialect = db.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = (
+            insert(LoginFailures)
+            .values(
+                key_digest=unknown_login_key(app, siret, login),
+                failed_password_count=0,
+                password_lock_count=0,
+                password_locked_until=None,
+                password_checks_pending=1,
+                password_pending_until=now + timedelta(seconds=PASSWORD_CHECK_LEASE_S),
+                updated_at=now,
+            )
+            .on_conflict_do_update(
+                index_elements=[LoginFailures.key_digest],
+                set_={**taken, "updated_at": now},
+                where=fits,
+            )
+            .returning(LoginFailures.key_digest)
+        )
+    else:
+        statement = update(Account).where(key, fits).values(**taken).returning(Account.id)
+    if (await db.execute(statement)).one_or_none() is not None:
+        return
+    state = (
+        await db.execute(select(table.password_locked_until, table.password_lock_count).where(key))
+    ).one()
+    until, locks = state
+    if until is not None and until > now:
+        raise account_locked((until - now).total_seconds())
+    # Every check left is in flight: they decide. Answer as the lock they would set, the
+    # same for a known login and an unknown one.
+    durations = lock_durations(app.settings)
+    raise account_locked(float(durations[min(int(locks), len(durations) - 1)]))
+
+
 async def password_failure(
     app: App,
     db: AsyncSession,
@@ -116,57 +212,65 @@ async def password_failure(
     login: str,
     now: datetime,
 ) -> Failure | None:
-    """Count a wrong password (in the caller's transaction), on the account or, for a login
-    that does not exist, on its `login_failures` row: one statement either way. Returns
-    ACCOUNT_LOCKED when this failure locked the login (or a concurrent one had), else None."""
-    statement: Any
-    if account_id is None:
-        key = unknown_login_key(app, siret, login)
-        dialect = db.get_bind().dialect.name
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        first_locks = app.settings.password_lock_threshold <= 1
-        statement = (
-            insert(LoginFailures)
-            .values(
-                key_digest=key,
-                failed_password_count=0 if first_locks else 1,
-                password_lock_count=1 if first_locks else 0,
-                password_locked_until=(
-                    now + timedelta(seconds=lock_durations(app.settings)[0])
-                    if first_locks
-                    else None
-                ),
-                updated_at=now,
-            )
-            .on_conflict_do_update(
-                index_elements=[LoginFailures.key_digest],
-                set_={**_failure_values(LoginFailures, app, now), "updated_at": now},
-                where=_unlocked(LoginFailures, now),
-            )
-            .returning(LoginFailures.password_locked_until)
+    """Settle a reserved check whose password was wrong (in the caller's transaction): one
+    failure more, and the lock at the threshold, in one statement on the account or, for a
+    login that does not exist, on its `login_failures` row. Returns ACCOUNT_LOCKED when this
+    failure locked the login (or a concurrent one had), else None."""
+    table, key = _row(app, account_id, siret, login)
+    unlocked = _unlocked(table, now)
+    values: dict[str, Any] = {
+        name: case((unlocked, value), else_=getattr(table, name))
+        for name, value in _failure_values(table, app, now).items()
+    }
+    values["password_checks_pending"] = _released(table, now)
+    if table is LoginFailures:
+        values["updated_at"] = now
+    row = (
+        await db.execute(
+            update(table).where(key).values(**values).returning(table.password_locked_until)
         )
-        current = select(LoginFailures.password_locked_until).where(LoginFailures.key_digest == key)
-    else:
-        statement = (
-            update(Account)
-            .where(Account.id == account_id, _unlocked(Account, now))
-            .values(**_failure_values(Account, app, now))
-            .returning(Account.password_locked_until)
-        )
-        current = select(Account.password_locked_until).where(Account.id == account_id)
-    row = (await db.execute(statement)).one_or_none()
-    locked_until = row[0] if row is not None else await db.scalar(current)
+    ).one_or_none()
+    locked_until = row[0] if row is not None else None
     if locked_until is not None and locked_until > now:
         return account_locked((locked_until - now).total_seconds())
+    return None
+
+
+async def password_success(
+    app: App, db: AsyncSession, account_id: uuid.UUID, now: datetime
+) -> Failure | None:
+    """Settle a reserved check whose password was right (in the caller's transaction). The
+    password is accepted only through this statement, which reads the lock as it is when the
+    row is written: ACCOUNT_LOCKED if a lock was set meanwhile, else None. A right password
+    alone resets no counter (only a full success does)."""
+    row = (
+        await db.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(password_checks_pending=_released(Account, now))
+            .returning(Account.password_locked_until)
+        )
+    ).one_or_none()
+    until = row[0] if row is not None else None
+    if until is not None and until > now:
+        return account_locked((until - now).total_seconds())
     return None
 
 
 # ---- codes ----------------------------------------------------------------------------------
 
 
+def _hard_bound_reached(app: App, consecutive: Any, in_window: Any) -> Any:
+    """Only an operator lifts it: `code_failure_hard_bound` wrong codes within the window
+    (that no success resets), or as many in a row without a success, however long ago."""
+    bound = app.settings.code_failure_hard_bound
+    return or_(consecutive >= bound, in_window >= bound)
+
+
 def check_code_lock(app: App, account: Account, now: datetime) -> None:
     """Before a code is sent or checked."""
-    if account.failed_code_count >= app.settings.code_failure_hard_bound:
+    bound = app.settings.code_failure_hard_bound
+    if account.failed_code_count >= bound or account.code_window_failures >= bound:
         raise account_locked(UNTIL_OPERATOR_S)
     until = account.code_locked_until
     if until is not None and until > now:
@@ -175,7 +279,7 @@ def check_code_lock(app: App, account: Account, now: datetime) -> None:
 
 def _code_unlocked(app: App, now: datetime) -> list[object]:
     return [
-        Account.failed_code_count < app.settings.code_failure_hard_bound,
+        ~_hard_bound_reached(app, Account.failed_code_count, Account.code_window_failures),
         or_(Account.code_locked_until.is_(None), Account.code_locked_until <= now),
     ]
 
@@ -184,9 +288,18 @@ async def code_failure(
     app: App, db: AsyncSession, account_id: uuid.UUID, now: datetime
 ) -> tuple[int, bool] | None:
     """Count a wrong code (in the caller's transaction): (consecutive failures, this failure
-    locked the factor), or None when the factor is locked already (nothing counted)."""
+    locked the factor), or None when the factor is locked already (nothing counted).
+
+    Two counts move together: the consecutive one (10 lock the factor for a while; a full
+    success resets it) and the one of the fixed window, which starts at the first wrong code
+    after the previous window ended and that nothing but an operator resets (the hard bound)."""
     settings = app.settings
     failures = Account.failed_code_count + 1
+    window_open = and_(
+        Account.code_window_started_at.is_not(None),
+        Account.code_window_started_at
+        > _at(now - timedelta(seconds=settings.code_failure_window_s)),
+    )
     row = (
         await db.execute(
             update(Account)
@@ -200,39 +313,55 @@ async def code_failure(
                     ),
                     else_=Account.code_locked_until,
                 ),
+                code_window_failures=case((window_open, Account.code_window_failures + 1), else_=1),
+                code_window_started_at=case(
+                    (window_open, Account.code_window_started_at), else_=_at(now)
+                ),
             )
-            .returning(Account.failed_code_count)
+            .returning(Account.failed_code_count, Account.code_window_failures)
         )
     ).one_or_none()
     if row is None:
         return None
-    count = int(row[0])
-    locked = count % settings.code_lock_threshold == 0 or count >= settings.code_failure_hard_bound
+    count, in_window = int(row[0]), int(row[1])
+    bound = settings.code_failure_hard_bound
+    locked = count % settings.code_lock_threshold == 0 or max(count, in_window) >= bound
     return count, locked
 
 
 def notify_code_lock(app: App, db: AsyncSession, account: Account) -> None:
     """Tell the holder (email, in the caller's transaction) that codes failing locked the factor."""
-    message = templates.email(
-        "code_failures", display_name=account.display_name, service=app.settings.service_name
+    notify(app, db, account, "code_failures")
+
+
+async def notify_wrong_codes(app: App, db: AsyncSession, account: Account, now: datetime) -> bool:
+    """A wrong code after a first factor (in the caller's transaction): tell the holder that
+    their password was typed, at most once per account and `CODE_NOTICE_INTERVAL_S` (one
+    conditional UPDATE decides, so concurrent failures send one notice)."""
+    since = _at(now - timedelta(seconds=CODE_NOTICE_INTERVAL_S))
+    claimed = await db.execute(
+        update(Account)
+        .where(
+            Account.id == account.id,
+            or_(
+                Account.code_failures_notified_at.is_(None),
+                Account.code_failures_notified_at <= since,
+            ),
+        )
+        .values(code_failures_notified_at=now)
     )
-    enqueue(
-        app,
-        db,
-        channel="email",
-        template="code_failures",
-        to=account.email,
-        masked_to=mask_email(account.email),
-        message=message,
-        flow_id=None,
-    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    notify(app, db, account, "wrong_codes")
+    return True
 
 
 async def claim_code_success(
     app: App, db: AsyncSession, account_id: uuid.UUID, now: datetime, *, full: bool
 ) -> bool:
     """Before a right code takes effect (in the caller's transaction): False when the factor
-    was locked meanwhile. `full` (a session or a grant follows) resets every counter."""
+    was locked meanwhile. `full` (a session or a grant follows) resets the consecutive
+    counters; the window's count of wrong codes stays (the hard bound)."""
     values: dict[str, object] = (
         {
             "failed_code_count": 0,
@@ -253,31 +382,51 @@ async def claim_code_success(
 
 
 async def clear(db: AsyncSession, account_id: uuid.UUID) -> None:
-    """A full success without a code (trusted device), or an operator's unlock."""
+    """An operator's unlock: every counter of the account starts again."""
     await db.execute(
         update(Account)
         .where(Account.id == account_id)
         .values(
             failed_code_count=0,
             code_locked_until=None,
+            code_window_failures=0,
+            code_window_started_at=None,
             failed_password_count=0,
             password_lock_count=0,
             password_locked_until=None,
+            password_checks_pending=0,
+            password_pending_until=None,
         )
     )
 
 
 async def unlock(app: App, siret: str, login: str) -> bool:
-    """An operator lifts every lockout of one account (`authsvc unlock`)."""
+    """An operator lifts every lockout of one account (`authsvc unlock`); the audit trail
+    says so (the actor is the operator, not an account), found or not."""
     from authsvc.db import Organization
 
     async with app.write() as db:
-        account_id = await db.scalar(
-            select(Account.id)
-            .join(Organization, Account.organization_id == Organization.id)
-            .where(Organization.siret == siret, Account.login == login)
+        organization_id = await db.scalar(
+            select(Organization.id).where(Organization.siret == siret)
         )
-        if account_id is None:
-            return False
-        await clear(db, account_id)
-    return True
+        account_id = (
+            await db.scalar(
+                select(Account.id).where(
+                    Account.organization_id == organization_id, Account.login == login
+                )
+            )
+            if organization_id is not None
+            else None
+        )
+        if account_id is not None:
+            await clear(db, account_id)
+        audit.record(
+            db,
+            app.clock,
+            "account.unlocked",
+            outcome="OK" if account_id is not None else "ACCOUNT_NOT_FOUND",
+            organization_id=organization_id,
+            target=account_id,
+            by="operator",
+        )
+    return account_id is not None

@@ -141,6 +141,10 @@ class RateLimitPolicy:
         self.verify_global = rate("verify.global", "global", limits.verify_global)
         self.step_up_ip = rate("step_up.ip", "ip", limits.step_up_ip)
         self.step_up_account = rate("step_up.account", "account", limits.step_up_account)
+        self.change_password_ip = rate("change_password.ip", "ip", limits.change_password_ip)
+        self.change_password_account = rate(
+            "change_password.account", "account", limits.change_password_account
+        )
         self.send_ip = rate("send.ip", "ip", limits.send_ip)
         self.send_hour = Limit.cap(
             "send.number.hour", "phone_number", settings.phone_sends_per_hour, 3600
@@ -171,6 +175,7 @@ class RateLimitPolicy:
                 self.verify_ip,
                 self.step_up_ip,
                 self.send_ip,
+                self.change_password_ip,
             )
         }
 
@@ -262,6 +267,18 @@ class RateLimitPolicy:
                 [
                     *self.ip_checks(self.step_up_ip, ip),
                     (self.step_up_account, self.key("account", account_id)),
+                ],
+            )
+        )
+
+    async def change_password(self, now: datetime, *, ip: str, account_id: str) -> None:
+        """Before the current password is checked (the caller holds a session)."""
+        self._refuse(
+            await self._decide(
+                now,
+                [
+                    *self.ip_checks(self.change_password_ip, ip),
+                    (self.change_password_account, self.key("account", account_id)),
                 ],
             )
         )

@@ -77,10 +77,14 @@ class AccountServiceStub:
     sessions (the calling session stays).
 
     Required permission: a session, a grant for SENSITIVE_ACTION_CHANGE_OWN_PASSWORD, and the
-    current password.
-    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, INVALID_CREDENTIALS, WEAK_PASSWORD,
-    GRANT_REQUIRED, GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
-    GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
+    current password. Rate limited per IP and per account (RATE_LIMITED). The grant is
+    checked first: without a grant this session may spend, the answer is the grant's error
+    whatever the passwords, and no password is checked. The current password is then checked
+    under Login's lockout (same counter, same lock: ACCOUNT_LOCKED).
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, RATE_LIMITED, GRANT_REQUIRED,
+    GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
+    GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, WEAK_PASSWORD,
+    ACCOUNT_LOCKED, INVALID_CREDENTIALS.
     """
     GrantServiceAccess: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.GrantServiceAccessRequest, _account_service_pb2.GrantServiceAccessResponse]
     """Grants access to services of the catalogue to an account of the administrator's
@@ -189,10 +193,14 @@ class AccountServiceAsyncStub(AccountServiceStub):
     sessions (the calling session stays).
 
     Required permission: a session, a grant for SENSITIVE_ACTION_CHANGE_OWN_PASSWORD, and the
-    current password.
-    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, INVALID_CREDENTIALS, WEAK_PASSWORD,
-    GRANT_REQUIRED, GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
-    GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
+    current password. Rate limited per IP and per account (RATE_LIMITED). The grant is
+    checked first: without a grant this session may spend, the answer is the grant's error
+    whatever the passwords, and no password is checked. The current password is then checked
+    under Login's lockout (same counter, same lock: ACCOUNT_LOCKED).
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, RATE_LIMITED, GRANT_REQUIRED,
+    GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
+    GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, WEAK_PASSWORD,
+    ACCOUNT_LOCKED, INVALID_CREDENTIALS.
     """
     GrantServiceAccess: _aio.UnaryUnaryMultiCallable[_account_service_pb2.GrantServiceAccessRequest, _account_service_pb2.GrantServiceAccessResponse]  # type: ignore[assignment]
     """Grants access to services of the catalogue to an account of the administrator's
@@ -322,10 +330,14 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         sessions (the calling session stays).
 
         Required permission: a session, a grant for SENSITIVE_ACTION_CHANGE_OWN_PASSWORD, and the
-        current password.
-        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, INVALID_CREDENTIALS, WEAK_PASSWORD,
-        GRANT_REQUIRED, GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
-        GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
+        current password. Rate limited per IP and per account (RATE_LIMITED). The grant is
+        checked first: without a grant this session may spend, the answer is the grant's error
+        whatever the passwords, and no password is checked. The current password is then checked
+        under Login's lockout (same counter, same lock: ACCOUNT_LOCKED).
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, RATE_LIMITED, GRANT_REQUIRED,
+        GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
+        GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, WEAK_PASSWORD,
+        ACCOUNT_LOCKED, INVALID_CREDENTIALS.
         """
 
     @_abc_1.abstractmethod

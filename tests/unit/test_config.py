@@ -212,3 +212,11 @@ def test_rate_fields_anywhere_are_compared_with_their_defaults() -> None:
     looser = Holder(later=Later(contact_sends=Rate(count=4, period_s=3600)))
     assert loosened_rates(looser) == ["later.contact_sends"]
     assert loosened_rates(Holder(direct=Rate(count=5, period_s=59))) == ["direct"]
+
+
+def test_the_window_of_the_code_hard_bound_only_lengthens() -> None:
+    """A shorter window would let more wrong codes through: 30 days is the floor."""
+    assert Settings().code_failure_window_s == 30 * 86400
+    assert Settings(code_failure_window_s=90 * 86400).code_failure_window_s == 90 * 86400
+    with pytest.raises(ValidationError):
+        Settings(code_failure_window_s=30 * 86400 - 1)
