@@ -11,6 +11,7 @@ session, in the same transaction that redeems the grant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select, update
 
@@ -72,16 +73,8 @@ async def change_password(
         await lockout.reserve_password_check(
             app, db, account.id, caller.organization_siret, account.login, now
         )
-    if not await app.passwords.verify(account.password_hash, current):
-        async with app.write() as db:
-            locked = await lockout.password_failure(
-                app, db, account.id, caller.organization_siret, account.login, now
-            )
-        raise locked or failures.invalid_credentials()
-    async with app.write() as db:
-        refused = await lockout.password_success(app, db, account.id, now)
-    if refused is not None:
-        raise refused
+    # Settled even if the caller hangs up (a cancelled call is no free guess).
+    await lockout.settled(_check_reserved(app, account, caller, current, now))
     new_hash = await app.passwords.hash_async(new)
     async with app.write() as db:
         await grants.redeem(
@@ -126,3 +119,20 @@ async def change_password(
         revoked_sessions=sessions.rowcount,  # type: ignore[attr-defined]
         revoked_devices=devices.rowcount,  # type: ignore[attr-defined]
     )
+
+
+async def _check_reserved(
+    app: App, account: Account, caller: SessionInfo, current: str, now: datetime
+) -> None:
+    """The reserved check of the current password: argon2, then the verdict recorded."""
+    assert account.password_hash is not None
+    if not await app.passwords.verify(account.password_hash, current):
+        async with app.write() as db:
+            locked = await lockout.password_failure(
+                app, db, account.id, caller.organization_siret, account.login, now
+            )
+        raise locked or failures.invalid_credentials()
+    async with app.write() as db:
+        refused = await lockout.password_success(app, db, account.id, now)
+    if refused is not None:
+        raise refused

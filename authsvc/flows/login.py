@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -100,29 +100,11 @@ async def login_with_password(
         await lockout.reserve_password_check(
             app, db, account.id if account else None, siret, login, now
         )
-    # Always one argon2 verification, against a dummy hash when the account is unknown.
-    stored = account.password_hash if account is not None else None
-    right = await app.passwords.verify(stored, password) and account is not None
-    if right and account is not None:
-        # The right password counts only if no lock was set meanwhile (re-read in the write).
-        async with app.write() as db:
-            refused = await lockout.password_success(app, db, account.id, now)
-        if refused is not None:
-            raise refused
-    if not right or account is None or stored is None:
-        async with app.write() as db:
-            locked = await lockout.password_failure(
-                app, db, account.id if account else None, siret, login, now
-            )
-            audit.record(
-                db,
-                app.clock,
-                "login.password",
-                outcome=locked.reason if locked else "INVALID_CREDENTIALS",
-                organization_id=account.organization_id if account else None,
-                target=account.id if account else None,
-            )
-        raise locked or failures.invalid_credentials()
+    # From here the check is settled (a failure counted, the reservation released) even if
+    # the caller hangs up: a cancelled call must not be a free guess.
+    await lockout.settled(_check_reserved(app, account, siret, login, password, now))
+    assert account is not None and account.password_hash is not None
+    stored = account.password_hash
     if account.status != AccountStatus.ACTIVE:
         raise failures.account_not_active()
     # The password is right: now the login's, the organisation's and the global budgets.
@@ -183,3 +165,33 @@ async def _rehash(app: App, account: Account, stored: str, password: str) -> Non
             .where(Account.id == account.id, Account.password_hash == stored)
             .values(password_hash=new_hash)
         )
+
+
+async def _check_reserved(
+    app: App, account: Account | None, siret: str, login: str, password: str, now: datetime
+) -> None:
+    """The reserved check: argon2, then the verdict recorded; raises unless the password is
+    right and no lock was set meanwhile."""
+    # Always one argon2 verification, against a dummy hash when the account is unknown.
+    stored = account.password_hash if account is not None else None
+    right = await app.passwords.verify(stored, password) and account is not None
+    if right and account is not None:
+        # The right password counts only if no lock was set meanwhile (re-read in the write).
+        async with app.write() as db:
+            refused = await lockout.password_success(app, db, account.id, now)
+        if refused is not None:
+            raise refused
+    if not right or account is None or stored is None:
+        async with app.write() as db:
+            locked = await lockout.password_failure(
+                app, db, account.id if account else None, siret, login, now
+            )
+            audit.record(
+                db,
+                app.clock,
+                "login.password",
+                outcome=locked.reason if locked else "INVALID_CREDENTIALS",
+                organization_id=account.organization_id if account else None,
+                target=account.id if account else None,
+            )
+        raise locked or failures.invalid_credentials()

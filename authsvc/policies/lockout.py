@@ -22,9 +22,11 @@ concurrent failures are all counted and a lock is set exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -139,6 +141,27 @@ def _row(
     if account_id is None:
         return LoginFailures, LoginFailures.key_digest == unknown_login_key(app, siret, login)
     return Account, Account.id == account_id
+
+
+_T = TypeVar("_T")
+
+
+async def settled(check: Coroutine[Any, Any, _T]) -> _T:
+    """Run a reserved password check to its verdict even when the caller goes away.
+
+    A call cancelled between the reservation and the verdict (the client hung up or its
+    deadline passed) would otherwise leave its failure uncounted: a free guess once the
+    lease ends. The check runs in a task of its own, shielded from the handler's
+    cancellation; a cancelled caller simply never hears the verdict."""
+    task = asyncio.ensure_future(check)
+    task.add_done_callback(_verdict_heard_by_nobody)
+    return await asyncio.shield(task)
+
+
+def _verdict_heard_by_nobody(task: asyncio.Future[Any]) -> None:
+    # Retrieve the refusal of a check whose caller left (else asyncio logs it as unhandled).
+    if not task.cancelled():
+        task.exception()
 
 
 async def reserve_password_check(
