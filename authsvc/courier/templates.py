@@ -211,12 +211,32 @@ def _email_verification(*, display_name: str, code: str, minutes: str, service: 
     )
 
 
+def _federated_link_proposed(*, display_name: str, admin_name: str, service: str) -> EmailText:
+    # No code and no link: the holder alone attaches an identity that signs in as them.
+    return _mail(
+        f"{service} : proposition de lier une identité Net-entreprises",
+        f"Bonjour {display_name},",
+        f"{admin_name}, administrateur des comptes de votre organisation, propose de lier une "
+        f"identité Net-entreprises à votre compte {service}. Une identité liée permet de se "
+        "connecter à votre compte sans votre mot de passe.",
+        "Rien n'est lié tant que vous ne le faites pas vous-même : pour accepter, connectez-vous "
+        f"à {service} puis liez votre identité Net-entreprises depuis votre propre session.",
+        "Si cette proposition vous surprend, ignorez-la et signalez-la à la direction de votre "
+        "organisation.",
+        signature=service,
+    )
+
+
 _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "activation": (_activation, {"display_name", "activation_token", "service"}),
     "contact_changed": (_contact_changed, {"display_name", "what", "service"}),
     "password_changed": (_password_changed, {"display_name", "service"}),
     "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
     "code_failures": (_code_failures, {"display_name", "service"}),
+    "federated_link_proposed": (
+        _federated_link_proposed,
+        {"display_name", "admin_name", "service"},
+    ),
     "email_verification": (_email_verification, {"display_name", "code", "minutes", "service"}),
 }
 EMAIL_KINDS: Final = tuple(_EMAILS)
