@@ -59,6 +59,7 @@ EMAILS = {
     "password_changed": {"display_name": "Alice"},
     "new_admin": {"display_name": "Alice", "admin_name": "Bob Martin"},
     "code_failures": {"display_name": "Alice"},
+    "federated_link_proposed": {"display_name": "Alice", "admin_name": "Bob Martin"},
     "email_verification": {"display_name": "Alice", "code": "482910", "minutes": "5"},
 }
 
