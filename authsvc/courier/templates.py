@@ -17,18 +17,33 @@ from dataclasses import dataclass
 from typing import Final
 
 CHANNELS: Final = ("sms", "voice", "email")
-PURPOSES: Final = ("login", "step_up", "contact_verification")
+PURPOSES: Final = (
+    "login",
+    "step_up",
+    "contact_verification",
+    "federated_link",
+    "federated_unlink",
+)
 
 # What the code is for, as each channel says it.
 _SMS_WHAT = {
     "login": "votre code de connexion",
     "step_up": "votre code de confirmation",
     "contact_verification": "votre code de vérification de ce numéro",
+    # A link lets that identity sign in without the password: the holder must know what the
+    # code grants (one segment leaves no room for more; the voice and email texts say it all).
+    "federated_link": "votre code pour lier Net-entreprises au compte",
+    "federated_unlink": "votre code pour retirer Net-entreprises",
 }
 _VOICE_WHAT = {
     "login": "votre code de connexion à {service}",
     "step_up": "votre code pour confirmer une opération sensible sur {service}",
     "contact_verification": "votre code de vérification de ce numéro pour {service}",
+    "federated_link": (
+        "votre code pour lier une identité Net-entreprises à votre compte {service}, "
+        "qui permettra de vous connecter sans votre mot de passe"
+    ),
+    "federated_unlink": "votre code pour retirer une identité Net-entreprises de {service}",
 }
 _EMAIL_WHAT = {
     "login": ("Code de connexion", "Voici votre code de connexion à {service}"),
@@ -39,6 +54,15 @@ _EMAIL_WHAT = {
     "contact_verification": (
         "Vérification de votre adresse électronique",
         "Voici le code qui confirme cette adresse électronique pour {service}",
+    ),
+    "federated_link": (
+        "Lier une identité Net-entreprises",
+        "Voici votre code pour lier une identité Net-entreprises à votre compte {service} ; "
+        "une fois liée, elle permettra de vous connecter sans votre mot de passe",
+    ),
+    "federated_unlink": (
+        "Retirer une identité Net-entreprises",
+        "Voici votre code pour retirer une identité Net-entreprises de votre compte {service}",
     ),
 }
 

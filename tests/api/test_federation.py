@@ -514,6 +514,10 @@ async def test_an_admin_holding_the_members_phone_cannot_link_their_own_subject(
         stub, accounts, inbox, member_session, mint(idp, clock, sub="ne-member"), LANDLINE
     )
     assert done.federated_link.account_id == str(member.account_id)
+    # The holder's code says what it consents to, not the generic step-up wording.
+    link_code = [m for m in inbox.messages() if m["to"] == LANDLINE][-1]["text"]
+    assert "lier une identité Net-entreprises" in link_code  # a landline: the voice text
+    assert "sans votre mot de passe" in link_code
 
 
 async def test_a_foreign_admin_cannot_squat_another_organisations_subject(
