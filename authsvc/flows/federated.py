@@ -18,7 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authsvc import audit
 from authsvc.app import App
 from authsvc.courier.notices import notify
-from authsvc.db import Account, FederatedIdentity, Flow, FlowPurpose, Organization, Role
+from authsvc.db import (
+    Account,
+    FederatedIdentity,
+    Flow,
+    FlowPurpose,
+    Organization,
+    Role,
+    Session,
+)
 from authsvc.errors import Failure, invalid_field
 from authsvc.federation.assertions import AssertionVerifier, Claims, rate_limit_subject
 from authsvc.federation.failures import (
@@ -291,6 +299,11 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> FederatedLinkResult:
         linked = False
     else:
         assert flow.federated_subject is not None
+        # Only the holder's own session links (a flow opened for someone else before the rule
+        # changed, or by any future path, would be a takeover): re-checked at the last moment.
+        opener = await db.scalar(select(Session.account_id).where(Session.id == flow.session_id))
+        if opener != flow.target_account_id:
+            raise denied("only the account holder links an identity to their account")
         db.add(
             FederatedIdentity(
                 account_id=flow.target_account_id,
