@@ -279,6 +279,8 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             subject=request.subject.subject if which == "subject" else None,
             client=client,
         )
+        if view is None:  # an administrator's proposal: the holder links it themselves
+            return pb.LinkFederatedIdentityResponse(proposed_to_holder=True)
         return pb.LinkFederatedIdentityResponse(pending_flow=convert.pending_flow(view))
 
     @rpc("UnlinkFederatedIdentity")

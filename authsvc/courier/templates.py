@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from typing import Final
 
 CHANNELS: Final = ("sms", "voice", "email")
-PURPOSES: Final = ("login", "step_up", "contact_verification")
+PURPOSES: Final = (
+    "login",
+    "step_up",
+    "contact_verification",
+    "federated_link",
+    "federated_unlink",
+)
 # What stands for a secret in a summary.
 MASK: Final = "••••"
 # Email fields that are secrets whichever template names them.
@@ -105,11 +111,20 @@ _SMS_WHAT = {
     "login": "votre code de connexion",
     "step_up": "votre code de confirmation",
     "contact_verification": "votre code de vérification de ce numéro",
+    # A link lets that identity sign in without the password: the holder must know what the
+    # code grants (one segment leaves no room for more; the voice and email texts say it all).
+    "federated_link": "votre code pour lier Net-entreprises au compte",
+    "federated_unlink": "votre code pour retirer Net-entreprises",
 }
 _VOICE_WHAT = {
     "login": "votre code de connexion à {service}",
     "step_up": "votre code pour confirmer une opération sensible sur {service}",
     "contact_verification": "votre code de vérification de ce numéro pour {service}",
+    "federated_link": (
+        "votre code pour lier une identité Net-entreprises à votre compte {service}, "
+        "qui permettra de vous connecter sans votre mot de passe"
+    ),
+    "federated_unlink": "votre code pour retirer une identité Net-entreprises de {service}",
 }
 _EMAIL_WHAT = {
     "login": ("Code de connexion", "Voici votre code de connexion à {service}"),
@@ -120,6 +135,15 @@ _EMAIL_WHAT = {
     "contact_verification": (
         "Vérification de votre adresse électronique",
         "Voici le code qui confirme cette adresse électronique pour {service}",
+    ),
+    "federated_link": (
+        "Lier une identité Net-entreprises",
+        "Voici votre code pour lier une identité Net-entreprises à votre compte {service} ; "
+        "une fois liée, elle permettra de vous connecter sans votre mot de passe",
+    ),
+    "federated_unlink": (
+        "Retirer une identité Net-entreprises",
+        "Voici votre code pour retirer une identité Net-entreprises de votre compte {service}",
     ),
 }
 
@@ -331,6 +355,22 @@ def _email_verification(
     )
 
 
+def _federated_link_proposed(*, display_name: str, admin_name: str, service: str) -> EmailText:
+    # No code and no link: the holder alone attaches an identity that signs in as them.
+    return _mail(
+        f"{service} : proposition de lier une identité Net-entreprises",
+        f"Bonjour {display_name},",
+        f"{admin_name}, administrateur des comptes de votre organisation, propose de lier une "
+        f"identité Net-entreprises à votre compte {service}. Une identité liée permet de se "
+        "connecter à votre compte sans votre mot de passe.",
+        "Rien n'est lié tant que vous ne le faites pas vous-même : pour accepter, connectez-vous "
+        f"à {service} puis liez votre identité Net-entreprises depuis votre propre session.",
+        "Si cette proposition vous surprend, ignorez-la et signalez-la à la direction de votre "
+        "organisation.",
+        signature=service,
+    )
+
+
 _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "activation": (_activation, {"display_name", "activation_token", "service"}),
     "contact_changed": (_contact_changed, {"display_name", "what", "service"}),
@@ -338,6 +378,10 @@ _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
     "code_failures": (_code_failures, {"display_name", "service"}),
     "wrong_codes": (_wrong_codes, {"display_name", "service"}),
+    "federated_link_proposed": (
+        _federated_link_proposed,
+        {"display_name", "admin_name", "service"},
+    ),
     "email_verification": (_email_verification, {"display_name", "code", "minutes", "service"}),
 }
 EMAIL_KINDS: Final = tuple(_EMAILS)

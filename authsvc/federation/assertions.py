@@ -7,6 +7,7 @@ cause of refusal has its own reason and tests can drive time.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,17 @@ class Claims:
     expires_at: datetime
 
 
+def _instant(value: float, name: str) -> datetime:
+    """A NumericDate as a datetime; NaN, infinities and years past 9999 are malformed, not a
+    crash (a validly signed assertion may still carry them)."""
+    if not math.isfinite(value) or not 0 <= value < _LAST_INSTANT:
+        raise refused("ASSERTION_MALFORMED", f"{name} is not a date", claim=name)
+    return datetime.fromtimestamp(value, UTC)
+
+
+_LAST_INSTANT = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+
 class AssertionVerifier:
     def __init__(self, app: App) -> None:
         self._app = app
@@ -64,6 +76,10 @@ class AssertionVerifier:
         except jwt.PyJWTError:  # DecodeError, and odd headers ("kid": 123, "crit")
             raise refused("ASSERTION_MALFORMED", "not a compact JWS") from None
         algorithm = header.get("alg")
+        if not isinstance(algorithm, str):  # a list or an object is not hashable: no crash
+            raise refused("ASSERTION_MALFORMED", "the header's alg must be a string")
+        if any(not isinstance(header.get(name, ""), str) for name in ("kid", "typ", "cty")):
+            raise refused("ASSERTION_MALFORMED", "the header's kid, typ and cty are strings")
         if algorithm not in ACCEPTED:
             raise refused("ASSERTION_ALGORITHM_REFUSED", "only RS256, ES256 and EdDSA are accepted")
         issuer = unverified.get("iss")
@@ -99,7 +115,7 @@ class AssertionVerifier:
             raise refused("ASSERTION_AUDIENCE_MISMATCH", "not issued for this service") from None
         except (jwt.InvalidSignatureError, jwt.InvalidKeyError, jwt.InvalidAlgorithmError):
             raise refused("ASSERTION_SIGNATURE_INVALID", "the signature does not verify") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):
             raise refused("ASSERTION_MALFORMED", "the assertion cannot be read") from None
         return self._check(claims, issuer)
 
@@ -113,7 +129,7 @@ class AssertionVerifier:
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise refused("ASSERTION_CLAIM_MISSING", f"{name} must be a number", claim=name)
-            times[name] = datetime.fromtimestamp(value, UTC)
+            times[name] = _instant(value, name)
         if times["exp"] + skew <= now:
             raise refused("ASSERTION_EXPIRED", "the assertion has expired")
         if times["iat"] - skew > now or times.get("nbf", times["iat"]) - skew > now:

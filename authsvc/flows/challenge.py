@@ -160,7 +160,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     )
 
 
-_TEXT_PURPOSE = {"federated_link": "step_up", "federated_unlink": "step_up"}
+_TEXT_PURPOSE: dict[str, str] = {}  # every flow purpose has a wording of its own
 
 
 def _queue_code(
@@ -173,7 +173,7 @@ def _queue_code(
     challenge_id: uuid.UUID,
 ) -> None:
     settings = app.settings
-    # Linking or unlinking a federated identity is a sensitive action: the step-up wording.
+    # Linking a federated identity says what it grants: the holder consents knowingly.
     purpose = _TEXT_PURPOSE.get(str(flow.purpose), str(flow.purpose))
     message = templates.code_message(
         channel,

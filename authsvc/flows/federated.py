@@ -1,9 +1,9 @@
 """Federated login (Net-entreprises) and the linking of federated identities.
 
 The assertion replaces the password as the first factor; everything after it is the same
-cadence (first login and every 7 days: a code). An identity is linked to an account only by a
-flow that needs a code: the account holder presenting their own fresh assertion, or an
-administrator of the account's organisation naming the issuer and subject.
+cadence (first login and every 7 days: a code). An identity is linked to an account only by its
+holder: in their own session, with a fresh assertion of that identity carrying the
+organisation's SIRET, and a code. An administrator may only propose a link (the holder is told).
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authsvc import audit
 from authsvc.app import App
 from authsvc.courier.notices import notify
-from authsvc.db import Account, FederatedIdentity, Flow, FlowPurpose, Organization, Role
+from authsvc.db import (
+    Account,
+    FederatedIdentity,
+    Flow,
+    FlowPurpose,
+    Organization,
+    Role,
+    Session,
+)
 from authsvc.errors import Failure, invalid_field
 from authsvc.federation.assertions import AssertionVerifier, Claims
 from authsvc.federation.failures import (
@@ -99,8 +107,9 @@ async def login_with_assertion(
                 app.clock,
                 "login.federated",
                 outcome=failure.reason,
-                organization_id=row[0].organization_id if row else None,
-                target=row[0].id if row else None,
+                # Never in the linked account's trail: the one refused may be a person of
+                # another organisation, and their address is none of that trail's business.
+                organization_id=None,
                 issuer=claims.issuer,
             )
         raise failure
@@ -118,7 +127,15 @@ async def request_link(
     issuer: str | None,
     subject: str | None,
     client: ClientInfo,
-) -> PendingFlowView:
+) -> PendingFlowView | None:
+    """The holder's own link opens a code flow; an administrator's nomination only proposes.
+
+    Nobody but the holder may attach a credential that signs in as them. A code is no proof of
+    that when the administrator can change the holder's phone first, so a named subject links
+    nothing: the holder is told by email and links the identity from their own session with an
+    assertion of it carrying the organisation's SIRET. The nomination keeps no state, so it can
+    neither be used to log in nor block the subject's real owner from linking it.
+    """
     account, target = await load_accounts(app, caller.account_id, target_id)
     own = target is None or target.id == account.id
     linked = account if own else target
@@ -127,29 +144,19 @@ async def request_link(
         require_admin(caller.role)
         if linked.organization_id != account.organization_id:
             raise denied("no such account in your organisation")
-    if assertion is not None:
-        if not own:
-            raise invalid_field("assertion", "an assertion links its holder's own account only")
-        claims = await _verified(app, verifier, assertion, "federation.link")
-        issuer, subject = claims.issuer, claims.subject
-        async with app.read() as db:
-            org_siret = await db.scalar(
-                select(Organization.siret).where(Organization.id == linked.organization_id)
-            )
-        if org_siret != claims.siret:
-            raise siret_mismatch()
-    else:
-        require_admin(caller.role)
-        if not issuer or not subject or len(issuer) > 256 or len(subject) > 256:
-            raise invalid_field("subject", "issuer and subject are required")
-        if not verifier.knows(issuer):
-            raise refused("ASSERTION_ISSUER_UNKNOWN", "this issuer is not trusted")
-        if linked.role == Role.ADMIN:
-            # An identity an administrator names could be their own: never onto an admin.
-            raise denied("an administrator links their identity themselves")
-    await _ensure_free(app, linked.id, issuer, subject)
-    # The code goes to the phone of the account being linked: its holder consents, so an
-    # administrator cannot attach an identity they control to someone else's account alone.
+    if assertion is None:
+        await _propose(app, account, linked, issuer, subject, verifier, caller)
+        return None
+    if not own:
+        raise invalid_field("assertion", "an assertion links its holder's own account only")
+    claims = await _verified(app, verifier, assertion, "federation.link")
+    async with app.read() as db:
+        org_siret = await db.scalar(
+            select(Organization.siret).where(Organization.id == linked.organization_id)
+        )
+    if org_siret != claims.siret:
+        raise siret_mismatch()
+    await _ensure_free(app, linked.id, claims.issuer, claims.subject)
     destination.account_phone(linked)
     async with app.write() as db:
         flow = open_flow(
@@ -160,8 +167,8 @@ async def request_link(
             client,
             session_id=caller.session_id,
             target_account_id=linked.id,
-            federated_issuer=issuer,
-            federated_subject=subject,
+            federated_issuer=claims.issuer,
+            federated_subject=claims.subject,
         )
         audit.record(
             db,
@@ -170,9 +177,43 @@ async def request_link(
             organization_id=account.organization_id,
             actor=account.id,
             target=linked.id,
-            issuer=issuer,
+            issuer=claims.issuer,
         )
     return pending_view(flow, linked)
+
+
+async def _propose(
+    app: App,
+    admin: Account,
+    holder: Account,
+    issuer: str | None,
+    subject: str | None,
+    verifier: AssertionVerifier,
+    caller: SessionInfo,
+) -> None:
+    """An administrator names an identity for a member: audited, and the member is told."""
+    require_admin(caller.role)
+    if not issuer or not subject or len(issuer) > 256 or len(subject) > 256:
+        raise invalid_field("subject", "issuer and subject are required")
+    if not verifier.knows(issuer):
+        raise refused("ASSERTION_ISSUER_UNKNOWN", "this issuer is not trusted")
+    if holder.role == Role.ADMIN:
+        # An identity an administrator names could be their own: never onto an admin.
+        raise denied("an administrator links their identity themselves")
+    # No look-up of the subject: whether it is linked elsewhere (another organisation) is none
+    # of the administrator's business, and nothing here can take it.
+    async with app.write() as db:
+        notify(app, db, holder, "federated_link_proposed", admin_name=admin.display_name)
+        app.outbox_ready.set()
+        audit.record(
+            db,
+            app.clock,
+            "federation.link_proposed",
+            organization_id=admin.organization_id,
+            actor=admin.id,
+            target=holder.id,
+            issuer=issuer,
+        )
 
 
 async def _ensure_free(app: App, account_id: uuid.UUID, issuer: str, subject: str) -> None:
@@ -256,6 +297,11 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> FederatedLinkResult:
         linked = False
     else:
         assert flow.federated_subject is not None
+        # Only the holder's own session links (a flow opened for someone else before the rule
+        # changed, or by any future path, would be a takeover): re-checked at the last moment.
+        opener = await db.scalar(select(Session.account_id).where(Session.id == flow.session_id))
+        if opener != flow.target_account_id:
+            raise denied("only the account holder links an identity to their account")
         db.add(
             FederatedIdentity(
                 account_id=flow.target_account_id,

@@ -167,7 +167,9 @@ class LinkFederatedIdentityRequest(_message.Message):
     """A fresh assertion of the account holder (own account only): it proves the identity."""
     @_builtins.property
     def subject(self) -> Global___FederatedSubject:
-        """The issuer and subject (administrators, for a member of their organisation)."""
+        """The issuer and subject (administrators, for a member of their organisation): a proposal
+        to the member, which links nothing by itself.
+        """
 
     @_builtins.property
     def client(self) -> _common_pb2.ClientContext:
@@ -199,18 +201,24 @@ class LinkFederatedIdentityResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PENDING_FLOW_FIELD_NUMBER: _builtins.int
+    PROPOSED_TO_HOLDER_FIELD_NUMBER: _builtins.int
+    proposed_to_holder: _builtins.bool
+    """Set when an administrator named the subject: the member was told and links it themselves;
+    `pending_flow` is then empty.
+    """
     @_builtins.property
     def pending_flow(self) -> _common_pb2.PendingFlow:
-        """The flow to complete with Challenge and Verify."""
+        """The flow to complete with Challenge and Verify (the holder's own assertion)."""
 
     def __init__(
         self,
         *,
         pending_flow: _common_pb2.PendingFlow | None = ...,
+        proposed_to_holder: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pending_flow", b"pending_flow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_flow", b"pending_flow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_flow", b"pending_flow", "proposed_to_holder", b"proposed_to_holder"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -130,13 +130,19 @@ class AccountServiceStub:
     """
     LinkFederatedIdentity: _grpc.UnaryUnaryMultiCallable[_account_service_pb2.LinkFederatedIdentityRequest, _account_service_pb2.LinkFederatedIdentityResponse]
     """Links a federated identity (Net-entreprises) to an account, so that the account can log in
-    through the portal (still with the code cadence). Opens a flow: Challenge sends a code to
-    the acting user's phone, Verify makes the link.
-    The account holder presents a fresh assertion of their own (after a password and code
-    login); an administrator may instead name the issuer and subject for a member of their
-    organisation.
+    through the portal (still with the code cadence). Only the account holder links: in their
+    own session they present a fresh assertion of the identity whose `siret` is their
+    organisation's SIRET; this opens a flow (Challenge sends a code to the holder's phone,
+    Verify makes the link).
+    An administrator may name the issuer and subject for a member of their organisation (never
+    for an administrator): that only PROPOSES the link. Nothing is linked, no code is sent, the
+    response has `proposed_to_holder` set, the member is told by email and the event is
+    audited; the member accepts by linking the identity from their own session as above. A
+    proposal keeps no state: it cannot be used to log in and never blocks anyone's own link of
+    that subject, and it answers the same whether the subject is linked elsewhere or not.
 
-    Required permission: a session; ROLE_ADMIN for another account or for `subject`.
+    Required permission: a session (own account, `assertion`); ROLE_ADMIN of the member's
+    organisation for `subject` naming another account.
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
     IDENTITY_ALREADY_LINKED, SIRET_MISMATCH, ASSERTION_MALFORMED, ASSERTION_TOO_LARGE,
     ASSERTION_ALGORITHM_REFUSED, ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN,
@@ -246,13 +252,19 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """
     LinkFederatedIdentity: _aio.UnaryUnaryMultiCallable[_account_service_pb2.LinkFederatedIdentityRequest, _account_service_pb2.LinkFederatedIdentityResponse]  # type: ignore[assignment]
     """Links a federated identity (Net-entreprises) to an account, so that the account can log in
-    through the portal (still with the code cadence). Opens a flow: Challenge sends a code to
-    the acting user's phone, Verify makes the link.
-    The account holder presents a fresh assertion of their own (after a password and code
-    login); an administrator may instead name the issuer and subject for a member of their
-    organisation.
+    through the portal (still with the code cadence). Only the account holder links: in their
+    own session they present a fresh assertion of the identity whose `siret` is their
+    organisation's SIRET; this opens a flow (Challenge sends a code to the holder's phone,
+    Verify makes the link).
+    An administrator may name the issuer and subject for a member of their organisation (never
+    for an administrator): that only PROPOSES the link. Nothing is linked, no code is sent, the
+    response has `proposed_to_holder` set, the member is told by email and the event is
+    audited; the member accepts by linking the identity from their own session as above. A
+    proposal keeps no state: it cannot be used to log in and never blocks anyone's own link of
+    that subject, and it answers the same whether the subject is linked elsewhere or not.
 
-    Required permission: a session; ROLE_ADMIN for another account or for `subject`.
+    Required permission: a session (own account, `assertion`); ROLE_ADMIN of the member's
+    organisation for `subject` naming another account.
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
     IDENTITY_ALREADY_LINKED, SIRET_MISMATCH, ASSERTION_MALFORMED, ASSERTION_TOO_LARGE,
     ASSERTION_ALGORITHM_REFUSED, ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN,
@@ -425,13 +437,19 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_account_service_pb2.LinkFederatedIdentityResponse, _abc.Awaitable[_account_service_pb2.LinkFederatedIdentityResponse]]:
         """Links a federated identity (Net-entreprises) to an account, so that the account can log in
-        through the portal (still with the code cadence). Opens a flow: Challenge sends a code to
-        the acting user's phone, Verify makes the link.
-        The account holder presents a fresh assertion of their own (after a password and code
-        login); an administrator may instead name the issuer and subject for a member of their
-        organisation.
+        through the portal (still with the code cadence). Only the account holder links: in their
+        own session they present a fresh assertion of the identity whose `siret` is their
+        organisation's SIRET; this opens a flow (Challenge sends a code to the holder's phone,
+        Verify makes the link).
+        An administrator may name the issuer and subject for a member of their organisation (never
+        for an administrator): that only PROPOSES the link. Nothing is linked, no code is sent, the
+        response has `proposed_to_holder` set, the member is told by email and the event is
+        audited; the member accepts by linking the identity from their own session as above. A
+        proposal keeps no state: it cannot be used to log in and never blocks anyone's own link of
+        that subject, and it answers the same whether the subject is linked elsewhere or not.
 
-        Required permission: a session; ROLE_ADMIN for another account or for `subject`.
+        Required permission: a session (own account, `assertion`); ROLE_ADMIN of the member's
+        organisation for `subject` naming another account.
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED,
         IDENTITY_ALREADY_LINKED, SIRET_MISMATCH, ASSERTION_MALFORMED, ASSERTION_TOO_LARGE,
         ASSERTION_ALGORITHM_REFUSED, ASSERTION_ISSUER_UNKNOWN, ASSERTION_KEY_UNKNOWN,

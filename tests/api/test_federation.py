@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from jwt.algorithms import ECAlgorithm
 from sqlalchemy import select
 from support import (
     CLIENT,
@@ -306,7 +308,7 @@ async def test_replayed_assertion_and_siret_mismatch(
     )
 
 
-async def test_admin_links_and_member_unlinks_with_codes(
+async def test_admin_proposes_member_links_and_unlinks_with_codes(
     stub: Stub,
     accounts: AccountServiceAsyncStub,
     inbox: Inbox,
@@ -314,24 +316,26 @@ async def test_admin_links_and_member_unlinks_with_codes(
     idp: Path,
     clock: FrozenClock,
 ) -> None:
+    # Rule changed by issue 11 (item 1): an administrator's named subject only proposes; the
+    # holder links it from their own session with an assertion of it (and a code).
     admin = await seed_account(server, login="admin", role=Role.ADMIN)
     member = await seed_account(server, login="member", phone=LANDLINE)
     admin_session = (await sign_in(stub, inbox, admin)).session.token
     subject = apb.FederatedSubject(issuer=DEV_ISSUER, subject="ne-member")
-    flow = (
-        await accounts.LinkFederatedIdentity(
-            apb.LinkFederatedIdentityRequest(
-                session_token=admin_session,
-                target_account_id=str(member.account_id),
-                subject=subject,
-                client=CLIENT,
-            )
+    proposed = await accounts.LinkFederatedIdentity(
+        apb.LinkFederatedIdentityRequest(
+            session_token=admin_session,
+            target_account_id=str(member.account_id),
+            subject=subject,
+            client=CLIENT,
         )
-    ).pending_flow
-    await stub.Challenge(pb.ChallengeRequest(flow_id=flow.flow_id, client=CLIENT))
-    done = await stub.Verify(
-        pb.VerifyRequest(flow_id=flow.flow_id, code=await inbox.code_to(LANDLINE), client=CLIENT)
-    )  # the member's phone: the holder consents, the admin alone cannot link
+    )
+    assert proposed.proposed_to_holder and not proposed.HasField("pending_flow")
+    assert "Net-entreprises" in (await inbox.next_to("member@example.fr"))["text"]
+    member_session = (await sign_in(stub, inbox, member, phone=LANDLINE)).session.token
+    done = await link_own(
+        stub, accounts, inbox, member_session, mint(idp, clock, sub="ne-member"), LANDLINE
+    )
     notice = await inbox.next_to("member@example.fr")  # and the holder is told
     assert "Net-entreprises" in notice["text"]
     assert done.federated_link.account_id == str(member.account_id)
@@ -347,7 +351,6 @@ async def test_admin_links_and_member_unlinks_with_codes(
     assert again.reason == "PERMISSION_DENIED"  # never onto an administrator
 
     assert (await stub.Login(federated(mint(idp, clock, sub="ne-member")))).HasField("pending_flow")
-    member_session = (await sign_in(stub, inbox, member, phone=LANDLINE)).session.token
     denied = await failure_of(
         accounts.LinkFederatedIdentity(
             apb.LinkFederatedIdentityRequest(
@@ -463,3 +466,196 @@ async def test_unverified_assertions_have_a_per_ip_limit_of_their_own(
             assert limited.retry_after == pytest.approx(20)
     finally:
         await server.stop(grace=0)
+
+
+# ---- review of issue 11: links only by the holder, odd headers and dates --------------------
+
+
+async def test_an_admin_holding_the_members_phone_cannot_link_their_own_subject(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    server: Server,
+    idp: Path,
+    clock: FrozenClock,
+) -> None:
+    """Attack (issue 11, item 1): the admin has put the member's phone on a SIM they hold (the
+    member's LANDLINE stands for it: the test reads it as the admin would), then names their own
+    subject for the member. Before the fix the code reached that SIM and the admin logged in by
+    federation as the member."""
+    admin = await seed_account(server, login="admin", role=Role.ADMIN)
+    member = await seed_account(server, login="member", phone=LANDLINE)
+    admin_session = (await sign_in(stub, inbox, admin)).session.token
+    sent_before = len(inbox.messages())
+    answer = await accounts.LinkFederatedIdentity(
+        apb.LinkFederatedIdentityRequest(
+            session_token=admin_session,
+            target_account_id=str(member.account_id),
+            subject=apb.FederatedSubject(issuer=DEV_ISSUER, subject="ne-admin-own"),
+            client=CLIENT,
+        )
+    )
+    assert answer.proposed_to_holder and not answer.HasField("pending_flow")
+    proposal = await inbox.next_to("member@example.fr")  # the holder is told, in plain words
+    assert "propose de lier une identité Net-entreprises" in proposal["text"]
+    assert "sans votre mot de passe" in proposal["text"]
+    assert "Rien n'est lié tant que vous ne le faites pas vous-même" in proposal["text"]
+    later = inbox.messages()[sent_before:]
+    assert [m for m in later if m["to"] == LANDLINE] == []  # no consent code to the phone
+    refused = await failure_of(stub.Login(federated(mint(idp, clock, sub="ne-admin-own"))))
+    assert refused.reason == "IDENTITY_NOT_LINKED"
+    async with server.app.read() as db:
+        events = list(
+            await db.scalars(
+                select(AuditEvent.event_type).where(AuditEvent.event_type.like("federation.link%"))
+            )
+        )
+    assert events == ["federation.link_proposed"]
+
+    # The holder accepts from their own session, with an assertion of the identity.
+    member_session = (await sign_in(stub, inbox, member, phone=LANDLINE)).session.token
+    done = await link_own(
+        stub, accounts, inbox, member_session, mint(idp, clock, sub="ne-member"), LANDLINE
+    )
+    assert done.federated_link.account_id == str(member.account_id)
+    # The holder's code says what it consents to, not the generic step-up wording.
+    link_code = [m for m in inbox.messages() if m["to"] == LANDLINE][-1]["text"]
+    assert "lier une identité Net-entreprises" in link_code  # a landline: the voice text
+    assert "sans votre mot de passe" in link_code
+
+
+async def test_a_foreign_admin_cannot_squat_another_organisations_subject(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    server: Server,
+    idp: Path,
+    clock: FrozenClock,
+) -> None:
+    """Attack (issue 11, item 9): the admin of organisation A names the subject of Bob, a person
+    of organisation B, for an accomplice of A. Before the fix Bob's own link answered
+    IDENTITY_ALREADY_LINKED and his refused logins landed, with his IP, in A's audit trail."""
+    admin = await seed_account(server, login="admin", role=Role.ADMIN)
+    accomplice = await seed_account(server, login="accomplice", phone=LANDLINE)
+    bob = await seed_account(server, login="bob", siret=OTHER_SIRET)
+    admin_session = (await sign_in(stub, inbox, admin)).session.token
+    answer = await accounts.LinkFederatedIdentity(
+        apb.LinkFederatedIdentityRequest(
+            session_token=admin_session,
+            target_account_id=str(accomplice.account_id),
+            subject=apb.FederatedSubject(issuer=DEV_ISSUER, subject="ne-bob"),
+            client=CLIENT,
+        )
+    )
+    if answer.HasField("pending_flow"):  # the old rule: the accomplice hands the code over
+        flow = answer.pending_flow.flow_id
+        await stub.Challenge(pb.ChallengeRequest(flow_id=flow, client=CLIENT))
+        code = await inbox.code_to(LANDLINE)
+        await stub.Verify(pb.VerifyRequest(flow_id=flow, code=code, client=CLIENT))
+    # An assertion of Bob's subject for A's SIRET does not exist; a forged claim does not help.
+    squat = await failure_of(stub.Login(federated(mint(idp, clock, sub="ne-bob"))))
+    assert squat.reason == "IDENTITY_NOT_LINKED"
+
+    bob_session = (await sign_in(stub, inbox, bob)).session.token
+    linked = await link_own(
+        stub, accounts, inbox, bob_session, mint(idp, clock, sub="ne-bob", siret=OTHER_SIRET)
+    )
+    assert linked.federated_link.account_id == str(bob.account_id)
+    # A refused portal login of Bob's (wrong organisation chosen) is audited in nobody's trail.
+    wrong = await failure_of(
+        stub.Login(
+            federated(mint(idp, clock, sub="ne-bob", siret=OTHER_SIRET), organization_siret=SIRET)
+        )
+    )
+    assert wrong.reason == "SIRET_MISMATCH"
+    async with server.app.read() as db:
+        organizations = list(
+            await db.scalars(
+                select(AuditEvent.organization_id).where(
+                    AuditEvent.event_type == "login.federated", AuditEvent.outcome != "OK"
+                )
+            )
+        )
+    assert organizations == [None, None]  # IDENTITY_NOT_LINKED above, SIRET_MISMATCH here
+
+
+def _signed_with_header(idp: Path, clock: FrozenClock, header: dict[str, object]) -> str:
+    """A VALID signature of the dev issuer over a header of any JSON shape."""
+    claims = jwt.decode(mint(idp, clock), options={"verify_signature": False})
+    return _signed(idp, header, claims)
+
+
+def _signed(idp: Path, header: dict[str, object], claims: dict[str, object]) -> str:
+    key = serialization.load_pem_private_key((idp / devidp.PRIVATE_KEY).read_bytes(), None)
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    signature = ECAlgorithm(ECAlgorithm.SHA256).sign(signing_input.encode(), key)  # type: ignore[arg-type]
+    return f"{signing_input}.{_b64(signature)}"
+
+
+JSON_SHAPES: list[object] = [
+    ["ES256"],
+    {"alg": "ES256"},
+    7,
+    2**63,
+    1.5,
+    True,
+    None,
+    [[{"nested": []}]],
+]
+HEADER_FIELDS = ("alg", "kid", "typ", "cty", "crit")
+
+
+@pytest.mark.parametrize("field", HEADER_FIELDS)
+async def test_jose_headers_of_every_json_type_are_malformed_not_internal(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    alice: Seeded,
+    idp: Path,
+    clock: FrozenClock,
+    field: str,
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    kid = (idp / "dev-idp-kid").read_text()
+    for value in JSON_SHAPES:
+        header = {"alg": "ES256", "kid": kid, "typ": "JWT", field: value}
+        for call in ("Login", "LinkFederatedIdentity"):
+            token = _signed_with_header(idp, clock, header)
+            if call == "Login":
+                answer = await failure_of(stub.Login(federated(token)))
+            else:
+                answer = await failure_of(
+                    accounts.LinkFederatedIdentity(
+                        apb.LinkFederatedIdentityRequest(
+                            session_token=session, assertion=token, client=CLIENT
+                        )
+                    )
+                )
+            assert (answer.code, answer.reason) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ASSERTION_MALFORMED",
+            ), (call, field, value)
+
+
+ODD_DATES: list[tuple[str, object]] = [
+    (claim, value)
+    for claim in ("exp", "iat", "nbf")
+    for value in (float("nan"), float("inf"), -float("inf"), 10**30, 2**63, 1e300, -(10**20))
+]
+
+
+@pytest.mark.parametrize(("claim", "value"), ODD_DATES, ids=[f"{c}={v}" for c, v in ODD_DATES])
+async def test_signed_assertions_with_odd_dates_are_malformed_not_internal(
+    stub: Stub,
+    alice: Seeded,
+    idp: Path,
+    clock: FrozenClock,
+    claim: str,
+    value: object,
+) -> None:
+    claims = jwt.decode(mint(idp, clock), options={"verify_signature": False})
+    claims[claim] = value
+    header: dict[str, object] = {"alg": "ES256", "kid": (idp / "dev-idp-kid").read_text()}
+    answer = await failure_of(stub.Login(federated(_signed(idp, header, claims))))
+    assert (answer.code, answer.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ASSERTION_MALFORMED")
+    assert answer.metadata == {"claim": claim}

@@ -49,6 +49,8 @@ FIELDS = {
     "password_changed": {"display_name": "Alice"},
     "new_admin": {"display_name": "Alice", "admin_name": "Bob Martin"},
     "code_failures": {"display_name": "Alice"},
+    "wrong_codes": {"display_name": "Alice"},
+    "federated_link_proposed": {"display_name": "Alice", "admin_name": "Bob Martin"},
     "email_verification": {"display_name": "Alice", "code": "", "minutes": "5"},
 }
 

@@ -58,6 +58,7 @@ EMAILS = {
     "new_admin": {"display_name": "Alice", "admin_name": "Bob Martin"},
     "code_failures": {"display_name": "Alice"},
     "wrong_codes": {"display_name": "Alice"},
+    "federated_link_proposed": {"display_name": "Alice", "admin_name": "Bob Martin"},
     "email_verification": {"display_name": "Alice", "code": "482910", "minutes": "5"},
 }
 
