@@ -356,3 +356,53 @@ async def test_the_window_of_wrong_codes_is_fixed_and_starts_again_after_it(
     clock.advance(bounded.app.settings.code_failure_window_s)
     assert await guess_codes(stub, inbox, alice, 9) == ["CODE_MISMATCH"] * 9
     assert (await account_row(bounded, alice)).code_window_failures == 9
+
+
+# ---- a caller who hangs up mid-check ----------------------------------------------------------
+
+
+@pytest.fixture
+async def slow(settings: Settings, clock: FrozenClock) -> AsyncIterator[Server]:
+    """argon2 made costly enough that a caller can hang up while its check runs."""
+    server = await create_server(
+        settings.model_copy(update={"argon2_time_cost": 60}), clock=clock, listen="127.0.0.1:0"
+    )
+    await server.start()
+    yield server
+    await server.stop(grace=0)
+
+
+async def _until(server: Server, who: Seeded, ready: Any, polls: int = 1000) -> Account:
+    """Poll the account row (bounded: the test fails, not hangs, when it never happens)."""
+    for _ in range(polls):
+        account = await account_row(server, who)
+        if ready(account):
+            return account
+        await asyncio.sleep(0.02)
+    return account
+
+
+async def test_a_caller_who_hangs_up_mid_check_still_spends_a_guess(
+    slow: Server, clock: FrozenClock
+) -> None:
+    """Five wrong passwords cancelled while argon2 runs: before, their failures were never
+    counted (each place was freed by its lease alone), so guesses whose callers hang up were
+    free and the right password went through after the lease. Now each cancelled check is
+    settled as the failure it is: the login locks."""
+    who = await seed_account(slow)
+    async with aio_channel(f"127.0.0.1:{slow.port}") as channel:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        calls = [login(stub, who, f"wrong guess {i}") for i in range(5)]
+        reserved = await _until(slow, who, lambda a: a.password_checks_pending == 5)
+        assert reserved.password_checks_pending == 5
+        for call in calls:
+            call.cancel()
+        for call in calls:
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        settled = await _until(slow, who, lambda a: a.password_checks_pending == 0)
+        assert settled.password_checks_pending == 0
+        assert settled.failed_password_count == 0  # the lock reset the consecutive count
+        assert settled.password_lock_count == 1
+        clock.advance(lockout.PASSWORD_CHECK_LEASE_S + 1)  # past every lease, inside the lock
+        assert await outcome(login(stub, who, PASSWORD)) == "ACCOUNT_LOCKED"
