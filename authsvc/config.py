@@ -12,7 +12,7 @@ import base64
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -152,6 +152,18 @@ FRANCE_AND_OVERSEAS = ("FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF", "WF
 # to these countries at most, and a tripped pumping breaker stays open at least this long.
 PRODUCTION_COUNTRIES = frozenset(FRANCE_AND_OVERSEAS)
 PRODUCTION_MIN_BREAKER_OPEN_S = 3600
+# Settings that production may move only in the tightening direction from their documented
+# default (besides the Rate fields and the breaker, checked apart): "at most" the default, or
+# "at least" it. A longer flow, skew or key-cache life, or a wider pumping prefix, loosens a rule.
+PRODUCTION_AT_MOST_DEFAULT: Final = (
+    "code_ttl_s",
+    "flow_ttl_s",
+    "activation_ttl_s",
+    "session_touch_interval_s",
+    "federation_clock_skew_s",
+    "api_keys_refresh_s",
+)
+PRODUCTION_AT_LEAST_DEFAULT: Final = ("pumping_prefix_hidden_digits",)
 # The /48 tier of every per-IP limit is this many times the /64 budget: more loosens them all.
 PRODUCTION_MAX_IPV6_48_MULTIPLIER = 8
 
@@ -442,6 +454,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"AUTHSVC_BREAKER_OPEN_S: at least {PRODUCTION_MIN_BREAKER_OPEN_S} in production"
             )
+        for name in (*PRODUCTION_AT_MOST_DEFAULT, *PRODUCTION_AT_LEAST_DEFAULT):
+            default = type(self).model_fields[name].default
+            value = getattr(self, name)
+            if value > default if name in PRODUCTION_AT_MOST_DEFAULT else value < default:
+                bound = "at most" if name in PRODUCTION_AT_MOST_DEFAULT else "at least"
+                raise ValueError(f"AUTHSVC_{name.upper()}: {bound} {default} in production")
         if self.ipv6_48_multiplier > PRODUCTION_MAX_IPV6_48_MULTIPLIER:
             raise ValueError(
                 f"AUTHSVC_IPV6_48_MULTIPLIER: at most {PRODUCTION_MAX_IPV6_48_MULTIPLIER} in "

@@ -131,6 +131,10 @@ def user_agent(value: str, field: str = "client.user_agent") -> str:
     return value
 
 
+def has_control_characters(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
 def no_control_characters(message: Message, prefix: str = "") -> None:
     """Refuse a control character (NUL included) in any string field of a request, nested and
     repeated fields too: no field of the API carries one, and PostgreSQL refuses a NUL in text.

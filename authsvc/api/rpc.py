@@ -48,10 +48,11 @@ async def _well_formed(servicer: object, name: str, request: object) -> None:
     """What every request must be before its handler runs: decodable, and with no control
     character in any string field (validation.no_control_characters)."""
     if isinstance(request, Undecodable):
-        # Throttled like a call of this RPC that names no end-user IP (it names nothing).
+        # Throttled per calling backend: garbage names no end user, and charging a shared
+        # bucket would let one backend's garbage refuse every other backend's calls.
         app = getattr(servicer, "_app", None)
         if isinstance(app, App):
-            await app.limits.malformed(app.clock.now(), name)
+            await app.limits.malformed(app.clock.now(), name, backend=current_backend.get())
         raise invalid_field("request", "the request body is not a valid message of this RPC")
     if isinstance(request, Message):
         validation.no_control_characters(request)

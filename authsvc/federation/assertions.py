@@ -141,6 +141,11 @@ class AssertionVerifier:
             value = claims.get(name)
             if not isinstance(value, str) or not value or len(value) > 256:
                 raise refused("ASSERTION_CLAIM_MISSING", f"{name} is missing", claim=name)
+            if validation.has_control_characters(value):
+                # Signed or not, a NUL must never reach the database (PostgreSQL refuses it).
+                raise refused(
+                    "ASSERTION_MALFORMED", f"{name} holds a control character", claim=name
+                )
             values[name] = value
         try:
             validation.siret(values["siret"], "siret")

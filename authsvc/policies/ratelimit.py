@@ -318,16 +318,17 @@ class RateLimitPolicy:
         ]
         return await self._decide(now, checks, fail_closed=True)
 
-    async def malformed(self, now: datetime, rpc: str) -> None:
-        """An undecodable request: charged to the RPC's per-IP throttle as a call that gave no
-        end-user IP (the shared "unknown" bucket), so garbage is no way around that throttle."""
+    async def malformed(self, now: datetime, rpc: str, *, backend: str) -> None:
+        """An undecodable request: charged to the RPC's per-IP throttle under a key of the
+        calling backend's own (it names no end user), so garbage is no way around that
+        throttle and one backend's garbage never spends another's budget."""
         limit = {
             "Login": self.login_ip,
             "Verify": self.verify_ip,
             "AuthorizeSensitiveAction": self.step_up_ip,
         }.get(rpc)
         if limit is not None:
-            self._refuse(await self._decide(now, self.ip_checks(limit, "")))
+            self._refuse(await self._decide(now, [(limit, self.key("malformed", backend))]))
 
     refuse = _refuse
 

@@ -659,3 +659,18 @@ async def test_signed_assertions_with_odd_dates_are_malformed_not_internal(
     answer = await failure_of(stub.Login(federated(_signed(idp, header, claims))))
     assert (answer.code, answer.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ASSERTION_MALFORMED")
     assert answer.metadata == {"claim": claim}
+
+
+@pytest.mark.parametrize("claim", ["sub", "jti", "siret"])
+@pytest.mark.parametrize("character", ["\x00", "\x1f", "\x7f"], ids=["nul", "us", "del"])
+async def test_signed_assertions_with_control_characters_are_malformed_not_internal(
+    stub: Stub, alice: Seeded, idp: Path, clock: FrozenClock, claim: str, character: str
+) -> None:
+    """A validly signed assertion whose claim holds a NUL reached the database (PostgreSQL
+    refuses NUL in text: INTERNAL); control characters are refused like any odd claim."""
+    claims = jwt.decode(mint(idp, clock), options={"verify_signature": False})
+    claims[claim] = f"{claims[claim]}{character}x"
+    header: dict[str, object] = {"alg": "ES256", "kid": (idp / "dev-idp-kid").read_text()}
+    answer = await failure_of(stub.Login(federated(_signed(idp, header, claims))))
+    assert (answer.code, answer.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ASSERTION_MALFORMED")
+    assert answer.metadata == {"claim": claim}

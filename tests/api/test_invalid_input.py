@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from structlog.testing import capture_logs
 from support import (
@@ -24,10 +26,15 @@ from support import (
 )
 
 from authsvc.clock import FrozenClock
-from authsvc.config import Rate, Settings
+from authsvc.config import ApiKey, Rate, Settings
 from authsvc.db import Flow, OutboxMessage, Role, Session, TrustedDevice
 from authsvc.server import Server, create_server
-from authsvc.v1 import account_service_pb2, account_service_pb2_grpc, common_pb2
+from authsvc.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    auth_service_pb2_grpc,
+    common_pb2,
+)
 from authsvc.v1 import auth_service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -330,3 +337,42 @@ async def test_undecodable_bodies_are_rate_limited(
     finally:
         await server.stop(grace=0)
     assert reasons == ["INVALID_FIELD"] * 3 + ["RATE_LIMITED"] * 2
+
+
+async def test_one_backends_garbage_never_spends_another_backends_budget(
+    tight_settings: Settings, clock: FrozenClock
+) -> None:
+    """Garbage is charged to its own backend: a restricted backend flooding Verify with
+    undecodable bodies must not make the other backends' address-less Verify calls
+    RATE_LIMITED (a shared "unknown" bucket would)."""
+    other_key = "other-backend-key-" + "x" * 32
+    settings = tight_settings.model_copy(
+        update={
+            "api_keys": (
+                *tight_settings.api_keys,
+                ApiKey(name="flooder", key=SecretStr(other_key), rpcs=("Verify",)),
+            )
+        }
+    )
+    server = await create_server(settings, clock=clock, listen="127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio_channel(f"127.0.0.1:{server.port}") as channel:
+            flood = _raw(channel, AUTH_SERVICE.methods_by_name["Verify"])
+            metadata = (("authorization", f"Bearer {other_key}"),)
+            flooded = [
+                (await failure_of(flood(b"\xff", metadata=metadata))).reason for _ in range(5)
+            ]
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            mine = [
+                (
+                    await failure_of(
+                        stub.Verify(pb.VerifyRequest(flow_id=str(uuid.uuid4()), code="123456"))
+                    )
+                ).reason
+                for _ in range(3)
+            ]
+    finally:
+        await server.stop(grace=0)
+    assert flooded == ["INVALID_FIELD"] * 3 + ["RATE_LIMITED"] * 2
+    assert mine == ["FLOW_NOT_FOUND"] * 3

@@ -146,6 +146,13 @@ WEAKENING: list[object] = [
     pytest.param({"voice_countries": ["FR", "CI"]}, "VOICE_COUNTRIES", id="voice-ci"),
     pytest.param({"breaker_open_s": 60}, "BREAKER_OPEN_S", id="breaker-one-minute"),
     pytest.param({"ipv6_48_multiplier": 64}, "IPV6_48_MULTIPLIER", id="wider-48-tier"),
+    pytest.param({"flow_ttl_s": 1800}, "FLOW_TTL_S", id="longer-flow"),
+    pytest.param({"code_ttl_s": 600}, "CODE_TTL_S", id="longer-code"),
+    pytest.param({"activation_ttl_s": 7 * 86400}, "ACTIVATION_TTL_S", id="longer-activation"),
+    pytest.param({"session_touch_interval_s": 300}, "TOUCH_INTERVAL", id="coarser-idle"),
+    pytest.param({"federation_clock_skew_s": 120}, "CLOCK_SKEW", id="wider-skew"),
+    pytest.param({"api_keys_refresh_s": 300}, "API_KEYS_REFRESH", id="revoked-key-lives-on"),
+    pytest.param({"pumping_prefix_hidden_digits": 2}, "HIDDEN_DIGITS", id="narrow-prefix"),
     pytest.param(
         {"rate_limit_backend": "redis", "redis_url": "redis://redis.example:6379/0"},
         "REDIS_URL",
@@ -178,6 +185,8 @@ TIGHTENING: list[object] = [
     pytest.param({"sms_countries": ["FR"], "voice_countries": ["FR", "RE"]}, id="fewer-countries"),
     pytest.param({"breaker_open_s": 7200}, id="longer-breaker"),
     pytest.param({"ipv6_48_multiplier": 4}, id="narrower-48-tier"),
+    pytest.param({"flow_ttl_s": 600, "api_keys_refresh_s": 5}, id="shorter-lives"),
+    pytest.param({"pumping_prefix_hidden_digits": 5}, id="wider-breaker-prefix"),
     pytest.param(
         {"rate_limit_backend": "redis", "redis_url": "rediss://redis.example:6380/0"},
         id="redis-over-tls",
