@@ -125,8 +125,10 @@ async def after_first_factor(
         trusted_at = await cadence.trusted_since(app, db, account.id, device_token)
         if trusted_at is not None:
             # A trusted device stands for the code: not while the second factor is locked.
-            # It resets no counter: only a right code does (policies/lockout.py).
+            # It resets no code counter (only a right code does), but the password's.
             lockout.check_code_lock(app, account, app.clock.now())
+            if method == "password":
+                await lockout.both_factors_passed_without_code(db, account.id)
             audit.record(
                 db,
                 app.clock,

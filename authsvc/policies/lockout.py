@@ -404,6 +404,17 @@ async def claim_code_success(
     return done.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
+async def both_factors_passed_without_code(db: AsyncSession, account_id: uuid.UUID) -> None:
+    """A trusted-device login (the right password on a device that passed a code): the
+    password's escalation starts again, so a stranger's guesses do not keep doubling the
+    holder's lock; the code counters stay (no code was typed: the hard bound holds)."""
+    await db.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(failed_password_count=0, password_lock_count=0)
+    )
+
+
 async def clear(db: AsyncSession, account_id: uuid.UUID) -> None:
     """An operator's unlock: every counter of the account starts again."""
     await db.execute(

@@ -301,6 +301,21 @@ async def test_a_trusted_device_login_resets_no_code_counter(
     assert await guess_codes(stub, inbox, alice, 1) == ["ACCOUNT_LOCKED"]
 
 
+async def test_a_trusted_device_login_restarts_the_password_count_not_the_codes(
+    stub: Stub, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    """Both factors passed (the right password on a trusted device): strangers' wrong
+    passwords before it no longer count toward the holder's next lock, while wrong codes do."""
+    device = (await sign_in(stub, inbox, alice)).device_token
+    wrong = [await outcome(login(stub, alice, f"guess {i}")) for i in range(4)]
+    assert wrong == ["INVALID_CREDENTIALS"] * 4
+    assert await outcome(login(stub, alice, PASSWORD, device=device)) == "session"
+    account = await account_row(server, alice)
+    assert (account.failed_password_count, account.password_lock_count) == (0, 0)
+    again = [await outcome(login(stub, alice, f"again {i}")) for i in range(4)]
+    assert again == ["INVALID_CREDENTIALS"] * 4  # the 5th in a row would have locked
+
+
 async def test_the_holder_hears_of_wrong_codes_after_the_password_once_a_day(
     stub: Stub, inbox: Inbox, alice: Seeded, server: Server, clock: FrozenClock
 ) -> None:
