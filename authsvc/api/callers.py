@@ -23,11 +23,11 @@ import grpc
 import structlog
 from sqlalchemy import select
 
-from authsvc.api.decoding import tolerant
+from authsvc.api.decoding import Undecodable, tolerant
 from authsvc.api.status import to_grpc_status
 from authsvc.app import App
 from authsvc.db import Backend
-from authsvc.errors import Failure
+from authsvc.errors import Failure, invalid_field
 from authsvc.otp import random_token
 from authsvc.v1 import account_service_pb2, auth_service_pb2
 
@@ -202,8 +202,10 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
     ) -> Handler:
         method = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if method.startswith(OPEN_SERVICES) or handler is None:
+        if handler is None:
             return handler
+        if method.startswith(OPEN_SERVICES):
+            return _open_and_tolerant(handler)
         inner = cast(Behavior | None, handler.unary_unary)
         if inner is None:  # the API has unary RPCs only
             return handler
@@ -224,6 +226,26 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
             request_deserializer=tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+def _open_and_tolerant(handler: Handler) -> Handler:
+    """Health checking needs no credentials, yet an undecodable body still answers
+    INVALID_FIELD with its ErrorInfo, never grpc's UNKNOWN naming the server's exception."""
+    inner = cast(Behavior | None, handler.unary_unary)
+    if inner is None:  # streams (Health.Watch, reflection): grpc's own handling
+        return handler
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, Undecodable):
+            status = to_grpc_status(invalid_field("request", "the request body is not valid"))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        return await inner(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        checked,
+        request_deserializer=tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
 
 
 async def _refuse(

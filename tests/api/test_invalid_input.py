@@ -376,3 +376,13 @@ async def test_one_backends_garbage_never_spends_another_backends_budget(
         await server.stop(grace=0)
     assert flooded == ["INVALID_FIELD"] * 3 + ["RATE_LIMITED"] * 2
     assert mine == ["FLOW_NOT_FOUND"] * 3
+
+
+async def test_an_undecodable_health_check_is_invalid_field_not_unknown(server: Server) -> None:
+    """Health checking is open (no credentials), and garbage sent to it answered UNKNOWN
+    naming the server's DecodeError; now INVALID_FIELD like every RPC of the API."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as bare:
+        check = bare.unary_unary("/grpc.health.v1.Health/Check", None, None)
+        failure = await failure_of(check(b"\xff"))
+    assert (failure.code, failure.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    assert failure.metadata == {"field": "request"}
