@@ -141,21 +141,13 @@ def no_control_characters(message: Message, prefix: str = "") -> None:
     Checked once for every RPC, before its handler, so no handler has to remember it."""
     for descriptor, value in message.ListFields():
         path = prefix + descriptor.name
+        values = value if descriptor.is_repeated else (value,)
         if descriptor.type == FieldDescriptor.TYPE_STRING:
-            texts = value if _repeated(descriptor) else (value,)
-            if any(_CONTROL.search(text) for text in texts):
+            if any(has_control_characters(text) for text in values):
                 raise invalid_field(path, "control characters are not allowed")
         elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
-            for inner in value if _repeated(descriptor) else (value,):
+            for inner in values:
                 no_control_characters(inner, path + ".")
-
-
-def _repeated(descriptor: FieldDescriptor) -> bool:
-    # protobuf 6 replaced `label` by `is_repeated`; accept both.
-    repeated = getattr(descriptor, "is_repeated", None)
-    if repeated is None:
-        repeated = getattr(descriptor, "label", 0) == FieldDescriptor.LABEL_REPEATED
-    return bool(repeated)
 
 
 def int64_text(value: str, field: str) -> int:

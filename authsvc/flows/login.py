@@ -176,14 +176,8 @@ async def _check_reserved(
     right and no lock was set meanwhile."""
     # Always one argon2 verification, against a dummy hash when the account is unknown.
     stored = account.password_hash if account is not None else None
-    right = await app.passwords.verify(stored, password) and account is not None
-    if right and account is not None:
-        # The right password counts only if no lock was set meanwhile (re-read in the write).
-        async with app.write() as db:
-            refused = await lockout.password_success(app, db, account.id, now)
-        if refused is not None:
-            raise refused
-    if not right or account is None or stored is None:
+    right = await app.passwords.verify(stored, password)  # False whenever `stored` is None
+    if account is None or not right:
         async with app.write() as db:
             locked = await lockout.password_failure(
                 app, db, account.id if account else None, siret, login, now
@@ -197,3 +191,8 @@ async def _check_reserved(
                 target=account.id if account else None,
             )
         raise locked or failures.invalid_credentials()
+    # The right password counts only if no lock was set meanwhile (re-read in the write).
+    async with app.write() as db:
+        refused = await lockout.password_success(app, db, account.id, now)
+    if refused is not None:
+        raise refused

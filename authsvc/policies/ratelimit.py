@@ -179,10 +179,10 @@ class RateLimitPolicy:
             )
         }
 
-    def ip_checks(self, limit: Limit, ip: str) -> list[tuple[Limit, str | None]]:
+    def ip_checks(self, limit: Limit, ip: str) -> list[tuple[Limit, str]]:
         """A per-IP limit on the client's network: its IPv4 address or IPv6 /64, then the /48."""
         where = networks.of_address(ip)
-        checks: list[tuple[Limit, str | None]] = [(limit, self.key("ip", where.narrow))]
+        checks: list[tuple[Limit, str]] = [(limit, self.key("ip", where.narrow))]
         if where.wide is not None:
             checks.append((self._wide[limit.name], self.key("ip", where.wide)))
         return checks
@@ -193,11 +193,10 @@ class RateLimitPolicy:
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
 
     async def _decide(
-        self, now: datetime, checks: list[tuple[Limit, str | None]], *, fail_closed: bool = False
+        self, now: datetime, checks: list[tuple[Limit, str]], *, fail_closed: bool = False
     ) -> Verdict:
-        # A key of None is skipped (no end-user IP was given: no shared "unknown" bucket).
         verdict = await self.backend.consume(
-            [(limit, f"{limit.name}:{key}") for limit, key in checks if key is not None],
+            [(limit, f"{limit.name}:{key}") for limit, key in checks],
             micros(now),
             fail_closed=fail_closed,
         )
