@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit, validation
@@ -46,8 +45,8 @@ class ActionValues:
     def canonical(self, action: Action, target: uuid.UUID | None) -> str:
         return json.dumps(
             {
-                "action": action.value,
-                "target": str(target) if target else "",
+                "g_action": action.value,
+                "g_target": str(target) if target else "",
                 "email": self.email,
                 "phone": self.phone,
                 "display_name": self.display_name,
@@ -172,7 +171,7 @@ async def redeem(
     """
     now = app.clock.now()
     redeemable = _redeemable(app, caller, token, action, target, values, now)
-    row = (await db.execute(statements.spend(redeemable, now))).first()
+    row = (await db.execute(statements.SPEND, redeemable)).first()
     if row is not None:
         db.add(AuditEvent(**_redeemed_event(app, caller, action, target, by)))
         return statements.Spent(row[0], row[1])
@@ -201,21 +200,17 @@ def _redeemable(
     target: uuid.UUID | None,
     values: ActionValues,
     now: datetime,
-) -> list[Any]:
-    """The WHERE clause of a grant that this caller may spend now, for this exact action."""
-    grants = statements.GRANTS.c
-    values_digest = app.keys.binding_digest(values.canonical(action, target))
-    return [
-        grants.token_digest == token_digest(token),
-        grants.redeemed_at.is_(None),
-        grants.expires_at > now,
-        grants.session_id == caller.session_id,
-        grants.action == action.value,
-        (grants.target_account_id == target)
-        if target is not None
-        else grants.target_account_id.is_(None),
-        grants.values_digest == values_digest,
-    ]
+) -> dict[str, Any]:
+    """The parameters of a grant that this caller may spend now, for this exact action
+    (statements/grants.py holds the WHERE clause they fill)."""
+    return {
+        "g_digest": token_digest(token),
+        "g_now": now,
+        "g_session": caller.session_id,
+        "g_action": action.value,
+        "g_target": target,
+        "g_values": app.keys.binding_digest(values.canonical(action, target)),
+    }
 
 
 async def ensure_redeemable(
@@ -233,16 +228,14 @@ async def ensure_redeemable(
     decides, atomically, afterwards."""
     now = app.clock.now()
     found = await db.scalar(
-        select(statements.GRANTS.c.token_digest).where(
-            *_redeemable(app, caller, token, action, target, values, now)
-        )
+        statements.IS_REDEEMABLE, _redeemable(app, caller, token, action, target, values, now)
     )
     if found is None:
         raise refusal(await _state(db, token), caller, action, target, now)
 
 
 async def _state(db: AsyncSession, token: str) -> statements.GrantState | None:
-    found = (await db.execute(statements.state(token_digest(token)))).first()
+    found = (await db.execute(statements.STATE, {"g_digest": token_digest(token)})).first()
     return None if found is None else statements.GrantState(*found)
 
 
@@ -284,8 +277,6 @@ async def redeem_now(
     found = await app.db.statement(
         statements.redeem,
         _redeemable(app, caller, token, action, target, values, now),
-        token_digest(token),
-        now,
         _redeemed_event(app, caller, action, target, "backend"),
     )
     if isinstance(found, statements.Spent):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from authsvc.db import ActionGrant
 from authsvc.db.statements import audit, table
@@ -33,51 +33,60 @@ class GrantState:
     target_account_id: uuid.UUID | None
 
 
-def spend(redeemable: list[Any], now: datetime) -> Any:
-    """The grant that matches `redeemable` (the WHERE clause of flows/grants.py), spent now:
-    of concurrent redemptions exactly one matches."""
-    return (
-        update(GRANTS)
-        .where(*redeemable)
-        .values(redeemed_at=now)
-        .returning(GRANTS.c.account_id, GRANTS.c.redeemed_at)
-    )
+def _at(name: str) -> Any:
+    return bindparam(name, type_=GRANTS.c.expires_at.type)
 
 
-_STATE = select(
+# A grant that this caller may spend now, for this exact action, target and values. Named
+# parameters (g_ for grant: a bound name must not be a column's name in an UPDATE): g_digest,
+# g_now, g_session, g_action, g_target (None: no target), g_values.
+_REDEEMABLE = (
+    GRANTS.c.token_digest == bindparam("g_digest"),
+    GRANTS.c.redeemed_at.is_(None),
+    GRANTS.c.expires_at > _at("g_now"),
+    GRANTS.c.session_id == bindparam("g_session", type_=GRANTS.c.session_id.type),
+    GRANTS.c.action == bindparam("g_action"),
+    GRANTS.c.target_account_id.is_not_distinct_from(
+        bindparam("g_target", type_=GRANTS.c.target_account_id.type)
+    ),
+    GRANTS.c.values_digest == bindparam("g_values"),
+)
+# Of concurrent redemptions exactly one matches.
+SPEND = (
+    update(GRANTS)
+    .where(*_REDEEMABLE)
+    .values(redeemed_at=_at("g_now"))
+    .returning(GRANTS.c.account_id, GRANTS.c.redeemed_at)
+)
+_SPENT = SPEND.cte("spent")
+# PostgreSQL: spent, with its audit row, in one statement.
+_SPEND_AND_LOG = select(_SPENT.c.account_id, _SPENT.c.redeemed_at).add_cte(
+    audit.insert_from(audit.PARAMETERS, _SPENT).cte("logged")
+)
+IS_REDEEMABLE = select(GRANTS.c.token_digest).where(*_REDEEMABLE)
+STATE = select(
     GRANTS.c.session_id,
     GRANTS.c.redeemed_at,
     GRANTS.c.expires_at,
     GRANTS.c.action,
     GRANTS.c.target_account_id,
-)
-
-
-def state(token_digest: bytes) -> Any:
-    return _STATE.where(GRANTS.c.token_digest == token_digest)
+).where(GRANTS.c.token_digest == bindparam("g_digest"))
 
 
 def redeem(
-    connection: Connection,
-    redeemable: list[Any],
-    token_digest: bytes,
-    now: datetime,
-    redeemed: dict[str, Any],
+    connection: Connection, parameters: dict[str, Any], redeemed: dict[str, Any]
 ) -> Spent | GrantState | None:
     """Spend the grant with its `redeemed` audit row; else the grant's state (None: unknown).
     One statement on PostgreSQL when the grant is spent."""
-    spent_grant = spend(redeemable, now)
     if connection.dialect.name == "postgresql":
-        spent_cte = spent_grant.cte("spent")
-        logged = audit.insert_from(redeemed, spent_cte).cte("logged")
         row = connection.execute(
-            select(spent_cte.c.account_id, spent_cte.c.redeemed_at).add_cte(logged)
+            _SPEND_AND_LOG, {**parameters, **audit.parameters(redeemed)}
         ).first()
     else:
-        row = connection.execute(spent_grant).first()
+        row = connection.execute(SPEND, parameters).first()
         if row is not None:
             audit.add(connection, redeemed)
     if row is not None:
         return Spent(row[0], row[1])
-    found = connection.execute(state(token_digest)).first()
+    found = connection.execute(STATE, {"g_digest": parameters["g_digest"]}).first()
     return None if found is None else GrantState(*found)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, literal, select, update
+from sqlalchemy import Connection, bindparam, insert, literal, select, update
 
 from authsvc.db import Account, Organization, Session
 from authsvc.db.statements import audit, table
@@ -57,28 +57,57 @@ _FIND = (
 )
 
 
+_FIND_BY_DIGEST = _FIND.where(SESSIONS.c.token_digest == bindparam("digest"))
+
+
 def find(connection: Connection, token_digest: bytes) -> SessionRow | None:
-    row = connection.execute(_FIND.where(SESSIONS.c.token_digest == token_digest)).first()
+    row = connection.execute(_FIND_BY_DIGEST, {"digest": token_digest}).first()
     return None if row is None else SessionRow(*row)
+
+
+# Conditional, so that concurrent validations write once and never move it backwards.
+_TOUCH = (
+    update(SESSIONS)
+    .where(
+        SESSIONS.c.id == bindparam("s_id"),
+        SESSIONS.c.last_seen_at <= bindparam("touch_before", type_=SESSIONS.c.last_seen_at.type),
+        SESSIONS.c.revoked_at.is_(None),
+    )
+    .values(last_seen_at=bindparam("now", type_=SESSIONS.c.last_seen_at.type))
+)
 
 
 def touch(
     connection: Connection, session_id: uuid.UUID, touch_before: datetime, now: datetime
 ) -> None:
-    """Conditional, so that concurrent validations write once and never move it backwards."""
-    connection.execute(
-        update(SESSIONS)
-        .where(
-            SESSIONS.c.id == session_id,
-            SESSIONS.c.last_seen_at <= touch_before,
-            SESSIONS.c.revoked_at.is_(None),
-        )
-        .values(last_seen_at=now)
-    )
+    connection.execute(_TOUCH, {"s_id": session_id, "touch_before": touch_before, "now": now})
+
+
+_ADD = insert(SESSIONS)
 
 
 def add(connection: Connection, row: dict[str, Any]) -> None:
-    connection.execute(insert(SESSIONS), row)
+    connection.execute(_ADD, row)
+
+
+_END = (
+    update(SESSIONS)
+    .where(SESSIONS.c.token_digest == bindparam("digest"), SESSIONS.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now", type_=SESSIONS.c.revoked_at.type))
+    .returning(SESSIONS.c.account_id)
+)
+_ENDED = _END.cte("ended")
+# PostgreSQL: the session ended and its audit row, in one statement (the row's organisation
+# and actor come from the ended session's account).
+_END_AND_LOG = select(literal(1)).add_cte(
+    audit.insert_from(
+        audit.PARAMETERS,
+        _ENDED.join(ACCOUNTS, ACCOUNTS.c.id == _ENDED.c.account_id),
+        organization_id=ACCOUNTS.c.organization_id,
+        actor_account_id=_ENDED.c.account_id,
+    ).cte("logged")
+)
+_ORGANIZATION_OF = select(ACCOUNTS.c.organization_id).where(ACCOUNTS.c.id == bindparam("account"))
 
 
 def revoke(
@@ -86,29 +115,14 @@ def revoke(
 ) -> None:
     """End the session of this digest if it is live, with its `logout` audit row (its actor
     and organisation filled from the session's account). One statement on PostgreSQL."""
-    ended = (
-        update(SESSIONS)
-        .where(SESSIONS.c.token_digest == token_digest, SESSIONS.c.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .returning(SESSIONS.c.account_id)
-    )
+    ending = {"digest": token_digest, "now": now}
     if connection.dialect.name == "postgresql":
-        ended_cte = ended.cte("ended")
-        source = ended_cte.join(ACCOUNTS, ACCOUNTS.c.id == ended_cte.c.account_id)
-        logged = audit.insert_from(
-            logout,
-            source,
-            organization_id=ACCOUNTS.c.organization_id,
-            actor_account_id=ended_cte.c.account_id,
-        ).cte("logged")
-        connection.execute(select(literal(1)).add_cte(logged))
+        connection.execute(_END_AND_LOG, {**ending, **audit.parameters(logout)})
         return
-    account_id = connection.execute(ended).scalar()
+    account_id = connection.execute(_END, ending).scalar()
     if account_id is None:
         return
-    organization_id = connection.execute(
-        select(ACCOUNTS.c.organization_id).where(ACCOUNTS.c.id == account_id)
-    ).scalar()
+    organization_id = connection.execute(_ORGANIZATION_OF, {"account": account_id}).scalar()
     audit.add(
         connection, {**logout, "organization_id": organization_id, "actor_account_id": account_id}
     )
