@@ -7,11 +7,17 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["authsvc/v1/auth_service.proto", "authsvc/v1/account_service.proto"];
+    let files = [
+        "authsvc/v1/auth_service.proto",
+        "authsvc/v1/account_service.proto",
+    ];
     let descriptors = protox::compile(files, [&proto_root])?;
     tonic_prost_build::configure()
         .build_server(false)
         .compile_fds(descriptors)?;
-    println!("cargo:rerun-if-changed={}", proto_root.join("authsvc").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_root.join("authsvc").display()
+    );
     Ok(())
 }
