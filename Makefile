@@ -70,8 +70,8 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked --workspace --all-targets --features python -- -D warnings
-	$(VENV)/bin/ruff check authsvc tests bench loadtests
-	$(VENV)/bin/ruff format --check authsvc tests bench loadtests
+	$(VENV)/bin/ruff check authsvc tests bench loadtests examples/python
+	$(VENV)/bin/ruff format --check authsvc tests bench loadtests examples/python
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest authsvc._otp_core
 	$(MAKE) -s $(TOOLS_STAMP) && $(BUF) lint proto

@@ -148,7 +148,9 @@ def main() -> int:
         )
         step_up_flow = step_up.pending_flow.flow_id
         seen = len(outbox_lines())
-        stub.Challenge(auth.ChallengeRequest(flow_id=step_up_flow, client=CLIENT), metadata=metadata)
+        stub.Challenge(
+            auth.ChallengeRequest(flow_id=step_up_flow, client=CLIENT), metadata=metadata
+        )
         granted = stub.Verify(
             auth.VerifyRequest(flow_id=step_up_flow, code=code_sent_after(seen), client=CLIENT),
             metadata=metadata,
