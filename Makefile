@@ -107,6 +107,8 @@ examples: $(DEPS_STAMP) $(TOOLS_STAMP) $(TS_STAMP)
 	rm -rf gen && mkdir -p gen/third_party/google/rpc
 	cp "$$($(PY) -c 'import pathlib, google.rpc.status_pb2 as m; print(pathlib.Path(m.__file__).parent)')"/{status,error_details}.proto gen/third_party/google/rpc/
 	$(BUF) generate
+	@# buf's Python stubs must be byte for byte the committed ones that examples/python imports.
+	diff -r -x __init__.py -x __pycache__ gen/python/authsvc/v1 authsvc/v1
 	examples/typescript/node_modules/.bin/tsc -p examples/typescript
 	cargo build --locked -q -p authsvc-example-client
 
