@@ -28,7 +28,7 @@ help:
 	@echo "make bench      benchmarks; each prints its ratio against a baseline measured in the same run"
 	@echo "make loadtest   the national_peak Locust scenario end to end; report under reports/"
 	@echo "make lint       cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest, buf lint"
-	@echo "make proto      regenerate authsvc/v1 and docs/api.md from proto/"
+	@echo "make proto      regenerate authsvc/v1 and docs/api.md from proto/, docs/settings.md from config.py"
 	@echo "make examples   generate the TypeScript and Rust stubs (gen/, never committed), build the examples/ clients"
 
 $(PY):
@@ -79,11 +79,14 @@ lint: setup
 proto: $(DEPS_STAMP)
 	$(PY) scripts/gen_proto.py --out .
 	$(PY) scripts/gen_api_reference.py
+	$(PY) scripts/gen_settings_table.py
 
-# The committed stubs and API reference (docs/api.md) must be exactly what proto/ generates.
+# The committed stubs, API reference (docs/api.md) and settings table (docs/settings.md) must be
+# exactly what proto/ and authsvc/config.py generate.
 proto-check: $(DEPS_STAMP)
 	$(PY) scripts/gen_proto.py --check
 	$(PY) scripts/gen_api_reference.py --check
+	$(PY) scripts/gen_settings_table.py --check
 
 $(TOOLS_STAMP): tools/package.json tools/package-lock.json
 	$(NPM_CI) tools
