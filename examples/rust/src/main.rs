@@ -285,3 +285,31 @@ async fn main() -> Result<()> {
     println!("walk-through complete");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{code_in, grpc_code_name};
+
+    #[test]
+    fn the_code_is_the_six_digits_after_the_last_hash() {
+        assert_eq!(
+            code_in("Votre code PEP's : 123456\n\n@peps.example #123456").as_deref(),
+            Some("123456")
+        );
+        assert_eq!(code_in("no code here"), None);
+        assert_eq!(code_in("@peps.example #12345"), None);
+        assert_eq!(code_in("@peps.example #12345a"), None);
+    }
+
+    #[test]
+    fn codes_print_in_the_grpc_spelling() {
+        assert_eq!(
+            grpc_code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
+        assert_eq!(
+            grpc_code_name(tonic::Code::Unauthenticated),
+            "UNAUTHENTICATED"
+        );
+    }
+}
