@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from support import CLIENT, Inbox, Seeded, failure_of, sign_in
+from support import CLIENT, MOBILE, PASSWORD, Inbox, Seeded, failure_of, sign_in
 
 from authsvc.clock import FrozenClock
 from authsvc.server import Server
@@ -50,3 +50,79 @@ async def test_logout_is_one_round_trip_known_or_not(
     assert trips(server, "Logout") == 1
     await stub.Logout(pb.LogoutRequest(session_token=session, client=CLIENT))
     assert trips(server, "Logout") == 1
+
+
+async def _pending_login(stub: AuthServiceAsyncStub, who: Seeded) -> str:
+    request = pb.LoginRequest(
+        organization_siret=who.organization_siret,
+        login=who.login,
+        password=pb.PasswordCredential(password=PASSWORD),
+        client=CLIENT,
+    )
+    return (await stub.Login(request)).pending_flow.flow_id
+
+
+async def test_challenge_reads_the_flow_and_the_breaker_and_sends_in_one_decision(
+    server: Server, stub: AuthServiceAsyncStub, alice: Seeded, inbox: Inbox
+) -> None:
+    flow_id = await _pending_login(stub, alice)
+    await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
+    # The flow, the prefix's breaker, the send (challenge + message + audit row), and at most
+    # two looks at the message while the in-process dispatcher delivers it (was 22 / 17).
+    assert trips(server, "Challenge") <= 5
+    assert await inbox.code_to(MOBILE)
+
+
+async def test_verify_is_two_round_trips_right_or_wrong(
+    server: Server, stub: AuthServiceAsyncStub, alice: Seeded, inbox: Inbox
+) -> None:
+    flow_id = await _pending_login(stub, alice)
+    await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
+    code = await inbox.code_to(MOBILE)
+    wrong = pb.VerifyRequest(flow_id=flow_id, code=_another(code), client=CLIENT)
+    # The flow's read, then one decision: the attempt and the account's failure counted, the
+    # audit row, and (the first wrong code of the day after a first factor) the holder's notice.
+    assert (await failure_of(stub.Verify(wrong))).reason == "CODE_MISMATCH"
+    assert trips(server, "Verify") == 2
+    notice = await inbox.next_to(f"{alice.login}@example.fr")
+    assert notice["text"]
+    assert (await failure_of(stub.Verify(wrong))).reason == "CODE_MISMATCH"
+    assert trips(server, "Verify") == 2
+    # The right code: the read, then one decision (flow completed, counters reset, phone
+    # verified, session, trusted device, audit row).
+    right = pb.VerifyRequest(flow_id=flow_id, code=code, client=CLIENT)
+    verified = (await stub.Verify(right)).login
+    assert trips(server, "Verify") == 2
+    request = pb.ValidateSessionRequest(session_token=verified.session.token)
+    assert (await stub.ValidateSession(request)).account_id == str(alice.account_id)
+    # Used: the read says so, nothing else is asked of the database.
+    assert (await failure_of(stub.Verify(right))).reason == "FLOW_COMPLETED"
+    assert trips(server, "Verify") == 1
+
+
+async def test_a_wrong_code_that_locks_the_factor_is_still_one_decision(
+    server: Server, stub: AuthServiceAsyncStub, alice: Seeded, inbox: Inbox
+) -> None:
+    """The lock and its notice are part of the failure's decision; only the answer's
+    retry time is read again (a rare path)."""
+    threshold = server.app.settings.code_lock_threshold
+    attempts = server.app.settings.max_code_attempts
+    reasons = []
+    for _ in range(threshold // attempts + 1):
+        flow_id = await _pending_login(stub, alice)
+        await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
+        code = await inbox.code_to(MOBILE)
+        wrong = pb.VerifyRequest(flow_id=flow_id, code=_another(code), client=CLIENT)
+        for _ in range(attempts):
+            failure = await failure_of(stub.Verify(wrong))
+            reasons.append(failure.reason)
+            if failure.reason == "ACCOUNT_LOCKED":
+                assert trips(server, "Verify") == 3
+                assert len(reasons) == threshold
+                return
+            assert trips(server, "Verify") == 2
+    raise AssertionError(f"never locked: {reasons}")
+
+
+def _another(code: str) -> str:
+    return "".join(str((int(digit) + 1) % 10) for digit in code)
