@@ -83,7 +83,7 @@ async def _complete_login(
         ip_address=client.ip_address,
         user_agent=client.user_agent,
     )
-    trust, device = cadence.trust_device(app, account.id, client.user_agent)
+    trust, device = cadence.new_trust(app, account.id, client.user_agent)
     verified = audit.event(
         app.clock,
         "code.verified",

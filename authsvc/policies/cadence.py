@@ -44,9 +44,10 @@ async def trusted_since(
     )
 
 
-def trust_device(app: App, account_id: uuid.UUID, user_agent: str) -> tuple[Trust, dict[str, Any]]:
+def new_trust(app: App, account_id: uuid.UUID, user_agent: str) -> tuple[Trust, dict[str, Any]]:
     """This device passed a code now: what the caller gets (the token leaves only here) and
-    the `trusted_devices` row that the decision's transaction inserts."""
+    the `trusted_devices` row that the decision's transaction inserts
+    (authsvc/db/statements/devices.py, or inside a PostgreSQL CTE)."""
     now = app.clock.now()
     token = random_token(32)
     expires_at = now + timedelta(seconds=app.settings.device_trust_s)
@@ -60,3 +61,10 @@ def trust_device(app: App, account_id: uuid.UUID, user_agent: str) -> tuple[Trus
         "user_agent": user_agent,
     }
     return Trust(token, expires_at), row
+
+
+def trust_device(app: App, db: AsyncSession, account_id: uuid.UUID, user_agent: str) -> Trust:
+    """Record that this device passed a code now; add it to the caller's ORM transaction."""
+    trust, row = new_trust(app, account_id, user_agent)
+    db.add(TrustedDevice(**row))
+    return trust
