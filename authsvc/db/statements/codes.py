@@ -22,6 +22,7 @@ numbers come from the lockout policy, the rows from the flow.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass
@@ -32,10 +33,10 @@ from sqlalchemy import (
     Connection,
     String,
     and_,
+    bindparam,
     case,
     cast,
     exists,
-    literal,
     or_,
     select,
     true,
@@ -45,7 +46,7 @@ from sqlalchemy import (
 from authsvc.db import Account, Flow, FlowStatus
 from authsvc.db.base import UTCDateTime
 from authsvc.db.statements import audit, devices, outbox, sessions, table
-from authsvc.db.statements.returning import insert_from
+from authsvc.db.statements.returning import bound, insert_from, prefixed
 
 FLOWS = table(Flow)
 ACCOUNTS = table(Account)
@@ -122,15 +123,34 @@ class Counted:
     notified: bool  # a notice was queued
 
 
-def _at(moment: datetime) -> Any:
-    return literal(moment, type_=UTCDateTime())
+# Every value that changes between calls is a bound parameter: each statement is built once
+# per set of rules (functools.cache) and its SQL compiled once (SQLAlchemy's cache, asyncpg's
+# prepared statements), so that a call costs its execution, not its construction.
+_NOW = bindparam("b_now", type_=UTCDateTime())
+_LOCK_UNTIL = bindparam("b_lock_until", type_=UTCDateTime())
+_WINDOW_START = bindparam("b_window_start", type_=UTCDateTime())
+_NOTICE_SINCE = bindparam("b_notice_since", type_=UTCDateTime())
+_FLOW_ID = bindparam("b_flow_id", type_=FLOWS.c.id.type)
+_ACCOUNT_ID = bindparam("b_account_id", type_=ACCOUNTS.c.id.type)
+_CHALLENGE_ID = bindparam("b_challenge_id", type_=FLOWS.c.challenge_id.type)
+_LOCKED_OUTCOME = bindparam("b_locked_outcome", type_=String())
 
 
-def _unlocked(rules: CodeRules, now: datetime) -> list[Any]:
+def _params(rules: CodeRules, now: datetime, **ids: uuid.UUID) -> dict[str, Any]:
+    return {
+        "b_now": now,
+        "b_lock_until": now + timedelta(seconds=rules.lock_s),
+        "b_window_start": now - timedelta(seconds=rules.window_s),
+        "b_notice_since": now - timedelta(seconds=rules.notice_interval_s),
+        **prefixed(ids, "b_"),
+    }
+
+
+def _unlocked(rules: CodeRules) -> list[Any]:
     return [
         ACCOUNTS.c.failed_code_count < rules.hard_bound,
         ACCOUNTS.c.code_window_failures < rules.hard_bound,
-        or_(ACCOUNTS.c.code_locked_until.is_(None), ACCOUNTS.c.code_locked_until <= _at(now)),
+        or_(ACCOUNTS.c.code_locked_until.is_(None), ACCOUNTS.c.code_locked_until <= _NOW),
     ]
 
 
@@ -142,92 +162,121 @@ def _locks(rules: CodeRules, consecutive: Any, in_window: Any) -> Any:
     )
 
 
-def _notice_due(rules: CodeRules, now: datetime) -> Any:
-    since = _at(now - timedelta(seconds=rules.notice_interval_s))
+def _notice_due() -> Any:
     notified_at = ACCOUNTS.c.code_failures_notified_at
-    return or_(notified_at.is_(None), notified_at <= since)
+    return or_(notified_at.is_(None), notified_at <= _NOTICE_SINCE)
 
 
-def _take_account(account_id: uuid.UUID, rules: CodeRules, now: datetime) -> Any:
+@functools.cache
+def _take_account(rules: CodeRules) -> Any:
     """The account row, only while its second factor is unlocked (locked FOR UPDATE on
     PostgreSQL; SQLAlchemy leaves the clause out on SQLite), and whether a notice is due."""
     return (
-        select(ACCOUNTS.c.id, _notice_due(rules, now).label("due"))
-        .where(ACCOUNTS.c.id == account_id, *_unlocked(rules, now))
+        select(ACCOUNTS.c.id, _notice_due().label("due"))
+        .where(ACCOUNTS.c.id == _ACCOUNT_ID, *_unlocked(rules))
         .with_for_update()
     )
 
 
-def _first(connection: Connection, statement: Any) -> Any:
-    return connection.execute(statement).first()
+def _first(connection: Connection, statement: Any, params: dict[str, Any]) -> Any:
+    return connection.execute(statement, params).first()
 
 
 # ---- a right code on a login flow -----------------------------------------------------------
 
 
-def _win(right: RightCode, *gate: Any) -> Any:
-    now = right.now
+def _win(rules: CodeRules, *gate: Any) -> Any:
     return (
         update(FLOWS)
         .where(
-            FLOWS.c.id == right.flow_id,
+            FLOWS.c.id == _FLOW_ID,
             FLOWS.c.status == FlowStatus.PENDING.value,
-            FLOWS.c.challenge_id == right.challenge_id,
-            FLOWS.c.failed_attempts < right.rules.max_attempts,
-            FLOWS.c.code_expires_at > _at(now),
-            FLOWS.c.expires_at > _at(now),
+            FLOWS.c.challenge_id == _CHALLENGE_ID,
+            FLOWS.c.failed_attempts < rules.max_attempts,
+            FLOWS.c.code_expires_at > _NOW,
+            FLOWS.c.expires_at > _NOW,
             *gate,
         )
         # The digest goes with the success: a used code leaves nothing to test guesses on.
-        .values(status=FlowStatus.COMPLETED.value, completed_at=_at(now), code_digest=None)
+        .values(status=FlowStatus.COMPLETED.value, completed_at=_NOW, code_digest=None)
         .returning(FLOWS.c.id)
     )
 
 
-def _reset(right: RightCode, *gate: Any) -> Any:
+def _reset(rules: CodeRules, *gate: Any) -> Any:
     """A full success: every consecutive counter starts again (the window's count stays: the
     hard bound), and the phone that received the code is verified."""
     return (
         update(ACCOUNTS)
-        .where(ACCOUNTS.c.id == right.account_id, *_unlocked(right.rules, right.now), *gate)
+        .where(ACCOUNTS.c.id == _ACCOUNT_ID, *_unlocked(rules), *gate)
         .values(
             failed_code_count=0,
             code_locked_until=None,
             failed_password_count=0,
             password_lock_count=0,
             password_locked_until=None,
-            phone_verified_at=_at(right.now),
+            phone_verified_at=_NOW,
         )
         .returning(ACCOUNTS.c.id)
+    )
+
+
+_win_alone = functools.cache(_win)
+_reset_alone = functools.cache(_reset)
+
+
+@functools.cache
+def _completion(
+    rules: CodeRules, session: tuple[str, ...], device: tuple[str, ...], verified: tuple[str, ...]
+) -> Any:
+    """PostgreSQL: the whole completion, one statement (rows' columns: "s_", "d_", "a_")."""
+    locked = _take_account(rules).cte("locked")
+    won = _win(rules, exists(select(locked.c.id))).cte("won")
+    reset = _reset(rules, exists(select(won.c.id))).cte("reset")
+    return select(exists(select(locked.c.id)), exists(select(won.c.id))).add_cte(
+        insert_from(sessions.SESSIONS, bound(sessions.SESSIONS, session, "s_"), reset).cte(
+            "session"
+        ),
+        insert_from(devices.DEVICES, bound(devices.DEVICES, device, "d_"), reset).cte("device"),
+        insert_from(audit.AUDIT, bound(audit.AUDIT, verified, "a_"), reset).cte("verified"),
     )
 
 
 def complete_login(connection: Connection, right: RightCode) -> None:
     """Complete the login flow with its session, trusted device and audit row, or raise
     Refused having changed nothing."""
-    taken = _take_account(right.account_id, right.rules, right.now)
+    rules = right.rules
+    params = _params(
+        rules,
+        right.now,
+        flow_id=right.flow_id,
+        account_id=right.account_id,
+        challenge_id=right.challenge_id,
+    )
     if connection.dialect.name == "postgresql":
-        locked = taken.cte("locked")
-        won = _win(right, exists(select(locked.c.id))).cte("won")
-        reset = _reset(right, exists(select(won.c.id))).cte("reset")
+        statement = _completion(
+            rules, tuple(right.session), tuple(right.device), tuple(right.verified)
+        )
         outcome = _first(
             connection,
-            select(exists(select(locked.c.id)), exists(select(won.c.id))).add_cte(
-                insert_from(sessions.SESSIONS, right.session, reset).cte("session"),
-                insert_from(devices.DEVICES, right.device, reset).cte("device"),
-                audit.insert_from(right.verified, reset).cte("verified"),
-            ),
+            statement,
+            {
+                **params,
+                **prefixed(right.session, "s_"),
+                **prefixed(right.device, "d_"),
+                **prefixed(right.verified, "a_"),
+            },
         )
         if not outcome[0]:
             raise Refused("locked")
         if not outcome[1]:
             raise Refused("closed")
         return
-    if _first(connection, taken) is None:
+    if _first(connection, _take_account(rules), params) is None:
         raise Refused("locked")
-    if _first(connection, _win(right)) is None:
+    if _first(connection, _win_alone(rules), params) is None:
         raise Refused("closed")
-    connection.execute(_reset(right))
+    connection.execute(_reset_alone(rules), params)
     sessions.add(connection, right.session)
     devices.add(connection, right.device)
     audit.add(connection, right.verified)
@@ -236,22 +285,22 @@ def complete_login(connection: Connection, right: RightCode) -> None:
 # ---- a wrong code ---------------------------------------------------------------------------
 
 
-def _count_attempt(wrong: WrongCode, *gate: Any) -> Any:
+def _count_attempt(rules: CodeRules, *gate: Any) -> Any:
     """One attempt more, only while fewer than the maximum were counted; the same statement
     fails the flow at the maximum."""
     attempts = FLOWS.c.failed_attempts + 1
     return (
         update(FLOWS)
         .where(
-            FLOWS.c.id == wrong.flow_id,
+            FLOWS.c.id == _FLOW_ID,
             FLOWS.c.status == FlowStatus.PENDING.value,
-            FLOWS.c.failed_attempts < wrong.rules.max_attempts,
+            FLOWS.c.failed_attempts < rules.max_attempts,
             *gate,
         )
         .values(
             failed_attempts=attempts,
             status=case(
-                (attempts >= wrong.rules.max_attempts, FlowStatus.FAILED.value),
+                (attempts >= rules.max_attempts, FlowStatus.FAILED.value),
                 else_=FLOWS.c.status,
             ),
         )
@@ -259,95 +308,146 @@ def _count_attempt(wrong: WrongCode, *gate: Any) -> Any:
     )
 
 
-def _count_failure(wrong: WrongCode, *gate: Any) -> Any:
+def _count_failure(rules: CodeRules, notices: bool, *gate: Any) -> Any:
     """ONE UPDATE of the account: the consecutive count (the lock at each threshold), the
     fixed window's count (a new window starts at the first failure after the last one ended)
-    and, when a notice of wrong codes is due and this failure does not lock, its timestamp."""
-    rules, now, c = wrong.rules, wrong.now, ACCOUNTS.c
+    and, when `notices` of wrong codes are sent, one is due and this failure does not lock,
+    its timestamp."""
+    c = ACCOUNTS.c
     failures = c.failed_code_count + 1
     window_open = and_(
-        c.code_window_started_at.is_not(None),
-        c.code_window_started_at > _at(now - timedelta(seconds=rules.window_s)),
+        c.code_window_started_at.is_not(None), c.code_window_started_at > _WINDOW_START
     )
     in_window = case((window_open, c.code_window_failures + 1), else_=1)
     values: dict[str, Any] = {
         "failed_code_count": failures,
         "code_locked_until": case(
-            (failures % rules.lock_threshold == 0, _at(now + timedelta(seconds=rules.lock_s))),
-            else_=c.code_locked_until,
+            (failures % rules.lock_threshold == 0, _LOCK_UNTIL), else_=c.code_locked_until
         ),
         "code_window_failures": in_window,
-        "code_window_started_at": case((window_open, c.code_window_started_at), else_=_at(now)),
+        "code_window_started_at": case((window_open, c.code_window_started_at), else_=_NOW),
     }
-    if wrong.wrong_codes_notice is not None:
-        notify = and_(~_locks(rules, failures, in_window), _notice_due(rules, now))
+    if notices:
+        notify = and_(~_locks(rules, failures, in_window), _notice_due())
         values["code_failures_notified_at"] = case(
-            (notify, _at(now)), else_=c.code_failures_notified_at
+            (notify, _NOW), else_=c.code_failures_notified_at
         )
     return (
         update(ACCOUNTS)
-        .where(c.id == wrong.account_id, *_unlocked(rules, now), *gate)
+        .where(c.id == _ACCOUNT_ID, *_unlocked(rules), *gate)
         .values(**values)
         .returning(c.failed_code_count, c.code_window_failures)
     )
 
 
-def _details_sql(details: str, counts: dict[str, Any]) -> Any:
-    parts = _COUNTED.split(details)
-    expression: Any = literal(parts[0], String())
-    for name, text in zip(parts[1::2], parts[2::2], strict=True):
-        expression = expression + cast(counts[name], String()) + literal(text, String())
+_count_attempt_alone = functools.cache(_count_attempt)
+_count_failure_alone = functools.cache(_count_failure)
+
+
+def _details_sql(parts: int, counts: dict[str, Any]) -> Any:
+    """The audit details' JSON with the counts in it: the flow's text around them (bound
+    "details_0", "details_1"...) joined to the counts as text."""
+    names = list(counts)
+    expression: Any = bindparam("details_0", type_=String())
+    for index in range(1, parts):
+        name = names[index - 1]
+        expression = (
+            expression
+            + cast(counts[name], String())
+            + bindparam(f"details_{index}", type_=String())
+        )
     return expression
+
+
+def _details_parts(details: str) -> tuple[list[str], list[str]]:
+    """The details' text around the counts, and the counts' names in their order."""
+    split = _COUNTED.split(details)
+    return split[0::2], split[1::2]
 
 
 def _details(details: str, counts: dict[str, int]) -> str:
     return _COUNTED.sub(lambda found: str(counts[found.group(1)]), details)
 
 
-def count_wrong_code(connection: Connection, wrong: WrongCode) -> Counted:
-    """Count a wrong code on the flow and on the account, with its audit row and the notice
-    it calls for, or raise Refused having counted nothing."""
-    if connection.dialect.name == "postgresql":
-        return _count_in_one_statement(connection, wrong)
-    return _count_in_steps(connection, wrong)
-
-
-def _count_in_one_statement(connection: Connection, wrong: WrongCode) -> Counted:
-    rules = wrong.rules
-    locked = _take_account(wrong.account_id, rules, wrong.now).cte("locked")
-    counted = _count_attempt(wrong, exists(select(locked.c.id))).cte("counted")
-    failed = _count_failure(wrong, exists(select(counted.c.failed_attempts))).cte("failed")
-    locks = _locks(rules, failed.c.failed_code_count, failed.c.code_window_failures)
-    recorded = audit.insert_from(
-        wrong.failed,
-        failed.join(counted, true()),
-        outcome=case((locks, wrong.locked_outcome), else_=wrong.failed["outcome"]),
-        details=_details_sql(
-            wrong.failed["details"],
-            {"attempts": counted.c.failed_attempts, "consecutive": failed.c.failed_code_count},
-        ),
-    )
+@functools.cache
+def _failure(
+    rules: CodeRules,
+    failed: tuple[str, ...],
+    names: tuple[str, ...],
+    notices: tuple[str, ...],
+    wrong_codes: tuple[str, ...] | None,
+) -> Any:
+    """PostgreSQL: the whole failure, one statement (rows' columns: "a_" the audit row, "l_"
+    the lock notice, "w_" the wrong codes' notice)."""
+    locked = _take_account(rules).cte("locked")
+    counted = _count_attempt(rules, exists(select(locked.c.id))).cte("counted")
+    failed_cte = _count_failure(
+        rules, wrong_codes is not None, exists(select(counted.c.failed_attempts))
+    ).cte("failed")
+    locks = _locks(rules, failed_cte.c.failed_code_count, failed_cte.c.code_window_failures)
+    columns = {"attempts": counted.c.failed_attempts, "consecutive": failed_cte.c.failed_code_count}
+    recorded = {
+        **bound(audit.AUDIT, failed, "a_"),
+        "outcome": case((locks, _LOCKED_OUTCOME), else_=bindparam("a_outcome", type_=String())),
+        "details": _details_sql(len(names) + 1, {name: columns[name] for name in names}),
+    }
     writes = [
-        recorded.cte("recorded"),
-        insert_from(outbox.OUTBOX, wrong.lock_notice, failed, locks).cte("lock_notice"),
+        insert_from(audit.AUDIT, recorded, failed_cte.join(counted, true())).cte("recorded"),
+        insert_from(outbox.OUTBOX, bound(outbox.OUTBOX, notices, "l_"), failed_cte, locks).cte(
+            "lock_notice"
+        ),
     ]
-    if wrong.wrong_codes_notice is not None:
+    if wrong_codes is not None:
         notice = insert_from(
             outbox.OUTBOX,
-            wrong.wrong_codes_notice,
-            failed.join(locked, true()),
+            bound(outbox.OUTBOX, wrong_codes, "w_"),
+            failed_cte.join(locked, true()),
             and_(~locks, locked.c.due),
         )
         writes.append(notice.cte("wrong_codes_notice"))
+    return select(
+        exists(select(locked.c.id)),
+        select(counted.c.failed_attempts).scalar_subquery(),
+        select(failed_cte.c.failed_code_count).scalar_subquery(),
+        select(failed_cte.c.code_window_failures).scalar_subquery(),
+        select(locked.c.due).scalar_subquery(),
+    ).add_cte(*writes)
+
+
+def count_wrong_code(connection: Connection, wrong: WrongCode) -> Counted:
+    """Count a wrong code on the flow and on the account, with its audit row and the notice
+    it calls for, or raise Refused having counted nothing."""
+    params = _params(wrong.rules, wrong.now, flow_id=wrong.flow_id, account_id=wrong.account_id)
+    if connection.dialect.name == "postgresql":
+        return _count_in_one_statement(connection, wrong, params)
+    return _count_in_steps(connection, wrong, params)
+
+
+def _count_in_one_statement(
+    connection: Connection, wrong: WrongCode, params: dict[str, Any]
+) -> Counted:
+    texts, names = _details_parts(wrong.failed["details"])
+    audit_row = {k: v for k, v in wrong.failed.items() if k not in ("outcome", "details")}
+    notice = wrong.wrong_codes_notice
+    statement = _failure(
+        wrong.rules,
+        tuple(audit_row),
+        tuple(names),
+        tuple(wrong.lock_notice),
+        None if notice is None else tuple(notice),
+    )
     row = _first(
         connection,
-        select(
-            exists(select(locked.c.id)),
-            select(counted.c.failed_attempts).scalar_subquery(),
-            select(failed.c.failed_code_count).scalar_subquery(),
-            select(failed.c.code_window_failures).scalar_subquery(),
-            select(locked.c.due).scalar_subquery(),
-        ).add_cte(*writes),
+        statement,
+        {
+            **params,
+            **prefixed(audit_row, "a_"),
+            "a_outcome": wrong.failed["outcome"],
+            "b_locked_outcome": wrong.locked_outcome,
+            **{f"details_{index}": text for index, text in enumerate(texts)},
+            **prefixed(wrong.lock_notice, "l_"),
+            **(prefixed(notice, "w_") if notice is not None else {}),
+        },
     )
     if not row[0]:
         raise Refused("locked")
@@ -356,14 +456,16 @@ def _count_in_one_statement(connection: Connection, wrong: WrongCode) -> Counted
     return _counted(wrong, int(row[1]), int(row[2]), int(row[3]), due=bool(row[4]))
 
 
-def _count_in_steps(connection: Connection, wrong: WrongCode) -> Counted:
-    account = _first(connection, _take_account(wrong.account_id, wrong.rules, wrong.now))
+def _count_in_steps(connection: Connection, wrong: WrongCode, params: dict[str, Any]) -> Counted:
+    rules = wrong.rules
+    account = _first(connection, _take_account(rules), params)
     if account is None:
         raise Refused("locked")
-    attempts = connection.execute(_count_attempt(wrong)).scalar()
+    attempts = connection.execute(_count_attempt_alone(rules), params).scalar()
     if attempts is None:
         raise Refused("closed")
-    consecutive, in_window = _first(connection, _count_failure(wrong))
+    failure = _count_failure_alone(rules, wrong.wrong_codes_notice is not None)
+    consecutive, in_window = _first(connection, failure, params)
     counted = _counted(wrong, int(attempts), int(consecutive), int(in_window), due=account.due)
     outcome = wrong.locked_outcome if counted.locked else wrong.failed["outcome"]
     details = _details(

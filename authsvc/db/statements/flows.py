@@ -3,17 +3,19 @@ selects only the columns their decisions need), and the send of a new code."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, exists, or_, select, update
+from sqlalchemy import Connection, Integer, bindparam, exists, or_, select, update
 
 from authsvc.db import Account, Flow, FlowPurpose, FlowStatus
+from authsvc.db.base import UTCDateTime
 from authsvc.db.statements import audit, outbox, table
 from authsvc.db.statements.outbox import OUTBOX
-from authsvc.db.statements.returning import insert_from
+from authsvc.db.statements.returning import bound, insert_from, prefixed
 
 FLOWS = table(Flow)
 ACCOUNTS = table(Account)
@@ -92,24 +94,46 @@ class CodeSend:
     sent: dict[str, Any]  # the audit row
 
 
-def _send(send: CodeSend) -> Any:
+# The values that change between sends are bound parameters: each statement is built once.
+_NOW = bindparam("b_now", type_=UTCDateTime())
+
+
+@functools.cache
+def _send(retrying: bool, challenge: tuple[str, ...]) -> Any:
     last_sent_at = FLOWS.c.last_sent_at
     not_sent_meanwhile = (
-        last_sent_at == send.retrying
-        if send.retrying is not None
-        else or_(last_sent_at.is_(None), last_sent_at <= send.cooldown_start)
+        last_sent_at == bindparam("b_retrying", type_=UTCDateTime())
+        if retrying
+        else or_(
+            last_sent_at.is_(None),
+            last_sent_at <= bindparam("b_cooldown_start", type_=UTCDateTime()),
+        )
     )
     return (
         update(FLOWS)
         .where(
-            FLOWS.c.id == send.flow_id,
+            FLOWS.c.id == bindparam("b_flow_id", type_=FLOWS.c.id.type),
             FLOWS.c.status == FlowStatus.PENDING.value,
-            FLOWS.c.expires_at > send.now,
-            FLOWS.c.send_count < send.max_sends,
+            FLOWS.c.expires_at > _NOW,
+            FLOWS.c.send_count < bindparam("b_max_sends", type_=Integer()),
             not_sent_meanwhile,
         )
-        .values(**send.challenge, send_count=FLOWS.c.send_count + 1, last_sent_at=send.now)
+        .values(
+            **bound(FLOWS, challenge, "f_"), send_count=FLOWS.c.send_count + 1, last_sent_at=_NOW
+        )
         .returning(FLOWS.c.id)
+    )
+
+
+@functools.cache
+def _send_with_rows(
+    retrying: bool, challenge: tuple[str, ...], message: tuple[str, ...], sent: tuple[str, ...]
+) -> Any:
+    """PostgreSQL: the send, its message ("m_") and its audit row ("a_"), one statement."""
+    sent_cte = _send(retrying, challenge).cte("sent")
+    return select(exists(select(sent_cte.c.id))).add_cte(
+        insert_from(OUTBOX, bound(OUTBOX, message, "m_"), sent_cte).cte("queued"),
+        insert_from(audit.AUDIT, bound(audit.AUDIT, sent, "a_"), sent_cte).cte("recorded"),
     )
 
 
@@ -118,17 +142,21 @@ def send_code(connection: Connection, send: CodeSend) -> bool:
     may still send (pending, unexpired, sends left, cooldown passed): a code is never queued
     without its challenge, nor a challenge recorded without its message. One statement on
     PostgreSQL. False: the flow changed since it was read, nothing written."""
+    retrying = send.retrying is not None
+    params = {
+        "b_flow_id": send.flow_id,
+        "b_now": send.now,
+        "b_max_sends": send.max_sends,
+        "b_retrying" if retrying else "b_cooldown_start": send.retrying or send.cooldown_start,
+        **prefixed(send.challenge, "f_"),
+    }
     if connection.dialect.name == "postgresql":
-        sent = _send(send).cte("sent")
-        return bool(
-            connection.execute(
-                select(exists(select(sent.c.id))).add_cte(
-                    insert_from(OUTBOX, send.message, sent).cte("queued"),
-                    audit.insert_from(send.sent, sent).cte("recorded"),
-                )
-            ).scalar()
+        statement = _send_with_rows(
+            retrying, tuple(send.challenge), tuple(send.message), tuple(send.sent)
         )
-    if connection.execute(_send(send)).first() is None:
+        rows = {**prefixed(send.message, "m_"), **prefixed(send.sent, "a_")}
+        return bool(connection.execute(statement, {**params, **rows}).scalar())
+    if connection.execute(_send(retrying, tuple(send.challenge)), params).first() is None:
         return False
     outbox.add(connection, send.message)
     audit.add(connection, send.sent)
