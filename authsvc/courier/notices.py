@@ -3,32 +3,37 @@ queued in the caller's transaction like every other message."""
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc.app import App
-from authsvc.courier import templates
-from authsvc.courier.outbox import enqueue
-from authsvc.db import Account
+from authsvc.courier import outbox, templates
+from authsvc.db import OutboxMessage
 from authsvc.phones import mask_email
 
 
-def notify(
-    app: App,
-    db: AsyncSession,
-    account: Account,
-    kind: str,
-    *,
-    to: str | None = None,
-    **fields: str,
-) -> None:
-    """Queue the `kind` email to the account's address (or to `to`, an address it had)."""
+class Holder(Protocol):
+    """Who a notice goes to (an Account, or the columns a hot path read of it)."""
+
+    @property
+    def email(self) -> str: ...
+
+    @property
+    def display_name(self) -> str: ...
+
+
+def notice(
+    app: App, account: Holder, kind: str, *, to: str | None = None, **fields: str
+) -> dict[str, Any]:
+    """The outbox row of the `kind` email to the account's address (or to `to`, an address
+    it had), for the caller's transaction to insert."""
     address = to or account.email
     message = templates.email(
         kind, display_name=account.display_name, service=app.settings.service_name, **fields
     )
-    enqueue(
+    return outbox.row(
         app,
-        db,
         channel="email",
         template=kind,
         to=address,
@@ -36,3 +41,16 @@ def notify(
         message=message,
         flow_id=None,
     )
+
+
+def notify(
+    app: App,
+    db: AsyncSession,
+    account: Holder,
+    kind: str,
+    *,
+    to: str | None = None,
+    **fields: str,
+) -> None:
+    """Queue the `kind` email (see `notice`) in the caller's ORM transaction."""
+    db.add(OutboxMessage(**notice(app, account, kind, to=to, **fields)))

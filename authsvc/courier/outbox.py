@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +22,7 @@ from authsvc.courier.templates import MASK, Rendered
 from authsvc.db import MessageStatus, OutboxMessage
 from authsvc.db.base import new_id
 
-__all__ = ["MASK", "Payload", "enqueue"]
+__all__ = ["MASK", "Payload", "enqueue", "row"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,49 @@ class Payload:
         )
 
 
+def row(
+    app: App,
+    *,
+    channel: str,
+    template: str,
+    to: str,
+    masked_to: str,
+    message: Rendered,
+    flow_id: uuid.UUID | None,
+    message_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    """The columns of one queued message, rendered by templates.py, sealed: the caller's
+    transaction inserts it with whatever it belongs to (`enqueue` on an ORM session,
+    `authsvc.db.statements.outbox` on the hot paths).
+
+    The message's `summary` is what stays after delivery. A code's message takes its challenge
+    id as `message_id`, so that "where is this code's delivery" is one primary-key read. Call
+    `app.outbox_ready.set()` after the commit so that the in-process dispatcher sends at once.
+    """
+    if channel not in ("sms", "voice", "email"):
+        raise ValueError(f"unknown channel {channel!r}")
+    message_id = message_id or new_id()
+    now = app.clock.now()
+    payload = Payload(to, message.text, message.subject, message.html, message.secrets)
+    return {
+        "id": message_id,
+        "flow_id": flow_id,
+        "channel": channel,
+        "template": template,
+        "destination_masked": masked_to,
+        "payload_sealed": app.keys.sealer.seal(payload.dumps(), message_id.bytes),
+        "summary": message.summary,
+        "status": MessageStatus.QUEUED.value,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_until": None,
+        "provider_message_id": None,
+        "last_error": None,
+        "created_at": now,
+        "sent_at": None,
+    }
+
+
 def enqueue(
     app: App,
     db: AsyncSession,
@@ -71,35 +115,17 @@ def enqueue(
     flow_id: uuid.UUID | None,
     message_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    """Queue one message, rendered by templates.py; the caller's transaction commits it with
-    whatever it belongs to.
-
-    The message's `summary` is what stays after delivery. A code's message takes its challenge
-    id as `message_id`, so that "where is this code's delivery" is one primary-key read. Call
-    `app.outbox_ready.set()` after the commit so that the in-process dispatcher sends at once.
-    """
-    if channel not in ("sms", "voice", "email"):
-        raise ValueError(f"unknown channel {channel!r}")
+    """Queue one message (see `row`) in the caller's ORM transaction."""
     message_id = message_id or new_id()
-    now = app.clock.now()
-    payload = Payload(to, message.text, message.subject, message.html, message.secrets)
-    db.add(
-        OutboxMessage(
-            id=message_id,
-            flow_id=flow_id,
-            channel=channel,
-            template=template,
-            destination_masked=masked_to,
-            payload_sealed=app.keys.sealer.seal(payload.dumps(), message_id.bytes),
-            summary=message.summary,
-            status=MessageStatus.QUEUED,
-            attempts=0,
-            next_attempt_at=now,
-            lease_until=None,
-            provider_message_id=None,
-            last_error=None,
-            created_at=now,
-            sent_at=None,
-        )
+    columns = row(
+        app,
+        channel=channel,
+        template=template,
+        to=to,
+        masked_to=masked_to,
+        message=message,
+        flow_id=flow_id,
+        message_id=message_id,
     )
+    db.add(OutboxMessage(**columns))
     return message_id

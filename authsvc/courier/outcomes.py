@@ -13,10 +13,9 @@ import asyncio
 import uuid
 from collections import defaultdict
 
-from sqlalchemy import select
-
 from authsvc.app import App
-from authsvc.db import MessageStatus, OutboxMessage
+from authsvc.db import MessageStatus
+from authsvc.db.statements import outbox
 
 # What Challenge reports: a message being retried is still on its way.
 DELIVERY = {
@@ -56,8 +55,7 @@ async def wait(flow_id: uuid.UUID, timeout_s: float) -> bool:
 
 
 async def message_status(app: App, message_id: uuid.UUID) -> MessageStatus | None:
-    async with app.read() as db:
-        status = await db.scalar(select(OutboxMessage.status).where(OutboxMessage.id == message_id))
+    status = await app.db.read(outbox.status, message_id)
     return MessageStatus(status) if status else None
 
 

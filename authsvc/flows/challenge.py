@@ -1,8 +1,9 @@
 """Challenge: send (or re-send) a code for a pending flow.
 
 The send is decided by one conditional UPDATE on the flow (still pending, not expired, sends
-left, cooldown passed), and the outbox message is written in the same transaction: a code is
-never queued without its challenge, nor a challenge recorded without its message.
+left, cooldown passed), and the outbox message is written in the same decision
+(authsvc/db/statements/flows.py: send_code, one statement on PostgreSQL): a code is never
+queued without its challenge, nor a challenge recorded without its message.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
-from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import Any
 
 from authsvc import audit
 from authsvc.app import App
-from authsvc.courier import outcomes, templates
-from authsvc.courier.outbox import enqueue
-from authsvc.db import Account, Flow, FlowStatus, MessageStatus
+from authsvc.courier import outbox, outcomes, templates
+from authsvc.db import FlowStatus, MessageStatus
+from authsvc.db.statements import flows
+from authsvc.db.statements.flows import AccountRow, FlowRow
 from authsvc.errors import Failure
 from authsvc.flows import destination, failures
 from authsvc.flows.views import ChallengeView
@@ -34,22 +34,15 @@ class ChallengeRequest:
     ip_address: str = ""  # the end user's, for the per-IP send limit
 
 
-async def load_flow(app: App, flow_id: uuid.UUID) -> tuple[Flow, Account]:
-    async with app.read() as db:
-        row = (
-            await db.execute(
-                select(Flow, Account)
-                .join(Account, Flow.account_id == Account.id)
-                .where(Flow.id == flow_id)
-            )
-        ).one_or_none()
-    if row is None:
+async def load_flow(app: App, flow_id: uuid.UUID) -> tuple[FlowRow, AccountRow]:
+    """The flow and the columns of its account that Challenge and Verify decide on."""
+    found = await app.db.read(flows.find, flow_id)
+    if found is None:
         raise failures.flow_not_found()
-    flow, account = row
-    return flow, account
+    return found
 
 
-def ensure_open(flow: Flow, now: datetime) -> None:
+def ensure_open(flow: FlowRow, now: datetime) -> None:
     """Refuse a flow that can no longer take a code, with the reason why."""
     if flow.status == FlowStatus.COMPLETED:
         raise failures.flow_completed()
@@ -59,7 +52,7 @@ def ensure_open(flow: Flow, now: datetime) -> None:
         raise failures.flow_expired()
 
 
-def _pick_channel(flow: Flow, account: Account, requested: str | None) -> str:
+def _pick_channel(flow: FlowRow, account: AccountRow, requested: str | None) -> str:
     allowed = destination.of_flow(flow, account).channels
     if requested is None:
         return allowed[0]
@@ -82,11 +75,12 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     retry_failed = await _in_cooldown_after_failed_delivery(app, flow, now)
     _check_send_allowed(app, flow, now, cooldown=not retry_failed)
     where = destination.of_flow(flow, account)
+    address = destination.address(app, flow, account)
     # Country allow-list, pumping breaker, per-number caps, send budgets (fail closed).
     await pumping.check_send(
         app,
         channel=channel,
-        address=destination.address(app, flow, account),
+        address=address,
         ip=request.ip_address,
         organization_id=str(account.organization_id),
         requester=destination.unverified_requester(flow),
@@ -96,47 +90,33 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     code = generate_code(settings.code_digits)
     challenge_id = uuid.uuid4()
     code_expires_at = now + timedelta(seconds=settings.code_ttl_s)
-    cooldown_start = now - timedelta(seconds=settings.resend_cooldown_s)
-    # Either the cooldown has passed, or (after a failed delivery) nobody sent since we looked.
-    not_sent_meanwhile = (
-        Flow.last_sent_at == flow.last_sent_at
-        if retry_failed
-        else or_(Flow.last_sent_at.is_(None), Flow.last_sent_at <= cooldown_start)
+    send = flows.CodeSend(
+        flow_id=flow.id,
+        now=now,
+        max_sends=settings.max_sends_per_flow,
+        cooldown_start=now - timedelta(seconds=settings.resend_cooldown_s),
+        # After a failed delivery: nobody sent since we looked.
+        retrying=flow.last_sent_at if retry_failed else None,
+        challenge={
+            "challenge_id": challenge_id,
+            "channel": channel,
+            "code_digest": app.keys.code_hasher.digest(code, challenge_id.bytes),
+            "code_expires_at": code_expires_at,
+            "idempotency_key": request.idempotency_key,
+        },
+        message=_code_message(app, flow, channel, address, where.masked, code, challenge_id),
+        sent=audit.event(
+            app.clock,
+            "code.sent",
+            organization_id=account.organization_id,
+            actor=account.id,
+            flow_id=str(flow.id),
+            purpose=str(flow.purpose),
+            channel=channel,
+            to=where.masked,
+        ),
     )
-    async with app.write() as db:
-        sent = await db.execute(
-            update(Flow)
-            .where(
-                Flow.id == flow.id,
-                Flow.status == FlowStatus.PENDING,
-                Flow.expires_at > now,
-                Flow.send_count < settings.max_sends_per_flow,
-                not_sent_meanwhile,
-            )
-            .values(
-                challenge_id=challenge_id,
-                channel=channel,
-                code_digest=app.keys.code_hasher.digest(code, challenge_id.bytes),
-                code_expires_at=code_expires_at,
-                idempotency_key=request.idempotency_key,
-                send_count=Flow.send_count + 1,
-                last_sent_at=now,
-            )
-        )
-        if sent.rowcount == 1:  # type: ignore[attr-defined]
-            _queue_code(app, db, flow, account, channel, code, challenge_id)
-            audit.record(
-                db,
-                app.clock,
-                "code.sent",
-                organization_id=account.organization_id,
-                actor=account.id,
-                flow_id=str(flow.id),
-                purpose=str(flow.purpose),
-                channel=channel,
-                to=where.masked,
-            )
-    if sent.rowcount != 1:  # type: ignore[attr-defined]
+    if not await app.db.statement(flows.send_code, send):
         # Another call changed the flow between our read and our write: answer from what it
         # is now (an identical concurrent request with the same key gets that challenge).
         flow, account = await load_flow(app, request.flow_id)
@@ -163,15 +143,16 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
 _TEXT_PURPOSE: dict[str, str] = {}  # every flow purpose has a wording of its own
 
 
-def _queue_code(
+def _code_message(
     app: App,
-    db: AsyncSession,
-    flow: Flow,
-    account: Account,
+    flow: FlowRow,
     channel: str,
+    address: str,
+    masked: str,
     code: str,
     challenge_id: uuid.UUID,
-) -> None:
+) -> dict[str, Any]:
+    """The outbox row of the code's message."""
     settings = app.settings
     # Linking a federated identity says what it grants: the holder consents knowingly.
     purpose = _TEXT_PURPOSE.get(str(flow.purpose), str(flow.purpose))
@@ -183,20 +164,19 @@ def _queue_code(
         service=settings.service_name,
         domain=settings.webotp_domain,
     )
-    enqueue(
+    return outbox.row(
         app,
-        db,
         channel=channel,
         template=f"{purpose}_code_{channel}",
-        to=destination.address(app, flow, account),
-        masked_to=destination.of_flow(flow, account).masked,
+        to=address,
+        masked_to=masked,
         message=message,  # its summary is the template with placeholders
         flow_id=flow.id,
         message_id=challenge_id,  # one message per challenge: its delivery is one key away
     )
 
 
-async def _in_cooldown_after_failed_delivery(app: App, flow: Flow, now: datetime) -> bool:
+async def _in_cooldown_after_failed_delivery(app: App, flow: FlowRow, now: datetime) -> bool:
     cooldown = timedelta(seconds=app.settings.resend_cooldown_s)
     if flow.last_sent_at is None or now >= flow.last_sent_at + cooldown:
         return False  # not in the cooldown: nothing to look up
@@ -205,7 +185,7 @@ async def _in_cooldown_after_failed_delivery(app: App, flow: Flow, now: datetime
     return await outcomes.message_status(app, flow.challenge_id) == MessageStatus.ABANDONED
 
 
-def _check_send_allowed(app: App, flow: Flow, now: datetime, *, cooldown: bool = True) -> None:
+def _check_send_allowed(app: App, flow: FlowRow, now: datetime, *, cooldown: bool = True) -> None:
     settings = app.settings
     if flow.send_count >= settings.max_sends_per_flow:
         valid_for = (flow.code_expires_at - now).total_seconds() if flow.code_expires_at else 0.0
@@ -218,8 +198,8 @@ def _check_send_allowed(app: App, flow: Flow, now: datetime, *, cooldown: bool =
 
 async def _idempotent_replay(
     app: App,
-    flow: Flow,
-    account: Account,
+    flow: FlowRow,
+    account: AccountRow,
     request: ChallengeRequest,
     channel: str,
     now: datetime,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from authsvc.app import App
 from authsvc.db import Account, Flow, FlowPurpose
+from authsvc.db.statements.flows import AccountRow, FlowRow
 from authsvc.flows import failures
 from authsvc.phones import CHANNELS_BY_KIND, PhoneKind
 
@@ -16,13 +17,13 @@ class Destination:
     masked: str
 
 
-def account_phone(account: Account) -> Destination:
+def account_phone(account: Account | AccountRow) -> Destination:
     if account.phone_kind is None or account.phone_masked is None:
         raise failures.account_not_ready()
     return Destination(CHANNELS_BY_KIND[PhoneKind(account.phone_kind)], account.phone_masked)
 
 
-def of_flow(flow: Flow, account: Account) -> Destination:
+def of_flow(flow: Flow | FlowRow, account: Account | AccountRow) -> Destination:
     if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
         assert flow.contact_kind is not None and flow.contact_masked is not None
         if flow.contact_kind == "email":
@@ -31,7 +32,7 @@ def of_flow(flow: Flow, account: Account) -> Destination:
     return account_phone(account)
 
 
-def address(app: App, flow: Flow, account: Account) -> str:
+def address(app: App, flow: Flow | FlowRow, account: Account | AccountRow) -> str:
     """The full address, unsealed only at the moment a message is queued."""
     if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
         assert flow.contact_sealed is not None
@@ -40,7 +41,7 @@ def address(app: App, flow: Flow, account: Account) -> str:
     return app.keys.sealer.open(account.phone_sealed, account.id.bytes)
 
 
-def unverified_requester(flow: Flow) -> str | None:
+def unverified_requester(flow: Flow | FlowRow) -> str | None:
     """Who pays for a code to a destination not yet verified for the account, or None.
 
     A contact being changed is whatever number the requester typed: its codes are charged to

@@ -8,20 +8,27 @@ the check atomic under concurrency:
 - a wrong code adds one attempt only WHERE fewer than the maximum were counted, and the same
   statement kills the flow at the maximum; so concurrent guesses never get more than the
   maximum checks.
-The session and device trust are written in the winner's transaction.
+The session and device trust are written in the winner's transaction: on a login flow, the
+whole outcome is one decision of authsvc/db/statements/codes.py (right code or wrong, one
+statement on PostgreSQL); a step-up, contact or federated flow completes in an ORM transaction,
+where its grant, contact or link is written.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import case, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit, sessions
 from authsvc.app import App
-from authsvc.db import Account, Flow, FlowPurpose, FlowStatus
+from authsvc.courier import notices
+from authsvc.db import Flow, FlowPurpose, FlowStatus
+from authsvc.db.statements import codes
+from authsvc.db.statements.flows import AccountRow, FlowRow
 from authsvc.errors import Failure
 from authsvc.flows import contact, failures, federated, grants
 from authsvc.flows.challenge import ensure_open, load_flow
@@ -51,113 +58,140 @@ async def verify(
     # Limits, then the second factor's lock: before the code is even compared.
     await app.limits.verify(now, ip=request.client.ip_address, account_id=str(account.id))
     lockout.check_code_lock(app, account, now)
-    max_attempts = app.settings.max_code_attempts
     matches = app.keys.code_hasher.verify(request.code, flow.challenge_id.bytes, flow.code_digest)
+    if not matches:
+        raise await _wrong_code(app, flow, account, now)
+    if flow.purpose == FlowPurpose.LOGIN:
+        return await _complete_login(app, flow, flow.challenge_id, account, request.client, now)
+    return await _complete_on_session(app, flow, flow.challenge_id, account, now)
 
-    # Both paths lock the account row first, then the flow row (one order: no deadlock); the
-    # account's UPDATE re-checks the second factor's lock, so no answer is given once a
-    # concurrent failure locked it.
-    if matches:
-        try:
-            async with app.write() as db:
-                full = flow.purpose in _FULL_SUCCESS
-                if not await lockout.claim_code_success(app, db, account.id, now, full=full):
-                    raise _Abort("locked")
-                won = await db.execute(
-                    update(Flow)
-                    .where(
-                        Flow.id == flow.id,
-                        Flow.status == FlowStatus.PENDING,
-                        Flow.challenge_id == flow.challenge_id,
-                        Flow.failed_attempts < max_attempts,
-                        Flow.code_expires_at > now,
-                        Flow.expires_at > now,
-                    )
-                    .values(status=FlowStatus.COMPLETED, completed_at=now, code_digest=None)
-                )
-                if won.rowcount != 1:  # type: ignore[attr-defined]
-                    raise _Abort("closed")  # undo the counters' reset too
-                audit.record(
-                    db,
-                    app.clock,
-                    "code.verified",
-                    organization_id=account.organization_id,
-                    actor=account.id,
-                    flow_id=str(flow.id),
-                    purpose=str(flow.purpose),
-                )
-                return await _complete(app, db, flow, account, request.client)
-        except _Abort as abort:
-            if abort.why == "locked":
-                raise await _locked(app, flow.id) from None
-        # Lost the race (or a new code replaced this one): say what the flow is now.
-        raise await _why_closed(app, flow.id, superseded=flow.challenge_id)
 
+async def _complete_login(
+    app: App,
+    flow: FlowRow,
+    challenge_id: uuid.UUID,
+    account: AccountRow,
+    client: ClientInfo,
+    now: datetime,
+) -> LoginVerified:
+    """A right code on a login flow: the session, the device's trust, the phone verified and
+    every counter reset, in one decision (one statement on PostgreSQL)."""
+    issued, session = sessions.new(
+        app,
+        account.id,
+        last_code_time=now,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+    )
+    trust, device = cadence.new_trust(app, account.id, client.user_agent)
+    verified = audit.event(
+        app.clock,
+        "code.verified",
+        organization_id=account.organization_id,
+        actor=account.id,
+        flow_id=str(flow.id),
+        purpose=str(flow.purpose),
+    )
+    right = codes.RightCode(
+        flow_id=flow.id,
+        challenge_id=challenge_id,
+        account_id=account.id,
+        now=now,
+        rules=lockout.code_rules(app),
+        session=session,
+        device=device,
+        verified=verified,
+    )
+    try:
+        await app.db.statement(codes.complete_login, right)
+    except codes.Refused as refused:
+        raise await _refused(app, flow.id, refused.why, superseded=challenge_id) from None
+    return LoginVerified(issued, trust.token, trust.expires_at)
+
+
+async def _wrong_code(app: App, flow: FlowRow, account: AccountRow, now: datetime) -> Failure:
+    """Count a wrong code (on the flow and on the account, in one decision) and say so."""
+    failed = audit.event(
+        app.clock,
+        "code.failed",
+        outcome="CODE_MISMATCH",
+        organization_id=account.organization_id,
+        actor=account.id,
+        flow_id=str(flow.id),
+        purpose=str(flow.purpose),
+        attempts=codes.COUNTED_ATTEMPTS,
+        consecutive=codes.COUNTED_CONSECUTIVE,
+    )
+    wrong = codes.WrongCode(
+        flow_id=flow.id,
+        account_id=account.id,
+        now=now,
+        rules=lockout.code_rules(app),
+        failed=failed,
+        locked_outcome="ACCOUNT_LOCKED",
+        # The password is known to whoever types these codes: a lock tells the holder.
+        lock_notice=notices.notice(app, account, "code_failures"),
+        # A wrong code after a right first factor: the holder hears of it (once a day).
+        wrong_codes_notice=(
+            notices.notice(app, account, "wrong_codes")
+            if flow.purpose == FlowPurpose.LOGIN
+            else None
+        ),
+    )
+    try:
+        counted = await app.db.statement(codes.count_wrong_code, wrong)
+    except codes.Refused as refused:
+        return await _refused(app, flow.id, refused.why, superseded=None)
+    if counted.notified:
+        app.outbox_ready.set()
+    if counted.locked:
+        return await _locked(app, flow.id)
+    return failures.code_mismatch(max(app.settings.max_code_attempts - counted.attempts, 0))
+
+
+async def _complete_on_session(
+    app: App, read: FlowRow, challenge_id: uuid.UUID, account: AccountRow, now: datetime
+) -> grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
+    """A right code on a step-up, contact or federated flow: its completion runs in the
+    winner's ORM transaction (grants, contacts and links are written there), with the same
+    order of locks: the account's row, then the flow's."""
+    max_attempts = app.settings.max_code_attempts
+    flow_id, full = read.id, read.purpose in _FULL_SUCCESS
     try:
         async with app.write() as db:
-            counted_for_account = await lockout.code_failure(app, db, account.id, now)
-            if counted_for_account is None:
-                raise _Abort("locked")
-            counted = await db.execute(
+            if not await lockout.claim_code_success(app, db, account.id, now, full=full):
+                raise codes.Refused("locked")
+            won = await db.execute(
                 update(Flow)
                 .where(
-                    Flow.id == flow.id,
+                    Flow.id == flow_id,
                     Flow.status == FlowStatus.PENDING,
+                    Flow.challenge_id == challenge_id,
                     Flow.failed_attempts < max_attempts,
+                    Flow.code_expires_at > now,
+                    Flow.expires_at > now,
                 )
-                .values(
-                    failed_attempts=Flow.failed_attempts + 1,
-                    status=case(
-                        (Flow.failed_attempts + 1 >= max_attempts, FlowStatus.FAILED.value),
-                        else_=Flow.status,
-                    ),
-                )
-                .returning(Flow.failed_attempts)
+                .values(status=FlowStatus.COMPLETED, completed_at=now, code_digest=None)
             )
-            attempts = counted.scalar_one_or_none()
-            if attempts is None:
-                raise _Abort("closed")  # nothing counted on the account either
-            consecutive, locked_now = counted_for_account
+            if won.rowcount != 1:  # type: ignore[attr-defined]
+                raise codes.Refused("closed")  # undo the counters' reset too
+            flow = await db.get_one(Flow, flow_id)
             audit.record(
                 db,
                 app.clock,
-                "code.failed",
-                outcome="ACCOUNT_LOCKED" if locked_now else "CODE_MISMATCH",
+                "code.verified",
                 organization_id=account.organization_id,
                 actor=account.id,
                 flow_id=str(flow.id),
                 purpose=str(flow.purpose),
-                attempts=str(attempts),
-                consecutive=str(consecutive),
             )
-            notified = locked_now
-            if locked_now:
-                # The password is known to whoever types these codes: tell the holder.
-                lockout.notify_code_lock(app, db, account)
-            elif flow.purpose == FlowPurpose.LOGIN:
-                # A wrong code after a right first factor: the holder hears of it (once a day).
-                notified = await lockout.notify_wrong_codes(app, db, account, now)
-    except _Abort as abort:
-        if abort.why == "locked":
-            raise await _locked(app, flow.id) from None
-        raise await _why_closed(app, flow.id, superseded=None) from None
-    if notified:
-        app.outbox_ready.set()
-    if locked_now:
-        raise await _locked(app, flow.id)
-    raise failures.code_mismatch(max(max_attempts - attempts, 0))
+            return await _complete(app, db, flow, account)
+    except codes.Refused as refused:
+        raise await _refused(app, flow_id, refused.why, superseded=challenge_id) from None
 
 
 # A right code for these purposes ends in a session or a grant: every counter starts again.
 _FULL_SUCCESS = (FlowPurpose.LOGIN, FlowPurpose.STEP_UP)
-
-
-class _Abort(Exception):
-    """Leave a verification's transaction, rolled back whole."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
 
 
 async def _locked(app: App, flow_id: uuid.UUID) -> Failure:
@@ -170,10 +204,9 @@ async def _locked(app: App, flow_id: uuid.UUID) -> Failure:
 
 
 async def _complete(
-    app: App, db: AsyncSession, flow: Flow, account: Account, client: ClientInfo
-) -> LoginVerified | grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
+    app: App, db: AsyncSession, flow: Flow, account: AccountRow
+) -> grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
     """What a right code gives, by the flow's purpose; in the winner's transaction."""
-    now = app.clock.now()
     if flow.purpose == FlowPurpose.STEP_UP:
         grant = grants.issue(app, db, flow)
         audit.record(
@@ -188,20 +221,18 @@ async def _complete(
         return grant
     if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
         return await contact.apply(app, db, flow)
-    if flow.purpose in (FlowPurpose.FEDERATED_LINK, FlowPurpose.FEDERATED_UNLINK):
-        return await federated.apply(app, db, flow)
-    # A login: the code reached the phone, which is therefore verified.
-    await db.execute(update(Account).where(Account.id == account.id).values(phone_verified_at=now))
-    trust = cadence.trust_device(app, db, account.id, client.user_agent)
-    session = await sessions.issue(
-        app,
-        db,
-        account.id,
-        last_code_time=now,
-        ip_address=client.ip_address,
-        user_agent=client.user_agent,
-    )
-    return LoginVerified(session, trust.token, trust.expires_at)
+    assert flow.purpose in (FlowPurpose.FEDERATED_LINK, FlowPurpose.FEDERATED_UNLINK)
+    return await federated.apply(app, db, flow)
+
+
+async def _refused(
+    app: App, flow_id: uuid.UUID, why: str, *, superseded: uuid.UUID | None
+) -> Failure:
+    """The answer when a decision changed nothing: the factor's lock, or what the flow is now
+    (another answer won, or a new code replaced this one)."""
+    if why == "locked":
+        return await _locked(app, flow_id)
+    return await _why_closed(app, flow_id, superseded=superseded)
 
 
 async def _why_closed(app: App, flow_id: uuid.UUID, *, superseded: uuid.UUID | None) -> Failure:

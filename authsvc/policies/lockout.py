@@ -26,7 +26,7 @@ import asyncio
 import uuid
 from collections.abc import Coroutine
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import and_, case, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -35,9 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
 from authsvc.app import App
-from authsvc.courier.notices import notify
 from authsvc.db import Account, LoginFailures
 from authsvc.db.base import UTCDateTime
+from authsvc.db.statements.codes import CodeRules
 from authsvc.errors import Failure
 from authsvc.policies.ratelimit import lock_durations
 
@@ -290,7 +290,33 @@ def _hard_bound_reached(app: App, consecutive: Any, in_window: Any) -> Any:
     return or_(consecutive >= bound, in_window >= bound)
 
 
-def check_code_lock(app: App, account: Account, now: datetime) -> None:
+class CodeCounters(Protocol):
+    """An account's second-factor counters (an Account, or the columns a hot path read)."""
+
+    @property
+    def failed_code_count(self) -> int: ...
+
+    @property
+    def code_window_failures(self) -> int: ...
+
+    @property
+    def code_locked_until(self) -> datetime | None: ...
+
+
+def code_rules(app: App) -> CodeRules:
+    """The numbers that the code statements apply (authsvc/db/statements/codes.py)."""
+    settings = app.settings
+    return CodeRules(
+        max_attempts=settings.max_code_attempts,
+        lock_threshold=settings.code_lock_threshold,
+        lock_s=settings.code_lock_s,
+        hard_bound=settings.code_failure_hard_bound,
+        window_s=settings.code_failure_window_s,
+        notice_interval_s=CODE_NOTICE_INTERVAL_S,
+    )
+
+
+def check_code_lock(app: App, account: CodeCounters, now: datetime) -> None:
     """Before a code is sent or checked."""
     bound = app.settings.code_failure_hard_bound
     if account.failed_code_count >= bound or account.code_window_failures >= bound:
@@ -305,78 +331,6 @@ def _code_unlocked(app: App, now: datetime) -> list[object]:
         ~_hard_bound_reached(app, Account.failed_code_count, Account.code_window_failures),
         or_(Account.code_locked_until.is_(None), Account.code_locked_until <= now),
     ]
-
-
-async def code_failure(
-    app: App, db: AsyncSession, account_id: uuid.UUID, now: datetime
-) -> tuple[int, bool] | None:
-    """Count a wrong code (in the caller's transaction): (consecutive failures, this failure
-    locked the factor), or None when the factor is locked already (nothing counted).
-
-    Two counts move together: the consecutive one (10 lock the factor for a while; a full
-    success resets it) and the one of the fixed window, which starts at the first wrong code
-    after the previous window ended and that nothing but an operator resets (the hard bound)."""
-    settings = app.settings
-    failures = Account.failed_code_count + 1
-    window_open = and_(
-        Account.code_window_started_at.is_not(None),
-        Account.code_window_started_at
-        > _at(now - timedelta(seconds=settings.code_failure_window_s)),
-    )
-    row = (
-        await db.execute(
-            update(Account)
-            .where(Account.id == account_id, *_code_unlocked(app, now))  # type: ignore[arg-type]
-            .values(
-                failed_code_count=failures,
-                code_locked_until=case(
-                    (
-                        failures % settings.code_lock_threshold == 0,
-                        _at(now + timedelta(seconds=settings.code_lock_s)),
-                    ),
-                    else_=Account.code_locked_until,
-                ),
-                code_window_failures=case((window_open, Account.code_window_failures + 1), else_=1),
-                code_window_started_at=case(
-                    (window_open, Account.code_window_started_at), else_=_at(now)
-                ),
-            )
-            .returning(Account.failed_code_count, Account.code_window_failures)
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    count, in_window = int(row[0]), int(row[1])
-    bound = settings.code_failure_hard_bound
-    locked = count % settings.code_lock_threshold == 0 or max(count, in_window) >= bound
-    return count, locked
-
-
-def notify_code_lock(app: App, db: AsyncSession, account: Account) -> None:
-    """Tell the holder (email, in the caller's transaction) that codes failing locked the factor."""
-    notify(app, db, account, "code_failures")
-
-
-async def notify_wrong_codes(app: App, db: AsyncSession, account: Account, now: datetime) -> bool:
-    """A wrong code after a first factor (in the caller's transaction): tell the holder that
-    their password was typed, at most once per account and `CODE_NOTICE_INTERVAL_S` (one
-    conditional UPDATE decides, so concurrent failures send one notice)."""
-    since = _at(now - timedelta(seconds=CODE_NOTICE_INTERVAL_S))
-    claimed = await db.execute(
-        update(Account)
-        .where(
-            Account.id == account.id,
-            or_(
-                Account.code_failures_notified_at.is_(None),
-                Account.code_failures_notified_at <= since,
-            ),
-        )
-        .values(code_failures_notified_at=now)
-    )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    notify(app, db, account, "wrong_codes")
-    return True
 
 
 async def claim_code_success(

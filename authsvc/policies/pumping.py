@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from authsvc.app import App
 from authsvc.db import SendBreaker
+from authsvc.db.statements import breakers
 from authsvc.errors import rate_limited
 from authsvc.flows import failures
 
@@ -59,13 +60,13 @@ def check_country(app: App, channel: str, region: str) -> None:
 
 async def breaker_generation(app: App, prefix: str, now: datetime) -> int:
     """Refuse a send to a prefix whose breaker is open; else the generation of its bucket."""
-    async with app.read() as db:
-        breaker = await db.scalar(select(SendBreaker).where(SendBreaker.prefix == prefix))
+    breaker = await app.db.read(breakers.find, prefix)
     if breaker is None:
         return 0
-    if breaker.open_until is not None and breaker.open_until > now:
-        raise rate_limited("phone_prefix", (breaker.open_until - now).total_seconds())
-    return breaker.generation
+    open_until, generation = breaker
+    if open_until is not None and open_until > now:
+        raise rate_limited("phone_prefix", (open_until - now).total_seconds())
+    return generation
 
 
 async def trip(app: App, prefix: str, now: datetime) -> float:

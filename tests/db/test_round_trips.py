@@ -6,18 +6,26 @@ a change that adds a statement to a hot path fails instead of slowing the peak q
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
-from support import CLIENT, Inbox, Seeded, failure_of, sign_in, step_up
+from sqlalchemy import select
+from support import CLIENT, MOBILE, PASSWORD, Inbox, Seeded, failure_of, sign_in, step_up
 
 from authsvc.clock import FrozenClock
+from authsvc.db import AuditEvent, OutboxMessage
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import common_pb2
 
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub
+
+
+T = TypeVar("T")
 
 
 def trips(server: Server, method: str) -> int:
@@ -68,3 +76,122 @@ async def test_redeeming_a_grant_is_two_round_trips_with_the_session_check(
     # same hop on SQLite.
     assert (await failure_of(stub.RedeemActionGrant(request))).reason == "GRANT_ALREADY_USED"
     assert trips(server, "RedeemActionGrant") == (3 if server.app.db.dialect == "postgresql" else 2)
+
+
+async def counted(server: Server, method: str, call: Awaitable[T]) -> tuple[T, int]:
+    """The outcome of one call of `method` and its round trips. The server records the count
+    when its handler ends, which for a failure may be just after the client heard the answer:
+    forget the previous count, then wait for this one."""
+    server.app.db.round_trips.last.pop(method, None)
+    outcome = await call
+    for _ in range(500):
+        if method in server.app.db.round_trips.last:
+            return outcome, server.app.db.round_trips.last[method]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{method} never recorded its round trips")
+
+
+async def _pending_login(stub: AuthServiceAsyncStub, who: Seeded) -> str:
+    request = pb.LoginRequest(
+        organization_siret=who.organization_siret,
+        login=who.login,
+        password=pb.PasswordCredential(password=PASSWORD),
+        client=CLIENT,
+    )
+    return (await stub.Login(request)).pending_flow.flow_id
+
+
+async def test_challenge_reads_the_flow_and_the_breaker_and_sends_in_one_decision(
+    server: Server, stub: AuthServiceAsyncStub, alice: Seeded, inbox: Inbox
+) -> None:
+    flow_id = await _pending_login(stub, alice)
+    request = pb.ChallengeRequest(flow_id=flow_id, client=CLIENT)
+    _, challenge_trips = await counted(server, "Challenge", stub.Challenge(request))
+    # The flow, the prefix's breaker, the send (challenge + message + audit row), and at most
+    # two looks at the message while the in-process dispatcher delivers it (was 22 / 17).
+    assert challenge_trips <= 5
+    assert await inbox.code_to(MOBILE)
+
+
+async def test_verify_is_two_round_trips_right_or_wrong(
+    server: Server, stub: AuthServiceAsyncStub, alice: Seeded, inbox: Inbox
+) -> None:
+    flow_id = await _pending_login(stub, alice)
+    await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
+    code = await inbox.code_to(MOBILE)
+    wrong = pb.VerifyRequest(flow_id=flow_id, code=_another(code), client=CLIENT)
+    # The flow's read, then one decision: the attempt and the account's failure counted, the
+    # audit row, and (the first wrong code of the day after a first factor) the holder's notice.
+    for _ in range(2):
+        failure, verify_trips = await counted(server, "Verify", failure_of(stub.Verify(wrong)))
+        assert (failure.reason, verify_trips) == ("CODE_MISMATCH", 2)
+    notice = await inbox.next_to(f"{alice.login}@example.fr")
+    assert notice["text"]
+    # What the one statement recorded is what the counts were, as the audit trail says them.
+    assert await _audited(server, "code.failed") == [
+        ("CODE_MISMATCH", {"attempts": str(n), "consecutive": str(n), "flow_id": flow_id})
+        for n in (1, 2)
+    ]
+    # The right code: the read, then one decision (flow completed, counters reset, phone
+    # verified, session, trusted device, audit row).
+    right = pb.VerifyRequest(flow_id=flow_id, code=code, client=CLIENT)
+    verified, verify_trips = await counted(server, "Verify", stub.Verify(right))
+    assert verify_trips == 2
+    request = pb.ValidateSessionRequest(session_token=verified.login.session.token)
+    assert (await stub.ValidateSession(request)).account_id == str(alice.account_id)
+    # Used: the read says so, nothing else is asked of the database.
+    failure, verify_trips = await counted(server, "Verify", failure_of(stub.Verify(right)))
+    assert (failure.reason, verify_trips) == ("FLOW_COMPLETED", 1)
+
+
+async def test_a_wrong_code_that_locks_the_factor_is_still_one_decision(
+    server: Server, stub: AuthServiceAsyncStub, alice: Seeded, inbox: Inbox
+) -> None:
+    """The lock and its notice are part of the failure's decision; only the answer's
+    retry time is read again (a rare path)."""
+    threshold = server.app.settings.code_lock_threshold
+    attempts = server.app.settings.max_code_attempts
+    reasons = []
+    for _ in range(threshold // attempts + 1):
+        flow_id = await _pending_login(stub, alice)
+        await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
+        code = await inbox.code_to(MOBILE)
+        wrong = pb.VerifyRequest(flow_id=flow_id, code=_another(code), client=CLIENT)
+        for _ in range(attempts):
+            failure, verify_trips = await counted(server, "Verify", failure_of(stub.Verify(wrong)))
+            reasons.append(failure.reason)
+            if failure.reason == "ACCOUNT_LOCKED":
+                assert verify_trips == 3
+                assert len(reasons) == threshold
+                outcome, details = (await _audited(server, "code.failed"))[-1]
+                assert (outcome, details["consecutive"]) == ("ACCOUNT_LOCKED", str(threshold))
+                assert sorted(await _emails(server)) == ["code_failures", "wrong_codes"]
+                return
+            assert verify_trips == 2
+    raise AssertionError(f"never locked: {reasons}")
+
+
+async def _audited(server: Server, event_type: str) -> list[tuple[str, dict[str, str]]]:
+    async with server.app.read() as db:
+        rows = (
+            await db.execute(
+                select(AuditEvent.outcome, AuditEvent.details)
+                .where(AuditEvent.event_type == event_type)
+                .order_by(AuditEvent.sequence)
+            )
+        ).all()
+    return [
+        (outcome, {k: v for k, v in json.loads(details).items() if k != "purpose"})
+        for outcome, details in rows
+    ]
+
+
+async def _emails(server: Server) -> list[str]:
+    async with server.app.read() as db:
+        return list(
+            await db.scalars(select(OutboxMessage.template).where(OutboxMessage.channel == "email"))
+        )
+
+
+def _another(code: str) -> str:
+    return "".join(str((int(digit) + 1) % 10) for digit in code)
