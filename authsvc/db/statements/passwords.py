@@ -300,11 +300,11 @@ def reserve(
     # SQLite (one writer, so the read stays true until the writes): the same three steps.
     row = connection.execute(_STATE, parameters).one()
     account_id = row[0]
-    on_account = connection.execute(_TAKE_ACCOUNT, {**parameters, "pw_account": account_id})
+    on_account = connection.execute(_TAKE_ACCOUNT, {**parameters, "pw_account": account_id}).first()
     on_unknown = connection.execute(
         _TAKE_UNKNOWN, {**parameters, "pw_is_unknown": account_id is None}
-    )
-    taken = on_account.first() is not None or on_unknown.first() is not None
+    ).first()
+    taken = on_account is not None or on_unknown is not None
     return _reservation(row, taken)
 
 
