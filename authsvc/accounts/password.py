@@ -60,19 +60,14 @@ async def change_password(
         )
         # The current password is a password check like Login's: same lock, same counter, so
         # a stolen session cannot be used to guess it without bound.
-        await lockout.check_password_lock(
-            app, db, account, caller.organization_siret, account.login, now
-        )
+        lockout.check_password_lock(account.password_locked_until, now)
     password_policy.check(
         new,
         login=account.login,
         other_inputs=[account.display_name, account.email],
         field="new_password",
     )
-    async with app.write() as db:
-        await lockout.reserve_password_check(
-            app, db, account.id, caller.organization_siret, account.login, now
-        )
+    await lockout.reserve_password_check(app, caller.organization_siret, account.login, now)
     # Settled even if the caller hangs up (a cancelled call is no free guess).
     await lockout.settled(_check_reserved(app, account, caller, current, now))
     new_hash = await app.passwords.hash_async(new)
@@ -127,12 +122,10 @@ async def _check_reserved(
     """The reserved check of the current password: argon2, then the verdict recorded."""
     assert account.password_hash is not None
     if not await app.passwords.verify(account.password_hash, current):
-        async with app.write() as db:
-            locked = await lockout.password_failure(
-                app, db, account.id, caller.organization_siret, account.login, now
-            )
+        locked = await lockout.password_failure(
+            app, account.id, caller.organization_siret, account.login, now
+        )
         raise locked or failures.invalid_credentials()
-    async with app.write() as db:
-        refused = await lockout.password_success(app, db, account.id, now)
+    refused = await lockout.password_success(app, account.id, now)
     if refused is not None:
         raise refused

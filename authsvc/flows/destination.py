@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from authsvc.app import App
 from authsvc.db import Account, Flow, FlowPurpose
@@ -17,7 +18,16 @@ class Destination:
     masked: str
 
 
-def account_phone(account: Account | AccountRow) -> Destination:
+class PhoneOnFile(Protocol):
+    """An account's phone as shown (an ORM row, or the columns a hot path read)."""
+
+    @property
+    def phone_kind(self) -> str | None: ...
+    @property
+    def phone_masked(self) -> str | None: ...
+
+
+def account_phone(account: PhoneOnFile) -> Destination:
     if account.phone_kind is None or account.phone_masked is None:
         raise failures.account_not_ready()
     return Destination(CHANNELS_BY_KIND[PhoneKind(account.phone_kind)], account.phone_masked)

@@ -1,18 +1,24 @@
-"""The first factor: password, then either a session (trusted device) or a pending login flow."""
+"""The first factor: password, then either a session (trusted device) or a pending login flow.
+
+A password login costs two database round trips: one before argon2 (the account found and
+the check reserved, policies/lockout.py) and one after (its verdict: a wrong password
+counted, or a right one settled with the session or the flow it opens, statements.logins)."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit, sessions
 from authsvc.app import App
-from authsvc.db import Account, AccountStatus, Flow, FlowPurpose, FlowStatus, Organization
+from authsvc.db import Account, AccountStatus, Flow, FlowPurpose, FlowStatus
 from authsvc.db.base import new_id
+from authsvc.db.statements import logins, passwords
+from authsvc.errors import Failure
 from authsvc.flows import destination, failures
 from authsvc.flows.views import IssuedSession, PendingFlowView
 from authsvc.policies import cadence, lockout
@@ -24,16 +30,72 @@ class ClientInfo:
     user_agent: str
 
 
-def pending_view(flow: Flow, account: Account) -> PendingFlowView:
-    where = destination.of_flow(flow, account)
+class FirstFactorHolder(Protocol):
+    """The account whose first factor passed, as far as what follows needs it (an ORM row, or
+    the columns the password login read)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def organization_id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def phone_kind(self) -> str | None: ...
+    @property
+    def phone_masked(self) -> str | None: ...
+    @property
+    def failed_code_count(self) -> int: ...
+    @property
+    def code_window_failures(self) -> int: ...
+    @property
+    def code_locked_until(self) -> datetime | None: ...
+
+
+def _view(
+    flow_id: uuid.UUID, purpose: FlowPurpose, expires_at: datetime, where: destination.Destination
+) -> PendingFlowView:
     return PendingFlowView(
-        flow_id=flow.id,
-        purpose=FlowPurpose(flow.purpose),
+        flow_id=flow_id,
+        purpose=purpose,
         channels=where.channels,
         default_channel=where.channels[0],
         masked_destination=where.masked,
-        expires_at=flow.expires_at,
+        expires_at=expires_at,
     )
+
+
+def pending_view(flow: Flow, account: Account) -> PendingFlowView:
+    return _view(
+        flow.id, FlowPurpose(flow.purpose), flow.expires_at, destination.of_flow(flow, account)
+    )
+
+
+def flow_row(
+    app: App, purpose: FlowPurpose, account_id: uuid.UUID, client: ClientInfo, **binding: Any
+) -> dict[str, Any]:
+    """The columns of a new pending flow; `binding` holds step-up/contact fields."""
+    now = app.clock.now()
+    return {
+        "id": binding.pop("id", None) or new_id(),
+        "purpose": purpose,
+        "account_id": account_id,
+        "status": FlowStatus.PENDING,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=app.settings.flow_ttl_s),
+        "completed_at": None,
+        "user_agent": client.user_agent,
+        "ip_address": client.ip_address,
+        "challenge_id": None,
+        "channel": None,
+        "code_digest": None,
+        "code_expires_at": None,
+        "idempotency_key": None,
+        "send_count": 0,
+        "last_sent_at": None,
+        "failed_attempts": 0,
+        **binding,
+    }
 
 
 def open_flow(
@@ -45,27 +107,7 @@ def open_flow(
     **binding: Any,
 ) -> Flow:
     """Add a pending flow to the caller's transaction; `binding` holds step-up/contact fields."""
-    now = app.clock.now()
-    flow = Flow(
-        id=binding.pop("id", None) or new_id(),
-        purpose=purpose,
-        account_id=account.id,
-        status=FlowStatus.PENDING,
-        created_at=now,
-        expires_at=now + timedelta(seconds=app.settings.flow_ttl_s),
-        completed_at=None,
-        user_agent=client.user_agent,
-        ip_address=client.ip_address,
-        challenge_id=None,
-        channel=None,
-        code_digest=None,
-        code_expires_at=None,
-        idempotency_key=None,
-        send_count=0,
-        last_sent_at=None,
-        failed_attempts=0,
-        **binding,
-    )
+    flow = Flow(**flow_row(app, purpose, account.id, client, **binding))
     db.add(flow)
     return flow
 
@@ -83,116 +125,145 @@ async def login_with_password(
     # Rate limits first: cheap, and before any expensive work (argon2). Only the client's
     # network: a stranger's guesses never spend a budget other people need.
     await app.limits.login(now, ip=client.ip_address)
-    async with app.read() as db:
-        row = (
-            await db.execute(
-                select(Account, Organization.id)
-                .join(Organization, Account.organization_id == Organization.id)
-                .where(Organization.siret == siret, Account.login == login)
-            )
-        ).one_or_none()
-        account = row[0] if row else None
-        # A locked login is refused whatever the password, known or not (policies/lockout.py).
-        await lockout.check_password_lock(app, db, account, siret, login, now)
-    # Reserve this check first (known and unknown logins alike): past the allowance of the
-    # lock window nothing reaches argon2, however many calls arrive together.
-    async with app.write() as db:
-        await lockout.reserve_password_check(
-            app, db, account.id if account else None, siret, login, now
-        )
+    # One statement finds the account and reserves this check (known and unknown logins
+    # alike); a locked login is refused there, whatever the password. Past the allowance of
+    # the lock window nothing reaches argon2, however many calls arrive together.
+    account = await lockout.reserve_password_check(app, siret, login, now)
     # From here the check is settled (a failure counted, the reservation released) even if
     # the caller hangs up: a cancelled call must not be a free guess.
-    await lockout.settled(_check_reserved(app, account, siret, login, password, now))
-    assert account is not None and account.password_hash is not None
-    stored = account.password_hash
-    if account.status != AccountStatus.ACTIVE:
-        raise failures.account_not_active()
-    # The password is right: now the login's, the organisation's and the global budgets.
-    await app.limits.login_verified(now, siret=siret, login=login)
-    if app.passwords.needs_rehash(stored):
-        await _rehash(app, account, stored, password)
+    return await lockout.settled(
+        _check_reserved(app, account, siret, login, password, device_token, client, now)
+    )
 
-    return await after_first_factor(app, account, device_token, client, method="password")
+
+async def _check_reserved(
+    app: App,
+    account: passwords.LoginAccount | None,
+    siret: str,
+    login: str,
+    password: str,
+    device_token: str | None,
+    client: ClientInfo,
+    now: datetime,
+) -> IssuedSession | PendingFlowView:
+    """The reserved check: argon2, then the verdict recorded in one statement; raises unless
+    the password is right and no lock was set meanwhile."""
+    # Always one argon2 verification, against a dummy hash when the account is unknown.
+    stored = account.password_hash if account is not None else None
+    right = await app.passwords.verify(stored, password)  # False whenever `stored` is None
+    if account is None or not right:
+        logged = audit.event(
+            app.clock,
+            "login.password",
+            organization_id=account.organization_id if account else None,
+            target=account.id if account else None,
+        )
+        locked = await lockout.password_failure(
+            app, account.id if account else None, siret, login, now, logged
+        )
+        raise locked or failures.invalid_credentials()
+    assert stored is not None
+    try:
+        if account.status != AccountStatus.ACTIVE:
+            raise failures.account_not_active()
+        # The password is right: now the login's, the organisation's and the global budgets.
+        await app.limits.login_verified(now, siret=siret, login=login)
+    except Exception:
+        # Refused after all: the check is settled alone (a lock set meanwhile answers first).
+        refused = await lockout.password_success(app, account.id, now)
+        if refused is not None:
+            raise refused from None
+        raise
+    if app.passwords.needs_rehash(stored):
+        await _rehash(app, account.id, stored, password)
+    return await after_first_factor(
+        app, account, device_token, client, method="password", settles_password=True
+    )
 
 
 async def after_first_factor(
-    app: App, account: Account, device_token: str | None, client: ClientInfo, *, method: str
+    app: App,
+    account: FirstFactorHolder,
+    device_token: str | None,
+    client: ClientInfo,
+    *,
+    method: str,
+    settles_password: bool = False,
 ) -> IssuedSession | PendingFlowView:
-    """The same cadence for every first factor: a session on a trusted device, else a code."""
+    """The same cadence for every first factor: a session on a trusted device, else a code.
+    One statement decides it; with `settles_password` it also settles the reserved password
+    check (its reservation released, the lock re-read: a lock set meanwhile refuses)."""
     if account.status != AccountStatus.ACTIVE:
         raise failures.account_not_active()
-    async with app.write() as db:
-        trusted_at = await cadence.trusted_since(app, db, account.id, device_token)
-        if trusted_at is not None:
-            # A trusted device stands for the code: not while the second factor is locked.
-            # It resets no code counter (only a right code does), but the password's.
-            lockout.check_code_lock(app, account, app.clock.now())
-            if method == "password":
-                await lockout.both_factors_passed_without_code(db, account.id)
-            audit.record(
-                db,
+    now = app.clock.now()
+    # A trusted device stands for the code: not while the second factor is locked. It resets
+    # no code counter (only a right code does), but the password's escalation.
+    code_locked: Failure | None = None
+    try:
+        lockout.check_code_lock(app, account, now)
+    except Failure as locked:
+        code_locked = locked
+    # No code can reach an account without a phone: no flow for it.
+    where: destination.Destination | None = None
+    not_ready: Failure | None = None
+    try:
+        where = destination.account_phone(account)
+    except Failure as failure:
+        not_ready = failure
+    # Both outcomes are prepared; the statement writes the one that applies. The session's
+    # last code time is the device's last verification (the statement writes it).
+    issued, session = sessions.new(
+        app,
+        account.id,
+        last_code_time=now,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+    )
+    flow = flow_row(app, FlowPurpose.LOGIN, account.id, client) if where is not None else None
+    verdict = await app.db.statement(
+        logins.first_factor_passed,
+        logins.FirstFactorPassed(
+            account_id=account.id,
+            now=now,
+            settles_password=settles_password,
+            device_digest=cadence.presented_device(app, device_token),
+            trust_may_stand=code_locked is None,
+            session=session,
+            trusted_logged=audit.event(
                 app.clock,
                 "login.trusted_device",
                 organization_id=account.organization_id,
                 actor=account.id,
                 method=method,
-            )
-            return await sessions.issue(
-                app,
-                db,
-                account.id,
-                last_code_time=trusted_at,
-                ip_address=client.ip_address,
-                user_agent=client.user_agent,
-            )
-        destination.account_phone(account)  # no code can reach an account without a phone
-        flow = open_flow(app, db, FlowPurpose.LOGIN, account, client)
-        audit.record(
-            db,
-            app.clock,
-            f"login.{method}",
-            organization_id=account.organization_id,
-            actor=account.id,
-            flow_id=str(flow.id),
-        )
-    return pending_view(flow, account)
+            ),
+            flow=flow,
+            flow_logged=None
+            if flow is None
+            else audit.event(
+                app.clock,
+                f"login.{method}",
+                organization_id=account.organization_id,
+                actor=account.id,
+                flow_id=str(flow["id"]),
+            ),
+        ),
+    )
+    if settles_password:
+        if not verdict.found:
+            raise failures.invalid_credentials()  # the account went away meanwhile
+        refused = lockout.password_verdict(verdict.password_locked_until, now)
+        if refused is not None:
+            raise refused
+    if verdict.trusted_at is not None:
+        if code_locked is not None:
+            raise code_locked
+        return issued
+    if flow is None or where is None:
+        raise not_ready or failures.account_not_ready()
+    return _view(flow["id"], FlowPurpose.LOGIN, flow["expires_at"], where)
 
 
-async def _rehash(app: App, account: Account, stored: str, password: str) -> None:
+async def _rehash(app: App, account_id: uuid.UUID, stored: str, password: str) -> None:
     """Upgrade a hash made with older parameters; only if nobody changed it meanwhile."""
     new_hash = await app.passwords.hash_async(password)
-    async with app.write() as db:
-        await db.execute(
-            update(Account)
-            .where(Account.id == account.id, Account.password_hash == stored)
-            .values(password_hash=new_hash)
-        )
-
-
-async def _check_reserved(
-    app: App, account: Account | None, siret: str, login: str, password: str, now: datetime
-) -> None:
-    """The reserved check: argon2, then the verdict recorded; raises unless the password is
-    right and no lock was set meanwhile."""
-    # Always one argon2 verification, against a dummy hash when the account is unknown.
-    stored = account.password_hash if account is not None else None
-    right = await app.passwords.verify(stored, password)  # False whenever `stored` is None
-    if account is None or not right:
-        async with app.write() as db:
-            locked = await lockout.password_failure(
-                app, db, account.id if account else None, siret, login, now
-            )
-            audit.record(
-                db,
-                app.clock,
-                "login.password",
-                outcome=locked.reason if locked else "INVALID_CREDENTIALS",
-                organization_id=account.organization_id if account else None,
-                target=account.id if account else None,
-            )
-        raise locked or failures.invalid_credentials()
-    # The right password counts only if no lock was set meanwhile (re-read in the write).
-    async with app.write() as db:
-        refused = await lockout.password_success(app, db, account.id, now)
-    if refused is not None:
-        raise refused
+    await app.db.statement(passwords.rehash, account_id, stored, new_hash)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc.app import App
@@ -27,21 +26,13 @@ class Trust:
     expires_at: datetime
 
 
-async def trusted_since(
-    app: App, db: AsyncSession, account_id: uuid.UUID, device_token: str | None
-) -> datetime | None:
-    """When the presented device last passed a code, if it is still trusted; else None."""
+def presented_device(app: App, device_token: str | None) -> bytes | None:
+    """The digest by which a login looks up the presented device's trust (its last code, if
+    not revoked nor expired: statements.devices_trust), or None when no trust can stand: no
+    device presented, or trust turned off."""
     if device_token is None or app.settings.device_trust_s == 0:
         return None
-    now = app.clock.now()
-    return await db.scalar(
-        select(TrustedDevice.verified_at).where(
-            TrustedDevice.token_digest == token_digest(device_token),
-            TrustedDevice.account_id == account_id,
-            TrustedDevice.revoked_at.is_(None),
-            TrustedDevice.expires_at > now,
-        )
-    )
+    return token_digest(device_token)
 
 
 def new_trust(app: App, account_id: uuid.UUID, user_agent: str) -> tuple[Trust, dict[str, Any]]:

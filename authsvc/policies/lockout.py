@@ -10,14 +10,17 @@ concurrent failures are all counted and a lock is set exactly once.
   lock window, and a right password counts only through a statement that re-reads the lock.
   Logins that do not exist are locked alike, by the same SQL on a `login_failures` row
   (keyed by a digest of organisation + login), so the answer reveals nothing about existence,
-  in content or in time, on one process or many.
+  in content or in time, on one process or many. The statements are
+  `authsvc.db.statements.passwords` (and the login's verdict, `statements.logins`); this
+  module chooses the numbers they apply and reads their results.
 - Codes: `code_lock_threshold` (10) consecutive wrong codes, across flows and resends, lock
   the second factor for `code_lock_s` (15 min) and the user is told by email; at
   `code_failure_hard_bound` (100) wrong codes within `code_failure_window_s` (30 days, a
   fixed window no success resets), or as many in a row, it stays locked until an operator
   unlocks it. A wrong code after a first factor tells the holder (one email a day at most).
 - Consecutive counters reset only on a full success with a code (a session or an action
-  grant issued); a login that needed no code (trusted device) resets nothing.
+  grant issued). A login that needed no code (trusted device: the right password on a
+  device that passed a code) restarts the password's escalation and resets no code counter.
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import and_, case, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
 from authsvc.app import App
-from authsvc.db import Account, LoginFailures
+from authsvc.db import Account
 from authsvc.db.base import UTCDateTime
+from authsvc.db.statements import passwords
 from authsvc.db.statements.codes import CodeRules
 from authsvc.errors import Failure
 from authsvc.policies.ratelimit import lock_durations
@@ -71,76 +73,29 @@ def unknown_login_key(app: App, siret: str, login: str) -> bytes:
 # ---- passwords ------------------------------------------------------------------------------
 
 
-async def check_password_lock(
-    app: App,
-    db: AsyncSession,
-    account: Account | None,
-    siret: str,
-    login: str,
-    now: datetime,
-) -> None:
-    """Before the password is checked (in the login's read session): a locked login is
-    refused, whatever the password."""
-    if account is not None:
-        until = account.password_locked_until
-    else:
-        until = await db.scalar(
-            select(LoginFailures.password_locked_until).where(
-                LoginFailures.key_digest == unknown_login_key(app, siret, login)
-            )
-        )
-    if until is not None and until > now:
-        raise account_locked((until - now).total_seconds())
-
-
-def _failure_values(
-    table: type[Account] | type[LoginFailures], app: App, now: datetime
-) -> dict[str, Any]:
-    """The SET clause of a counted wrong password: one more failure, or a lock at the
-    threshold (its length chosen by the number of locks so far), in one statement."""
+def password_rules(app: App, now: datetime) -> passwords.Rules:
+    """The numbers a password check at `now` is held to (statements.passwords applies them)."""
     durations = lock_durations(app.settings)
-    failures = table.failed_password_count + 1
-    reached = failures >= app.settings.password_lock_threshold
-    until = case(
-        *(
-            (table.password_lock_count == k, _at(now + timedelta(seconds=d)))
-            for k, d in enumerate(durations)
-        ),
-        else_=_at(now + timedelta(seconds=durations[-1])),
+    return passwords.Rules(
+        now=now,
+        threshold=app.settings.password_lock_threshold,
+        lease_until=now + timedelta(seconds=PASSWORD_CHECK_LEASE_S),
+        lock_until=tuple(now + timedelta(seconds=d) for d in durations),
     )
-    return {
-        "failed_password_count": case((reached, 0), else_=failures),
-        "password_lock_count": case(
-            (reached, table.password_lock_count + 1), else_=table.password_lock_count
-        ),
-        "password_locked_until": case((reached, until), else_=table.password_locked_until),
-    }
 
 
-def _unlocked(table: type[Account] | type[LoginFailures], now: datetime) -> Any:
-    return or_(table.password_locked_until.is_(None), table.password_locked_until <= now)
+def check_password_lock(locked_until: datetime | None, now: datetime) -> None:
+    """A locked login is refused, whatever the password."""
+    if locked_until is not None and locked_until > now:
+        raise account_locked((locked_until - now).total_seconds())
 
 
-def _pending(table: type[Account] | type[LoginFailures], now: datetime) -> Any:
-    """The password checks in flight: none once their lease passed (a process that died
-    between its reservation and its verdict must not hold the login's allowance forever)."""
-    expired = or_(table.password_pending_until.is_(None), table.password_pending_until <= now)
-    return case((expired, 0), else_=table.password_checks_pending)
-
-
-def _released(table: type[Account] | type[LoginFailures], now: datetime) -> Any:
-    """The checks in flight once one of them has its verdict."""
-    pending = _pending(table, now)
-    return case((pending > 0, pending - 1), else_=0)
-
-
-def _row(
-    app: App, account_id: uuid.UUID | None, siret: str, login: str
-) -> tuple[type[Account] | type[LoginFailures], Any]:
-    """The row that holds a login's counters: its account's, or its `login_failures` row."""
-    if account_id is None:
-        return LoginFailures, LoginFailures.key_digest == unknown_login_key(app, siret, login)
-    return Account, Account.id == account_id
+def password_verdict(locked_until: datetime | None, now: datetime) -> Failure | None:
+    """The right password counts only if no lock was set meanwhile, as read by the statement
+    that settled its check: ACCOUNT_LOCKED, else None."""
+    if locked_until is not None and locked_until > now:
+        return account_locked((locked_until - now).total_seconds())
+    return None
 
 
 _T = TypeVar("_T")
@@ -165,119 +120,59 @@ def _verdict_heard_by_nobody(task: asyncio.Future[Any]) -> None:
 
 
 async def reserve_password_check(
-    app: App,
-    db: AsyncSession,
-    account_id: uuid.UUID | None,
-    siret: str,
-    login: str,
-    now: datetime,
-) -> None:
-    """Before argon2 (its own short transaction): take one of the checks that the login has
-    left before it locks, or refuse with ACCOUNT_LOCKED without checking anything.
+    app: App, siret: str, login: str, now: datetime
+) -> passwords.LoginAccount | None:
+    """Before argon2: find the login's account (None when the organisation or the login does
+    not exist) and take one of the checks it has left before it locks, or refuse with
+    ACCOUNT_LOCKED without checking anything.
 
     One conditional statement, on the account or on the unknown login's row alike: the
     reservation fits only WHERE the login is unlocked and the failures counted plus the
     checks in flight stay below the threshold. However many calls arrive together, at most
     `password_lock_threshold` argon2 verifications run per lock window (PostgreSQL re-reads
     the row under its lock; SQLite serialises the writers)."""
-    table, key = _row(app, account_id, siret, login)
-    threshold = app.settings.password_lock_threshold
-    fits = and_(
-        _unlocked(table, now), table.failed_password_count + _pending(table, now) < threshold
+    reservation = await app.db.statement(
+        passwords.reserve,
+        siret,
+        login,
+        unknown_login_key(app, siret, login),
+        password_rules(app, now),
     )
-    taken = {
-        "password_checks_pending": _pending(table, now) + 1,
-        "password_pending_until": _at(now + timedelta(seconds=PASSWORD_CHECK_LEASE_S)),
-    }
-    statement: Any
-    if account_id is None:
-        dialect = db.get_bind().dialect.name
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        statement = (
-            insert(LoginFailures)
-            .values(
-                key_digest=unknown_login_key(app, siret, login),
-                failed_password_count=0,
-                password_lock_count=0,
-                password_locked_until=None,
-                password_checks_pending=1,
-                password_pending_until=now + timedelta(seconds=PASSWORD_CHECK_LEASE_S),
-                updated_at=now,
-            )
-            .on_conflict_do_update(
-                index_elements=[LoginFailures.key_digest],
-                set_={**taken, "updated_at": now},
-                where=fits,
-            )
-            .returning(LoginFailures.key_digest)
-        )
-    else:
-        statement = update(Account).where(key, fits).values(**taken).returning(Account.id)
-    if (await db.execute(statement)).one_or_none() is not None:
-        return
-    state = (
-        await db.execute(select(table.password_locked_until, table.password_lock_count).where(key))
-    ).one()
-    until, locks = state
-    if until is not None and until > now:
-        raise account_locked((until - now).total_seconds())
+    if reservation.taken:
+        return reservation.account
+    check_password_lock(reservation.locked_until, now)
     # Every check left is in flight: they decide. Answer as the lock they would set, the
     # same for a known login and an unknown one.
     durations = lock_durations(app.settings)
-    raise account_locked(float(durations[min(int(locks), len(durations) - 1)]))
+    locks = int(reservation.lock_count or 0)
+    raise account_locked(float(durations[min(locks, len(durations) - 1)]))
 
 
 async def password_failure(
     app: App,
-    db: AsyncSession,
     account_id: uuid.UUID | None,
     siret: str,
     login: str,
     now: datetime,
+    logged: dict[str, Any] | None = None,
 ) -> Failure | None:
-    """Settle a reserved check whose password was wrong (in the caller's transaction): one
-    failure more, and the lock at the threshold, in one statement on the account or, for a
-    login that does not exist, on its `login_failures` row. Returns ACCOUNT_LOCKED when this
-    failure locked the login (or a concurrent one had), else None."""
-    table, key = _row(app, account_id, siret, login)
-    unlocked = _unlocked(table, now)
-    values: dict[str, Any] = {
-        name: case((unlocked, value), else_=getattr(table, name))
-        for name, value in _failure_values(table, app, now).items()
-    }
-    values["password_checks_pending"] = _released(table, now)
-    if table is LoginFailures:
-        values["updated_at"] = now
-    row = (
-        await db.execute(
-            update(table).where(key).values(**values).returning(table.password_locked_until)
-        )
-    ).one_or_none()
-    locked_until = row[0] if row is not None else None
-    if locked_until is not None and locked_until > now:
-        return account_locked((locked_until - now).total_seconds())
-    return None
+    """Settle a reserved check whose password was wrong: one failure more, and the lock at the
+    threshold, in one statement on the account or, for a login that does not exist
+    (`account_id` None), on its `login_failures` row; with the `logged` audit row, if any
+    (its outcome set by the statement). Returns ACCOUNT_LOCKED when this failure locked the
+    login (or a concurrent one had), else None."""
+    unknown_key = unknown_login_key(app, siret, login) if account_id is None else None
+    locked_until = await app.db.statement(
+        passwords.fail, account_id, unknown_key, password_rules(app, now), logged
+    )
+    return password_verdict(locked_until, now)
 
 
-async def password_success(
-    app: App, db: AsyncSession, account_id: uuid.UUID, now: datetime
-) -> Failure | None:
-    """Settle a reserved check whose password was right (in the caller's transaction). The
-    password is accepted only through this statement, which reads the lock as it is when the
-    row is written: ACCOUNT_LOCKED if a lock was set meanwhile, else None. A right password
-    alone resets no counter (only a full success does)."""
-    row = (
-        await db.execute(
-            update(Account)
-            .where(Account.id == account_id)
-            .values(password_checks_pending=_released(Account, now))
-            .returning(Account.password_locked_until)
-        )
-    ).one_or_none()
-    until = row[0] if row is not None else None
-    if until is not None and until > now:
-        return account_locked((until - now).total_seconds())
-    return None
+async def password_success(app: App, account_id: uuid.UUID, now: datetime) -> Failure | None:
+    """Settle a reserved check whose password was right, when nothing else follows in the
+    same statement (statements.logins settles a login's): ACCOUNT_LOCKED if a lock was set
+    meanwhile, else None. A right password alone resets no counter."""
+    return password_verdict(await app.db.statement(passwords.release, account_id, now), now)
 
 
 # ---- codes ----------------------------------------------------------------------------------
@@ -356,17 +251,6 @@ async def claim_code_success(
         .values(**values)
     )
     return done.rowcount == 1  # type: ignore[attr-defined,no-any-return]
-
-
-async def both_factors_passed_without_code(db: AsyncSession, account_id: uuid.UUID) -> None:
-    """A trusted-device login (the right password on a device that passed a code): the
-    password's escalation starts again, so a stranger's guesses do not keep doubling the
-    holder's lock; the code counters stay (no code was typed: the hard bound holds)."""
-    await db.execute(
-        update(Account)
-        .where(Account.id == account_id)
-        .values(failed_password_count=0, password_lock_count=0)
-    )
 
 
 async def clear(db: AsyncSession, account_id: uuid.UUID) -> None:
