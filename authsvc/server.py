@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 import structlog
@@ -20,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
-from authsvc.api.callers import CallerAuthInterceptor, CallerRegistry
+from authsvc.api.callers import CallerRegistry, Guard
 from authsvc.app import App
 from authsvc.clock import Clock
 from authsvc.config import Settings
@@ -117,22 +118,23 @@ async def create_server(
     app = App.build(settings, clock)
     callers = CallerRegistry(app)
     server = grpc.aio.server(
-        interceptors=[CallerAuthInterceptor(callers)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
+    # Every service registers through the guard: each handler behind the caller check.
+    guard = cast(grpc.aio.Server, Guard(server, callers))
     verifier = AssertionVerifier(app)  # one key cache for both services
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app, verifier), server)
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app, verifier), guard)
     account_service_pb2_grpc.add_AccountServiceServicer_to_server(
-        AccountServicer(app, verifier), server
+        AccountServicer(app, verifier), guard
     )
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guard)
     reflection.enable_server_reflection(
-        (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), guard
     )
     credentials = server_credentials(settings)
     address = listen or settings.listen
