@@ -176,6 +176,8 @@ async def serve(
         listen=listen or settings.listen,
         port=server.port,
         environment=settings.environment.value,
+        # "uvloop" or "asyncio" (AUTHSVC_UVLOOP): which loop runs this process's calls.
+        event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
     )
     if stop is None:
         stop = asyncio.Event()

@@ -9,8 +9,9 @@ Two measurements, both printed, nothing asserted:
    (written to /dev/null through the service's own structlog configuration).
 2. Server CPU per call on a real grpc.aio server (its own process, its CPU time read from
    /proc) answering ValidateSession with an empty response, stacked up one layer at a time:
-   bare handler; + the caller interceptor; + the `rpc` wrapper (request id, well-formedness,
-   error mapping, log line). The client runs in another process, --concurrency calls in flight.
+   bare handler; + the caller check (callers.Guard); + the `rpc` wrapper (request id,
+   well-formedness, error mapping, log line). STACK_UVLOOP=1 runs the server on uvloop.
+   The client runs in another process, --concurrency calls in flight.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 API_KEY = "authsvc_stack-" + "k" * 32
-LAYERS = tuple(os.environ.get("STACK_LAYERS", "bare,interceptor,interceptor+rpc").split(","))
+LAYERS = ("bare", "guard", "guard+rpc")
 
 
 def _settings(workdir: str) -> Any:
@@ -144,7 +145,7 @@ async def _serve(layer: str, port: int, workdir: str) -> None:
     import grpc
 
     from authsvc import log
-    from authsvc.api.callers import CallerAuthInterceptor, CallerRegistry
+    from authsvc.api.callers import CallerRegistry, Guard
     from authsvc.api.rpc import rpc
     from authsvc.app import App
     from authsvc.v1 import auth_service_pb2 as pb
@@ -155,17 +156,7 @@ async def _serve(layer: str, port: int, workdir: str) -> None:
 
     class Bare(pb_grpc.AuthServiceServicer):
         async def ValidateSession(self, request: Any, context: Any) -> Any:
-            if layer == "x-trailing":
-                context.set_trailing_metadata((("x-request-id", "abc"),))
-            if layer == "x-metadata":
-                context.invocation_metadata()
-            if layer == "x-peer":
-                context.peer_identities()
             return pb.ValidateSessionResponse()
-
-    class Passthrough(grpc.aio.ServerInterceptor):
-        async def intercept_service(self, continuation: Any, details: Any) -> Any:
-            return await continuation(details)
 
     class Wrapped(pb_grpc.AuthServiceServicer):
         _app = app
@@ -174,16 +165,10 @@ async def _serve(layer: str, port: int, workdir: str) -> None:
         async def ValidateSession(self, request: Any, context: Any) -> Any:
             return pb.ValidateSessionResponse()
 
-    interceptors: list[Any] = (
-        []
-        if layer in ("bare",) or layer.startswith("x-")
-        else [CallerAuthInterceptor(CallerRegistry(app))]
-    )
-    if layer == "x-passthrough":
-        interceptors = [Passthrough()]
-    server = grpc.aio.server(interceptors=interceptors)
-    servicer = Wrapped() if layer == "interceptor+rpc" else Bare()
-    pb_grpc.add_AuthServiceServicer_to_server(servicer, server)
+    server = grpc.aio.server()
+    registrar: Any = server if layer == "bare" else Guard(server, CallerRegistry(app))
+    servicer = Wrapped() if layer == "guard+rpc" else Bare()
+    pb_grpc.add_AuthServiceServicer_to_server(servicer, registrar)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()
@@ -297,7 +282,8 @@ def main() -> None:
         return
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     print(
-        f"server CPU per call, ValidateSession with an empty answer (µs, {args.concurrency} in flight):"
+        "server CPU per call, ValidateSession with an empty answer "
+        f"(µs, {args.concurrency} in flight):"
     )
     measured: dict[str, list[float]] = {layer: [] for layer in LAYERS}
     for _ in range(args.repeats):  # interleaved: drift and bursts of load hit every layer alike

@@ -7,6 +7,7 @@ file (not a terminal), so it logs JSON lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -191,6 +192,12 @@ def serve_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def served(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
+    with _serving(serve_env, tmp_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _serving(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
     port = _free_port()
     stderr_path = tmp_path / "serve.stderr"
     with stderr_path.open("wb") as stderr:
@@ -209,6 +216,19 @@ def served(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("false", "asyncio")])
+def test_serve_runs_on_uvloop_unless_the_setting_turns_it_off(
+    serve_env: dict[str, str], tmp_path: Path, setting: str | None, loop: str
+) -> None:
+    env = {key: value for key, value in serve_env.items() if key != "AUTHSVC_UVLOOP"}
+    if setting is not None:
+        env["AUTHSVC_UVLOOP"] = setting
+    with _serving(env, tmp_path) as server:
+        assert server.stop() == 0
+        serving = [line for line in server.log_lines() if line["event"] == "serving"]
+    assert [line["event_loop"] for line in serving] == [loop]
 
 
 # ---- (c) SIGTERM drains ------------------------------------------------------------------------
