@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from authsvc.clock import Clock
 from authsvc.config import Settings
+from authsvc.db.access import Database
 from authsvc.db.engine import create_engine, session_factory
 from authsvc.keys import Keys
 from authsvc.passwords import Passwords
@@ -23,6 +24,10 @@ class App:
     clock: Clock
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    # ORM sessions of cold-path writes (SQLite: BEGIN IMMEDIATE).
+    write_sessionmaker: async_sessionmaker[AsyncSession]
+    # The hot paths' decisions (db/access.py), on the same database.
+    db: Database
     keys: Keys
     passwords: Passwords
     # Every rate limit (policies/ratelimit.py), on the memory or Redis backend.
@@ -39,6 +44,8 @@ class App:
             clock=clock or Clock(),
             engine=engine,
             sessionmaker=session_factory(engine),
+            write_sessionmaker=session_factory(engine, writer=True),
+            db=Database(engine),
             keys=keys,
             passwords=Passwords(
                 memory_kib=settings.argon2_memory_kib,
@@ -60,10 +67,11 @@ class App:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction: committed when the block ends, rolled back whole if it raises."""
-        async with self.sessionmaker() as session, session.begin():
+        async with self.write_sessionmaker() as session, session.begin():
             yield session
 
     async def close(self) -> None:
         self.passwords.close()
         await self.limits.backend.close()
+        await self.db.close()
         await self.engine.dispose()

@@ -11,6 +11,7 @@ import json
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,6 +41,31 @@ def set_ip_address(ip_address: str) -> None:
     _context.set(RequestContext(_context.get().request_id, ip_address))
 
 
+def event(
+    clock: Clock,
+    event_type: str,
+    *,
+    organization_id: uuid.UUID | None,
+    outcome: str = "OK",
+    actor: uuid.UUID | None = None,
+    target: uuid.UUID | None = None,
+    **details: str,
+) -> dict[str, Any]:
+    """The columns of one audit row, with the request's context (for a Core INSERT)."""
+    context = _context.get()
+    return {
+        "organization_id": organization_id,
+        "occurred_at": clock.now(),
+        "event_type": event_type,
+        "outcome": outcome,
+        "actor_account_id": actor,
+        "target_account_id": target,
+        "ip_address": context.ip_address,
+        "request_id": context.request_id,
+        "details": json.dumps(details, sort_keys=True, ensure_ascii=False),
+    }
+
+
 def record(
     db: AsyncSession,
     clock: Clock,
@@ -51,18 +77,17 @@ def record(
     target: uuid.UUID | None = None,
     **details: str,
 ) -> None:
-    """Add an event to the caller's transaction."""
-    context = _context.get()
+    """Add an event to the caller's ORM transaction."""
     db.add(
         AuditEvent(
-            organization_id=organization_id,
-            occurred_at=clock.now(),
-            event_type=event_type,
-            outcome=outcome,
-            actor_account_id=actor,
-            target_account_id=target,
-            ip_address=context.ip_address,
-            request_id=context.request_id,
-            details=json.dumps(details, sort_keys=True, ensure_ascii=False),
+            **event(
+                clock,
+                event_type,
+                organization_id=organization_id,
+                outcome=outcome,
+                actor=actor,
+                target=target,
+                **details,
+            )
         )
     )

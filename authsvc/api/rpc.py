@@ -10,6 +10,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import TypeVar
 
 import grpc
@@ -54,56 +55,60 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
             audit.set_request_id(request_id)
             started = time.perf_counter()
             outcome, reason = "OK", ""
-            try:
-                # What every request must be before its handler runs: decodable, and with
-                # no control character in any string field.
-                if isinstance(request, Message):
-                    validation.no_control_characters(request)
-                elif isinstance(request, Undecodable):
-                    await _undecodable(self, name)
-                response = await handler(self, request, context)
-                context.set_trailing_metadata((("x-request-id", request_id),))
-                return response
-            except Failure as failure:
-                outcome, reason = failure.status, failure.reason
-                status = to_grpc_status(failure)
-                await context.abort(
-                    status.code,
-                    status.details,
-                    (*status.trailing_metadata, ("x-request-id", request_id)),
-                )
-                raise  # unreachable: abort raises
-            except LimiterUnavailable:
-                # Infrastructure, not the API's contract: sends fail closed until Redis is back.
-                outcome, reason = "UNAVAILABLE", "RATE_LIMITER_UNAVAILABLE"
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "the rate limiter is unavailable; retry later",
-                    (("x-request-id", request_id),),
-                )
-                raise
-            except asyncio.CancelledError:
-                outcome = "CANCELLED"
-                raise
-            except Exception as error:
-                if isinstance(error, grpc.aio.AbortError):
+            app = getattr(self, "_app", None)
+            metered = app.db.round_trips.metered(name) if isinstance(app, App) else nullcontext([0])
+            with metered as meter:
+                try:
+                    # What every request must be before its handler runs: decodable, and
+                    # with no control character in any string field.
+                    if isinstance(request, Message):
+                        validation.no_control_characters(request)
+                    elif isinstance(request, Undecodable):
+                        await _undecodable(self, name)
+                    response = await handler(self, request, context)
+                    context.set_trailing_metadata((("x-request-id", request_id),))
+                    return response
+                except Failure as failure:
+                    outcome, reason = failure.status, failure.reason
+                    status = to_grpc_status(failure)
+                    await context.abort(
+                        status.code,
+                        status.details,
+                        (*status.trailing_metadata, ("x-request-id", request_id)),
+                    )
+                    raise  # unreachable: abort raises
+                except LimiterUnavailable:
+                    # Infrastructure, not the API's contract: sends fail closed until Redis is back.
+                    outcome, reason = "UNAVAILABLE", "RATE_LIMITER_UNAVAILABLE"
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the rate limiter is unavailable; retry later",
+                        (("x-request-id", request_id),),
+                    )
                     raise
-                outcome, reason = "INTERNAL", type(error).__name__
-                log.exception("rpc_crashed", method=name, request_id=request_id)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, "internal error", (("x-request-id", request_id),)
-                )
-                raise
-            finally:
-                log.info(
-                    "rpc",
-                    method=name,
-                    outcome=outcome,
-                    reason=reason,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 2),
-                    request_id=request_id,
-                    backend=current_backend.get(),
-                )
+                except asyncio.CancelledError:
+                    outcome = "CANCELLED"
+                    raise
+                except Exception as error:
+                    if isinstance(error, grpc.aio.AbortError):
+                        raise
+                    outcome, reason = "INTERNAL", type(error).__name__
+                    log.exception("rpc_crashed", method=name, request_id=request_id)
+                    await context.abort(
+                        grpc.StatusCode.INTERNAL, "internal error", (("x-request-id", request_id),)
+                    )
+                    raise
+                finally:
+                    log.info(
+                        "rpc",
+                        method=name,
+                        outcome=outcome,
+                        reason=reason,
+                        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                        request_id=request_id,
+                        backend=current_backend.get(),
+                        db_round_trips=meter[0],
+                    )
 
         return wrapper
 

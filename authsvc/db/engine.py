@@ -1,4 +1,8 @@
-"""The asyncio engine: SQLite (aiosqlite) by default, PostgreSQL (asyncpg) by URL."""
+"""The asyncio engine: SQLite (aiosqlite) by default, PostgreSQL (asyncpg) by URL.
+
+The hot paths run their decisions through `authsvc.db.access.Database` on this engine (and,
+on SQLite, on a writer thread of their own); the cold paths use ORM sessions on it.
+"""
 
 from __future__ import annotations
 
@@ -14,33 +18,32 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from authsvc.db.access import WRITER, begin_sqlite, sqlite_pragmas
+
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     parsed = make_url(url)
+    # hide_parameters: an error's log line must never carry an email, a digest or a hash.
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs
         )
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", begin_sqlite)
         return engine
-    # hide_parameters: an error's log line must never carry an email, a digest or a hash.
+    # No pre-ping: with asyncpg it costs BEGIN, a ping and ROLLBACK (three round trips) on
+    # every checkout. A connection that died is invalidated by the error it raises (the pool
+    # then reconnects), and pool_recycle retires connections before a proxy's idle timeout.
     return create_async_engine(
-        url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True, **kwargs
+        url, pool_size=10, max_overflow=20, pool_recycle=1800, hide_parameters=True, **kwargs
     )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers (ValidateSession) run beside the single writer; the busy timeout makes
-    # concurrent writers queue instead of failing; foreign keys are off by default in SQLite.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(
+    engine: AsyncEngine, *, writer: bool = False
+) -> async_sessionmaker[AsyncSession]:
+    """ORM sessions; `writer` ones begin IMMEDIATE on SQLite (access.begin_sqlite)."""
+    bind = engine.execution_options(**{WRITER: True}) if writer else engine
+    return async_sessionmaker(bind, expire_on_commit=False)

@@ -12,14 +12,14 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit, validation
 from authsvc.app import App
-from authsvc.db import ActionGrant, Flow, Role
+from authsvc.db import ActionGrant, AuditEvent, Flow, Role
+from authsvc.db.statements import grants as statements
 from authsvc.errors import Failure, invalid_field
 from authsvc.otp import random_token, token_digest
 from authsvc.phones import parse_phone
@@ -45,8 +45,8 @@ class ActionValues:
     def canonical(self, action: Action, target: uuid.UUID | None) -> str:
         return json.dumps(
             {
-                "action": action.value,
-                "target": str(target) if target else "",
+                "g_action": action.value,
+                "g_target": str(target) if target else "",
                 "email": self.email,
                 "phone": self.phone,
                 "display_name": self.display_name,
@@ -153,10 +153,6 @@ def issue(app: App, db: AsyncSession, flow: Flow) -> IssuedGrant:
     return IssuedGrant(token, Action(flow.action), flow.target_account_id, expires_at)
 
 
-def _failure(reason: str, status: str, message: str) -> Failure:
-    return Failure(status, reason, message)
-
-
 async def redeem(
     app: App,
     db: AsyncSession,
@@ -167,33 +163,33 @@ async def redeem(
     target: uuid.UUID | None,
     values: ActionValues,
     by: str = "service",
-) -> ActionGrant:
+) -> statements.Spent:
     """Consume the grant in the caller's transaction, or refuse with the precise reason.
 
     The caller's operation runs in the same transaction: if it fails, the grant is not spent
     (and neither is its audit event written).
     """
     now = app.clock.now()
-    spent = await db.execute(
-        update(ActionGrant)
-        .where(*_redeemable(app, caller, token, action, target, values, now))  # type: ignore[arg-type]
-        .values(redeemed_at=now)
-        .returning(ActionGrant)
+    redeemable = _redeemable(app, caller, token, action, target, values, now)
+    row = (await db.execute(statements.SPEND, redeemable)).first()
+    if row is not None:
+        db.add(AuditEvent(**_redeemed_event(app, caller, action, target, by)))
+        return statements.Spent(row[0], row[1])
+    raise refusal(await _state(db, token), caller, action, target, now)
+
+
+def _redeemed_event(
+    app: App, caller: SessionInfo, action: Action, target: uuid.UUID | None, by: str
+) -> dict[str, Any]:
+    return audit.event(
+        app.clock,
+        "grant.redeemed",
+        organization_id=caller.organization_id,
+        actor=caller.account_id,
+        target=target,
+        action=action.value,
+        by=by,
     )
-    grant = spent.scalar_one_or_none()
-    if grant is not None:
-        audit.record(
-            db,
-            app.clock,
-            "grant.redeemed",
-            organization_id=caller.organization_id,
-            actor=caller.account_id,
-            target=target,
-            action=action.value,
-            by=by,
-        )
-        return grant
-    raise await _refusal(db, caller, token, action, target, now)
 
 
 def _redeemable(
@@ -204,20 +200,17 @@ def _redeemable(
     target: uuid.UUID | None,
     values: ActionValues,
     now: datetime,
-) -> list[object]:
-    """The WHERE clause of a grant that this caller may spend now, for this exact action."""
-    values_digest = app.keys.binding_digest(values.canonical(action, target))
-    return [
-        ActionGrant.token_digest == token_digest(token),
-        ActionGrant.redeemed_at.is_(None),
-        ActionGrant.expires_at > now,
-        ActionGrant.session_id == caller.session_id,
-        ActionGrant.action == action.value,
-        (ActionGrant.target_account_id == target)
-        if target is not None
-        else ActionGrant.target_account_id.is_(None),
-        ActionGrant.values_digest == values_digest,
-    ]
+) -> dict[str, Any]:
+    """The parameters of a grant that this caller may spend now, for this exact action
+    (statements/grants.py holds the WHERE clause they fill)."""
+    return {
+        "g_digest": token_digest(token),
+        "g_now": now,
+        "g_session": caller.session_id,
+        "g_action": action.value,
+        "g_target": target,
+        "g_values": app.keys.binding_digest(values.canonical(action, target)),
+    }
 
 
 async def ensure_redeemable(
@@ -235,39 +228,38 @@ async def ensure_redeemable(
     decides, atomically, afterwards."""
     now = app.clock.now()
     found = await db.scalar(
-        select(ActionGrant.token_digest).where(
-            *_redeemable(app, caller, token, action, target, values, now)  # type: ignore[arg-type]
-        )
+        statements.IS_REDEEMABLE, _redeemable(app, caller, token, action, target, values, now)
     )
     if found is None:
-        raise await _refusal(db, caller, token, action, target, now)
+        raise refusal(await _state(db, token), caller, action, target, now)
 
 
-async def _refusal(
-    db: AsyncSession,
+async def _state(db: AsyncSession, token: str) -> statements.GrantState | None:
+    found = (await db.execute(statements.STATE, {"g_digest": token_digest(token)})).first()
+    return None if found is None else statements.GrantState(*found)
+
+
+def refusal(
+    stored: statements.GrantState | None,
     caller: SessionInfo,
-    token: str,
     action: Action,
     target: uuid.UUID | None,
     now: datetime,
 ) -> Failure:
     """Why a grant cannot be spent, most fundamental reason first."""
-    session_id = caller.session_id
-    digest = token_digest(token)
-    stored = await db.scalar(select(ActionGrant).where(ActionGrant.token_digest == digest))
     if stored is None:
-        return _failure("GRANT_NOT_FOUND", "NOT_FOUND", "unknown grant")
-    if stored.session_id != session_id:
-        return _failure("GRANT_SESSION_MISMATCH", "PERMISSION_DENIED", "grant of another session")
+        return Failure("NOT_FOUND", "GRANT_NOT_FOUND", "unknown grant")
+    if stored.session_id != caller.session_id:
+        return Failure("PERMISSION_DENIED", "GRANT_SESSION_MISMATCH", "grant of another session")
     if stored.redeemed_at is not None:
-        return _failure("GRANT_ALREADY_USED", "FAILED_PRECONDITION", "this grant was used")
+        return Failure("FAILED_PRECONDITION", "GRANT_ALREADY_USED", "this grant was used")
     if stored.expires_at <= now:
-        return _failure("GRANT_EXPIRED", "FAILED_PRECONDITION", "this grant has expired")
+        return Failure("FAILED_PRECONDITION", "GRANT_EXPIRED", "this grant has expired")
     if stored.action != action.value:
-        return _failure("GRANT_ACTION_MISMATCH", "PERMISSION_DENIED", "grant of another action")
+        return Failure("PERMISSION_DENIED", "GRANT_ACTION_MISMATCH", "grant of another action")
     if stored.target_account_id != target:
-        return _failure("GRANT_TARGET_MISMATCH", "PERMISSION_DENIED", "grant for another account")
-    return _failure("GRANT_VALUES_MISMATCH", "PERMISSION_DENIED", "grant for other values")
+        return Failure("PERMISSION_DENIED", "GRANT_TARGET_MISMATCH", "grant for another account")
+    return Failure("PERMISSION_DENIED", "GRANT_VALUES_MISMATCH", "grant for other values")
 
 
 async def redeem_now(
@@ -278,16 +270,15 @@ async def redeem_now(
     action: Action,
     target: uuid.UUID | None,
     values: ActionValues,
-) -> ActionGrant:
-    """RedeemActionGrant: another backend consumes the grant for an action it performs."""
-    async with app.write() as db:
-        return await redeem(
-            app,
-            db,
-            caller,
-            token=token,
-            action=action,
-            target=target,
-            values=values,
-            by="backend",
-        )
+) -> statements.Spent:
+    """RedeemActionGrant: another backend consumes the grant for an action it performs (one
+    round trip on PostgreSQL, one hop on SQLite, when it is spent)."""
+    now = app.clock.now()
+    found = await app.db.statement(
+        statements.redeem,
+        _redeemable(app, caller, token, action, target, values, now),
+        _redeemed_event(app, caller, action, target, "backend"),
+    )
+    if isinstance(found, statements.Spent):
+        return found
+    raise refusal(found, caller, action, target, now)
