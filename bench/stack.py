@@ -69,6 +69,7 @@ def layers_in_process(calls: int, repeats: int) -> list[tuple[str, float]]:
     from authsvc.api import rpc
     from authsvc.api.callers import CallerRegistry
     from authsvc.app import App
+    from authsvc.config import LogFormat
     from authsvc.v1 import auth_service_pb2 as pb
     from authsvc.v1 import common_pb2
 
@@ -95,7 +96,7 @@ def layers_in_process(calls: int, repeats: int) -> list[tuple[str, float]]:
         with open(os.devnull, "w") as devnull:
             sys.stderr = devnull
             try:
-                log.configure(log.LogFormat.JSON)
+                log.configure(LogFormat.JSON)
                 logger = structlog.get_logger("authsvc.rpc")
                 results = [
                     (
@@ -148,10 +149,11 @@ async def _serve(layer: str, port: int, workdir: str) -> None:
     from authsvc.api.callers import CallerRegistry, Guard
     from authsvc.api.rpc import rpc
     from authsvc.app import App
+    from authsvc.config import LogFormat
     from authsvc.v1 import auth_service_pb2 as pb
     from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
 
-    log.configure(log.LogFormat.JSON)
+    log.configure(LogFormat.JSON)
     app = App.build(_settings(workdir))
 
     class Bare(pb_grpc.AuthServiceServicer):
@@ -167,7 +169,7 @@ async def _serve(layer: str, port: int, workdir: str) -> None:
 
     server = grpc.aio.server()
     registrar: Any = server if layer == "bare" else Guard(server, CallerRegistry(app))
-    servicer = Wrapped() if layer == "guard+rpc" else Bare()
+    servicer: Any = Wrapped() if layer == "guard+rpc" else Bare()  # type: ignore[abstract]
     pb_grpc.add_AuthServiceServicer_to_server(servicer, registrar)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -244,7 +246,7 @@ def server_cpu_per_call(
             )
             before = _cpu_s(server.pid)
             client.start()
-            calls = receive.recv()
+            calls: int = receive.recv()
             after = _cpu_s(server.pid)
             client.join()
         finally:
