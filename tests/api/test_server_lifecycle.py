@@ -251,10 +251,9 @@ def test_sigterm_turns_health_not_serving_then_exits_cleanly(served: Served) -> 
         assert not seen or seen[0] == NOT_SERVING, seen
         assert SERVING not in seen
 
-        # The watch was kept open: the grace period bounds the drain.
-        started = time.monotonic()
+        # The watch was kept open: the grace period bounds the drain (the wait's timeout is
+        # a hang guard, not a measurement).
         assert served.process.wait(GRACE_S + 10) == 0
-        assert time.monotonic() - started < GRACE_S + 10
 
     events = [line["event"] for line in served.log_lines()]
     assert "serving" in events and "draining" in events and "stopped" in events
@@ -265,9 +264,8 @@ def test_sigterm_turns_health_not_serving_then_exits_cleanly(served: Served) -> 
 
 
 def test_sigterm_with_no_call_open_exits_at_once(served: Served) -> None:
-    started = time.monotonic()
-    assert served.stop(timeout=GRACE_S + 10) == 0
-    assert time.monotonic() - started < GRACE_S + 5
+    # The timeout is a hang guard, not a measurement.
+    assert served.stop(timeout=GRACE_S + 5) == 0
     with sync_channel(served.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         with pytest.raises(grpc.RpcError) as gone:
