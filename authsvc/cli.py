@@ -15,9 +15,10 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from grpc_status import rpc_status
+from pydantic import ValidationError
 
 from authsvc import log, security_cli
-from authsvc.config import ProviderName, Settings
+from authsvc.config import ProviderName, Settings, describe_refusal
 from authsvc.errors import Failure
 
 DEMO_SIRET = "21180001500011"
@@ -27,7 +28,13 @@ CLIENT_STATE = Path("var/client.json")
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**overrides)
+    """The settings; a refused one stops the command with one line per setting, no traceback."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        for line in describe_refusal(error):
+            print(line, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_migrate(settings: Settings) -> int:
@@ -365,7 +372,8 @@ def _save_state(state: dict[str, str]) -> None:
 
 
 def _show(message: Any) -> None:
-    print(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    # UTF-8 as is: masked numbers read "+33 6 •• •• •• 78", not "\\u2022" escapes.
+    print(json_format.MessageToJson(message, preserving_proto_field_name=True, ensure_ascii=False))
 
 
 def cmd_client(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -501,3 +501,46 @@ def _decode_key(text: str) -> bytes:
     if len(key) < 32:
         raise ValueError("the secret key must hold at least 32 bytes")
     return key
+
+
+# How pydantic's error types read as a bound, from the error's context.
+_BOUNDS: Final = {
+    "less_than_equal": "at most {le}",
+    "less_than": "less than {lt}",
+    "greater_than_equal": "at least {ge}",
+    "greater_than": "more than {gt}",
+    "too_short": "at least {min_length} long",
+    "too_long": "at most {max_length} long",
+    "enum": "one of {expected}",
+    "literal_error": "one of {expected}",
+}
+
+
+def describe_refusal(error: ValidationError) -> list[str]:
+    """One line per refused setting, naming the variable, its value and the bound it breaks.
+
+    The value is shown only for numbers, booleans and choices: any other setting (a URL, a JSON
+    document, a key) may hold a secret.
+    """
+    lines = []
+    for problem in error.errors(include_url=False):
+        location = [str(part) for part in problem["loc"]]
+        context = problem.get("ctx") or {}
+        template = _BOUNDS.get(problem["type"])
+        bound = template.format(**context) if template else problem["msg"]
+        if not location:  # a rule across settings (model validator): its message says it all
+            lines.append(f"configuration refused: {bound.removeprefix('Value error, ')}")
+            continue
+        variable = f"AUTHSVC_{location[0].upper()}"
+        inner = f" ({'.'.join(location[1:])})" if len(location) > 1 else ""
+        field = Settings.model_fields.get(location[0])
+        shown = field is not None and len(location) == 1 and _value_is_harmless(field.annotation)
+        value = f"={problem['input']}" if shown else " (value not shown)"
+        lines.append(f"{variable}{value} refused{inner}: {bound}")
+    return lines
+
+
+def _value_is_harmless(annotation: object) -> bool:
+    return annotation in (int, float, bool) or (
+        isinstance(annotation, type) and issubclass(annotation, StrEnum)
+    )

@@ -17,7 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 # grpc-stubs predates the asyncio health servicer that grpcio-health-checking exports here.
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
@@ -38,6 +39,8 @@ log = structlog.get_logger("authsvc.server")
 
 AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 ACCOUNT_SERVICE = account_service_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
+# Current grpcurl and Postman ask for reflection v1 first, older clients for v1alpha.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 # Requests are small; refuse anything larger before it is parsed.
 MAX_MESSAGE_BYTES = 64 * 1024
 # Request headers (API key, request id, user agent of the backend): bounded as well.
@@ -133,9 +136,7 @@ async def create_server(
     )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guard)
-    reflection.enable_server_reflection(
-        (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), guard
-    )
+    serve_reflection(guard, (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME))
     credentials = server_credentials(settings)
     address = listen or settings.listen
     if credentials is None:
@@ -188,3 +189,22 @@ async def serve(
     log.info("draining", grace_s=settings.grace_period_s)
     await server.stop()
     log.info("stopped")
+
+
+def serve_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
+    """gRPC reflection under both of its names, grpc.reflection.v1 and v1alpha.
+
+    grpcio-reflection implements v1alpha only; v1 renamed the package and kept every message and
+    field number, so the same servicer answers both with the same messages on the wire.
+    """
+    names = (*services, REFLECTION_V1, reflection.SERVICE_NAME)
+    servicer = ReflectionServicer(names)
+    handlers = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    for name in (REFLECTION_V1, reflection.SERVICE_NAME):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

@@ -311,8 +311,8 @@ class ChallengeResponse(_message.Message):
     """Where the delivery stands now (usually DELIVERY_STATUS_QUEUED: delivery is asynchronous)."""
     @_builtins.property
     def code_expire_time(self) -> _timestamp_pb2.Timestamp:
-        """When this challenge's code stops working (5 minutes after issue by default, never more
-        than 10).
+        """When this challenge's code stops working: 5 minutes after issue by default, never more in
+        production (AUTHSVC_CODE_TTL_S, 60 to 600 s in development; docs/settings.md).
         """
 
     @_builtins.property
