@@ -52,13 +52,14 @@ def _settings(workdir: str) -> Any:
 
 
 def _per_call(function: Callable[[], object], calls: int, repeats: int) -> float:
-    """Median µs per call of `function`."""
+    """Median µs of this process's CPU time per call of `function` (CPU time, not wall time:
+    other processes' load on a shared machine changes it less)."""
     timings = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = time.process_time()
         for _ in range(calls):
             function()
-        timings.append((time.perf_counter() - started) / calls * 1e6)
+        timings.append((time.process_time() - started) / calls * 1e6)
     return statistics.median(timings)
 
 
