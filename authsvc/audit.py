@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,12 +32,13 @@ _context: ContextVar[RequestContext] = ContextVar(
 )
 
 
+# Built directly, not with dataclasses.replace (which costs ~1 µs of introspection per call).
 def set_request_id(request_id: str) -> None:
-    _context.set(replace(_context.get(), request_id=request_id))
+    _context.set(RequestContext(request_id, _context.get().ip_address))
 
 
 def set_ip_address(ip_address: str) -> None:
-    _context.set(replace(_context.get(), ip_address=ip_address))
+    _context.set(RequestContext(_context.get().request_id, ip_address))
 
 
 def event(

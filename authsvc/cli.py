@@ -126,9 +126,10 @@ def cmd_serve(settings: Settings, listen: str | None, workers: int = 1) -> int:
         from authsvc.workers import serve_workers
 
         return serve_workers(settings, listen, workers)
+    from authsvc import eventloop
     from authsvc.server import serve
 
-    asyncio.run(serve(settings, listen))
+    eventloop.run(serve(settings, listen), use_uvloop=settings.uvloop)
     return 0
 
 
@@ -181,7 +182,9 @@ async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> No
 
 
 def cmd_dispatch(settings: Settings) -> int:
-    asyncio.run(_dispatch(settings))
+    from authsvc import eventloop
+
+    eventloop.run(_dispatch(settings), use_uvloop=settings.uvloop)
     return 0
 
 

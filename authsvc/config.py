@@ -355,6 +355,9 @@ class Settings(BaseSettings):
     log_level: str = "info"
     grace_period_s: float = Field(default=10.0, ge=0)
     default_region: str = "FR"
+    # uvloop runs `serve`, its workers and `dispatch` (less CPU per call than asyncio's own
+    # loop); false falls back to asyncio's loop, e.g. to rule uvloop out when chasing a bug.
+    uvloop: bool = True
 
     @model_validator(mode="after")
     def _providers_fit_channels(self) -> Settings:

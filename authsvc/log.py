@@ -6,8 +6,13 @@ destinations. Never a code, a password, a token or a full phone number.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 
@@ -19,7 +24,8 @@ class _StderrLogger:
     never holds on to a stream that was since replaced (test capture, daemonising)."""
 
     def msg(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        # One write per line, and no explicit flush: stderr is line-buffered (Python >= 3.9).
+        sys.stderr.write(message + "\n")
 
     debug = info = warning = error = critical = exception = msg
 
@@ -28,18 +34,44 @@ def _stderr_logger(*_args: object) -> _StderrLogger:
     return _StderrLogger()
 
 
+class _Timestamp:
+    """`timestamp`: ISO 8601 UTC with microseconds ("2026-01-31T12:00:00.123456Z"), the date
+    and time of day formatted once a second (structlog's TimeStamper formats them per line)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, _logger: object, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            self._prefix, self._second = moment.strftime("%Y-%m-%dT%H:%M:%S."), second
+        event["timestamp"] = f"{self._prefix}{int((now - second) * 1e6):06d}Z"
+        return event
+
+
+_ENCODER = json.JSONEncoder(default=repr)
+
+
+def _json(_logger: object, _name: str, event: MutableMapping[str, Any]) -> str:
+    """The line as JSON: one reused encoder (json.dumps builds one per call for default=)."""
+    return _ENCODER.encode(event)
+
+
 def configure(log_format: LogFormat = LogFormat.AUTO, level: str = "info") -> None:
     use_json = log_format is LogFormat.JSON or (
         log_format is LogFormat.AUTO and not sys.stderr.isatty()
     )
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: structlog.typing.Processor = _json if use_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _Timestamp(),
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 import structlog
@@ -21,7 +22,7 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
-from authsvc.api.callers import CallerAuthInterceptor, CallerRegistry
+from authsvc.api.callers import CallerRegistry, Guard
 from authsvc.app import App
 from authsvc.clock import Clock
 from authsvc.config import Settings
@@ -120,21 +121,22 @@ async def create_server(
     app = App.build(settings, clock)
     callers = CallerRegistry(app)
     server = grpc.aio.server(
-        interceptors=[CallerAuthInterceptor(callers)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
+    # Every service registers through the guard: each handler behind the caller check.
+    guard = cast(grpc.aio.Server, Guard(server, callers))
     verifier = AssertionVerifier(app)  # one key cache for both services
-    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app, verifier), server)
+    auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(app, verifier), guard)
     account_service_pb2_grpc.add_AccountServiceServicer_to_server(
-        AccountServicer(app, verifier), server
+        AccountServicer(app, verifier), guard
     )
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    serve_reflection(server, (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guard)
+    serve_reflection(guard, (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME))
     credentials = server_credentials(settings)
     address = listen or settings.listen
     if credentials is None:
@@ -175,6 +177,8 @@ async def serve(
         listen=listen or settings.listen,
         port=server.port,
         environment=settings.environment.value,
+        # "uvloop" or "asyncio" (AUTHSVC_UVLOOP): which loop runs this process's calls.
+        event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
     )
     if stop is None:
         stop = asyncio.Event()

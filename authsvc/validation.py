@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import cast
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from authsvc.errors import invalid_field
@@ -136,18 +137,71 @@ def has_control_characters(text: str) -> bool:
 
 
 def no_control_characters(message: Message, prefix: str = "") -> None:
-    """Refuse a control character (NUL included) in any string field of a request, nested and
-    repeated fields too: no field of the API carries one, and PostgreSQL refuses a NUL in text.
-    Checked once for every RPC, before its handler, so no handler has to remember it."""
-    for descriptor, value in message.ListFields():
-        path = prefix + descriptor.name
-        values = value if descriptor.is_repeated else (value,)
-        if descriptor.type == FieldDescriptor.TYPE_STRING:
-            if any(has_control_characters(text) for text in values):
-                raise invalid_field(path, "control characters are not allowed")
-        elif descriptor.type == FieldDescriptor.TYPE_MESSAGE:
-            for inner in values:
-                no_control_characters(inner, path + ".")
+    """Refuse a control character (NUL included) in any string field of a request, nested,
+    repeated and map fields too: no field of the API carries one, and PostgreSQL refuses a NUL
+    in text. Checked once for every RPC, before its handler, so no handler has to remember it.
+    """
+    strings, messages, maps = _plan(cast(Descriptor, message.DESCRIPTOR))
+    for name, repeated in strings:
+        value = getattr(message, name)
+        if value and (
+            any(_CONTROL.search(text) for text in value) if repeated else _CONTROL.search(value)
+        ):
+            raise invalid_field(prefix + name, "control characters are not allowed")
+    for name, repeated in messages:
+        if repeated:
+            for inner in getattr(message, name):
+                no_control_characters(inner, f"{prefix}{name}.")
+        elif message.HasField(name):
+            no_control_characters(getattr(message, name), f"{prefix}{name}.")
+    for name, string_keys, values in maps:
+        for key, value in getattr(message, name).items():
+            if string_keys and _CONTROL.search(key):
+                raise invalid_field(prefix + name, "control characters are not allowed")
+            if values == "string" and _CONTROL.search(value):
+                raise invalid_field(f"{prefix}{name}", "control characters are not allowed")
+            if values == "message":
+                no_control_characters(value, f"{prefix}{name}.")
+
+
+# Per message type: (string fields, message fields, map fields), each field with how to read it.
+_Plan = tuple[
+    tuple[tuple[str, bool], ...],
+    tuple[tuple[str, bool], ...],
+    tuple[tuple[str, bool, str], ...],
+]
+_plans: dict[Descriptor, _Plan] = {}
+
+
+def _plan(descriptor: Descriptor) -> _Plan:
+    """Which fields of a message type hold text, worked out once per type (walking the
+    descriptor on every call cost more than the check itself)."""
+    found = _plans.get(descriptor)
+    if found is not None:
+        return found
+    strings, messages, maps = [], [], []
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            strings.append((field.name, field.is_repeated))
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
+                kind = {
+                    FieldDescriptor.TYPE_STRING: "string",
+                    FieldDescriptor.TYPE_MESSAGE: "message",
+                }
+                maps.append(
+                    (
+                        field.name,
+                        key.type == FieldDescriptor.TYPE_STRING,
+                        kind.get(value.type, ""),
+                    )
+                )
+            else:
+                messages.append((field.name, field.is_repeated))
+    found = _plans[descriptor] = (tuple(strings), tuple(messages), tuple(maps))
+    return found
 
 
 def int64_text(value: str, field: str) -> int:

@@ -31,6 +31,7 @@ from multiprocessing.process import BaseProcess
 
 import structlog
 
+from authsvc import eventloop
 from authsvc.config import Environment, RateLimitBackend, Settings
 
 log = structlog.get_logger("authsvc.workers")
@@ -77,7 +78,7 @@ def _die_with_parent() -> None:
 def _worker(settings: Settings, listen: str, index: int) -> None:
     _die_with_parent()
     structlog.contextvars.bind_contextvars(worker=index)
-    asyncio.run(_serve_worker(settings, listen))
+    eventloop.run(_serve_worker(settings, listen), use_uvloop=settings.uvloop)
 
 
 async def _serve_worker(settings: Settings, listen: str) -> None:
@@ -116,7 +117,7 @@ def serve_workers(settings: Settings, listen: str | None, workers: int) -> int:
         process.start()
         processes.append(process)
     log.info("workers started", workers=workers, listen=address, pids=[p.pid for p in processes])
-    return asyncio.run(_supervise(settings, processes))
+    return eventloop.run(_supervise(settings, processes), use_uvloop=settings.uvloop)
 
 
 async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:

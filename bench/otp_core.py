@@ -254,6 +254,24 @@ def main() -> None:
             f"{case.name:58} {n_med:8.0f}ns {b_med:8.0f}ns {r_med:7.1f}x {target:>7}{mark}",
             flush=True,
         )
+    first_vs_last_wrong_digit(args.repeats, args.min_time)
+
+
+def first_vs_last_wrong_digit(repeats: int, min_time: float) -> None:
+    """CodeHasher.verify with the first or the last digit wrong (reported; the pass/fail
+    property, hash then compare whole digests, is tests/native/test_otp_position.py)."""
+    hasher = otp.CodeHasher(b"k" * 32)
+    digest = hasher.digest("123456", b"challenge")
+    first: list[float] = []
+    last: list[float] = []
+    for _ in range(repeats):  # interleaved
+        first.append(per_op_ns(lambda: hasher.verify("923456", b"challenge", digest), 1, min_time))
+        last.append(per_op_ns(lambda: hasher.verify("123459", b"challenge", digest), 1, min_time))
+    a, b = statistics.median(first), statistics.median(last)
+    print(
+        f"{'CodeHasher.verify, first vs last digit wrong':58} {a:8.0f}ns {b:8.0f}ns "
+        f"{abs(a - b) / min(a, b):7.1%}  (gap, reported)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,18 @@ two medians taken in this run on this machine. Nothing here passes or fails: it 
 2. Logins with `--workers 2` against `--workers 1` (one argon2 thread per worker). Target 1.7x.
 3. Verify and ValidateSession throughput of one server process against a no-op grpc.aio unary
    RPC served by one process, driven by the same client: target >= 0.5, SQLite and PostgreSQL.
+   Per RPC also: server CPU per call (the server process's own CPU time, from /proc), database
+   round trips per call (the `db_round_trips` field of the server's own log line, counted by
+   app.db.round_trips), and Verify's p99 at that load.
 4. Verify p99 while logins saturate the CPU (`--workers 2`): target <= 50 ms.
 5. Server memory (resident, all processes): idle with 10,000 and 100,000 accounts, with
    20,000 pending flows, and its growth over sustained load (must stay flat per request).
+6. Login failure timing: a wrong password, an unknown login and an unknown organisation, one
+   call at a time, interleaved; median latencies and their gaps (reported, not asserted: the
+   pass/fail property, one argon2 verification and the same statements, is
+   tests/api/test_timing.py).
+
+`--quick`: a smoke run (SQLite, one repeat of 1 s, sections 3 and 6).
 
 The load comes from client processes on the same machine (grpc.aio, `--concurrency` calls in
 flight); on 2 cores the client takes CPU from the server, for the service and its baseline
@@ -127,6 +136,32 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by `pid` and its live children, seconds."""
+    pids = [pid]
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                pids += [int(c) for c in (task / "children").read_text().split()]
+    total = 0
+    for each in pids:
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def round_trips(log: Path, method: str) -> float:
+    """Median database round trips of `method`'s calls, from the server's own log lines."""
+    counts = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and f'"method": "{method}"' in line:
+            entry = json.loads(line)
+            if entry.get("event") == "rpc" and "db_round_trips" in entry:
+                counts.append(entry["db_round_trips"])
+    return median([float(c) for c in counts])
+
+
 # ---- argon2 baseline ---------------------------------------------------------------------------
 
 
@@ -169,7 +204,7 @@ def argon2_rate(threads: int, duration: float) -> float:
 @dataclass(frozen=True)
 class Load:
     target: str
-    kind: str  # noop | login | verify | validate
+    kind: str  # noop | login | verify | validate | refused (Login answered UNAUTHENTICATED)
     items: list[tuple[str, ...]]
     concurrency: int
     duration: float
@@ -202,11 +237,13 @@ async def _run_load(load: Load) -> dict[str, Any]:
     outputs: list[str] = []
     position = 0
 
+    completed = 0
+
     def next_item() -> tuple[str, ...] | None:
         nonlocal position
         if not load.items:
             return ()
-        if load.kind == "verify":  # each flow once
+        if load.kind in ("verify", "refused"):  # each flow (each failing login) once
             if position >= len(load.items):
                 return None
             position += 1
@@ -215,6 +252,7 @@ async def _run_load(load: Load) -> dict[str, Any]:
         return load.items[position % len(load.items)]
 
     async def one(slot: int, item: tuple[str, ...]) -> None:
+        nonlocal completed
         started = time.perf_counter()
         at = loop.time()
         try:
@@ -248,9 +286,27 @@ async def _run_load(load: Load) -> dict[str, Any]:
                     metadata=metadata,
                     timeout=30,
                 )
+            elif load.kind == "refused":
+                try:
+                    await stubs[slot % 2].Login(
+                        pb.LoginRequest(
+                            organization_siret=item[0],
+                            login=item[1],
+                            password=pb.PasswordCredential(password="a wrong password"),
+                            client=client,
+                        ),
+                        metadata=metadata,
+                        timeout=60,
+                    )
+                    errors["not refused"] += 1
+                    return
+                except grpc.aio.AioRpcError as refused:
+                    if refused.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
         except grpc.aio.AioRpcError as error:
             errors[error.code().name] += 1
             return
+        completed += 1
         if measure_from <= at and loop.time() <= deadline:
             latencies.append((time.perf_counter() - started) * 1000.0)
 
@@ -286,6 +342,7 @@ async def _run_load(load: Load) -> dict[str, Any]:
         "p99": percentile(latencies, 0.99),
         "errors": dict(errors),
         "outputs": outputs,
+        "completed": completed,  # warm-up included: the calls the server's CPU time covers
     }
 
 
@@ -393,7 +450,7 @@ def served(
         command += ["--workers", str(workers)]
         extra = {"AUTHSVC_PASSWORD_HASH_THREADS": str(hash_threads)} if hash_threads else {}
         env = server_env(db, workdir, **extra)
-    log = (workdir / f"serve-{port}.log").open("wb")
+    log = (workdir / f"serve-{port}.log").open("wb")  # round_trips() reads it
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
     try:
         wait_ready(f"127.0.0.1:{port}", process, noop=db is None)
@@ -599,6 +656,16 @@ class Bench:
 
     # 3 --------------------------------------------------------------------------------------
 
+    def measured(self, pid: int, load: Load) -> dict[str, Any]:
+        """`load`'s result, with the server's CPU ms per completed call."""
+        before = cpu_seconds(pid)
+        result = self.load(load)
+        spent = cpu_seconds(pid) - before
+        if result["errors"]:
+            print(f"    errors: {result['errors']}", flush=True)
+        result["cpu_ms"] = spent * 1000 / max(result["completed"], 1)
+        return result
+
     def verify_vs_noop(self, kind: str) -> None:
         args = self.args
         print(f"Verify and ValidateSession vs a no-op RPC ({kind})", flush=True)
@@ -606,39 +673,95 @@ class Bench:
         with database(kind, self.workdir) as db:
             prepare(db, self.workdir, 5000)
             flows = pending_flows(db, args.flows)
-            noop: list[float] = []
-            verify: list[float] = []
-            validate: list[float] = []
+            runs: dict[str, list[dict[str, Any]]] = {
+                "noop": [],
+                "Verify": [],
+                "ValidateSession": [],
+            }
+            trips: dict[str, list[float]] = {"Verify": [], "ValidateSession": []}
             tokens: list[str] = []
             per_run = len(flows) // args.repeats
-            for run in range(args.repeats):
-                with served(None, self.workdir) as (target, _):
-                    noop += self.rates(
-                        lambda target=target: self.load(Load(target, "noop", [], c, args.duration)),
-                        1,
+            for run in range(args.repeats):  # interleaved: the service and its baseline alike
+                with served(None, self.workdir) as (target, pid):
+                    runs["noop"].append(
+                        self.measured(pid, Load(target, "noop", [], c, args.duration))
                     )
-                with served(db, self.workdir, workers=1) as (target, _):
+                with served(db, self.workdir, workers=1) as (target, pid):
                     batch = flows[run * per_run : (run + 1) * per_run]
-                    result = self.load(Load(target, "verify", batch, c, args.duration))
-                    if result["errors"]:
-                        print(f"    errors: {result['errors']}", flush=True)
+                    result = self.measured(pid, Load(target, "verify", batch, c, args.duration))
                     if result["count"] >= len(batch) - c:
                         print("    (ran out of flows: raise --flows)", flush=True)
-                    verify.append(result["rate"])
+                    runs["Verify"].append(result)
                     tokens += result["outputs"]
-                    items = [(t,) for t in tokens[-5000:]]
-                    validate += self.rates(
-                        lambda target=target, items=items: self.load(
-                            Load(target, "validate", items, c, args.duration)
-                        ),
-                        1,
+                    items: list[tuple[str, ...]] = [(t,) for t in tokens[-5000:]]
+                    runs["ValidateSession"].append(
+                        self.measured(pid, Load(target, "validate", items, c, args.duration))
                     )
-        for name, values in (("Verify", verify), ("ValidateSession", validate)):
+                    log = self.workdir / f"serve-{target.rpartition(':')[2]}.log"
+                    for name in trips:
+                        trips[name].append(round_trips(log, name))
+
+            def figure(name: str, key: str) -> float:
+                return median([result[key] for result in runs[name]])
+
+            noop_rate, noop_cpu = figure("noop", "rate"), figure("noop", "cpu_ms")
+            self.report(
+                f"no-op grpc.aio RPC (one process) [{kind}]",
+                f"{noop_rate:.0f}/s, server CPU {noop_cpu:.3f} ms/call",
+                "—",
+                "the baseline",
+            )
+        for name in ("Verify", "ValidateSession"):
+            rate, cpu = figure(name, "rate"), figure(name, "cpu_ms")
+            p99 = f", p99 {figure(name, 'p99'):.1f} ms at {c} in flight" if name == "Verify" else ""
             self.report(
                 f"{name} ({kind}, one process) vs no-op grpc.aio RPC (one process)",
-                f"{median(values):.0f}/s",
-                f"{median(noop):.0f}/s",
-                f"{median(values) / median(noop):.2f} (target >= 0.50)",
+                f"{rate:.0f}/s, server CPU {cpu:.3f} ms/call, "
+                f"{median(trips[name]):.0f} round trips/call{p99}",
+                f"{noop_rate:.0f}/s, {noop_cpu:.3f} ms/call",
+                f"{rate / noop_rate:.2f} (target >= 0.50); CPU x{cpu / noop_cpu:.1f}",
+            )
+
+    # 6 --------------------------------------------------------------------------------------
+
+    def login_failure_timing(self, kind: str) -> None:
+        """Wrong password, unknown login, unknown organisation: median latency of each, one
+        call at a time, the three interleaved (drift and bursts of load hit them alike)."""
+        from authsvc.seeding import account_login, org_siret
+
+        args = self.args
+        print(f"Login failure timing ({kind})", flush=True)
+        calls = max(20, int(args.duration * 8))
+        with database(kind, self.workdir) as db:
+            prepare(db, self.workdir, 2000)
+            cases: dict[str, list[tuple[str, ...]]] = {
+                # Each known account fails once: no lock, and the counter exists from then on.
+                "wrong password": [(org_siret(i % 100), account_login(i)) for i in range(2000)],
+                "unknown login": [(org_siret(i % 100), f"nobody{i}") for i in range(2000)],
+                "unknown organisation": [
+                    (org_siret(10_000 + i), account_login(i)) for i in range(2000)
+                ],
+            }
+            p50s: dict[str, list[float]] = {name: [] for name in cases}
+            names = list(cases)
+            with served(db, self.workdir, workers=1) as (target, _):
+                warmup: list[tuple[str, ...]] = [(org_siret(0), f"warmup{i}") for i in range(10)]
+                self.load(Load(target, "refused", warmup, 1, 60.0, 0.0))
+                for run in range(args.repeats * 3):
+                    for name in names[run % 3 :] + names[: run % 3]:  # each kind first in turn
+                        batch = cases[name][run * calls : (run + 1) * calls]
+                        result = self.load(Load(target, "refused", batch, 1, 60.0, 0.0))
+                        if result["errors"]:
+                            print(f"    errors: {result['errors']}", flush=True)
+                        p50s[name].append(result["p50"])
+        reference = median(p50s["wrong password"])
+        for name in ("unknown login", "unknown organisation"):
+            value = median(p50s[name])
+            self.report(
+                f"Login failure timing: {name} vs wrong password [{kind}]",
+                f"median {value:.1f} ms",
+                f"{reference:.1f} ms",
+                f"gap {(value - reference) / reference:+.1%} (reported; the test counts the work)",
             )
 
     # 4 --------------------------------------------------------------------------------------
@@ -724,7 +847,10 @@ def main() -> None:
         "--verify-rate", type=float, default=10.0, help="Verify/s in (4): the mix, 0.3 x logins"
     )
     parser.add_argument(
-        "--only", action="append", choices=["logins", "verify", "latency", "memory"]
+        "--only", action="append", choices=["logins", "verify", "latency", "memory", "timing"]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: SQLite, 1 x 1 s, verify and timing"
     )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -732,7 +858,10 @@ def main() -> None:
     if args.serve_noop:
         asyncio.run(_serve_noop(args.serve_noop))
         return
-    only = set(args.only or ["logins", "verify", "latency", "memory"])
+    if args.quick:
+        args.repeats, args.duration, args.flows, args.skip_postgres = 1, 1.0, 1500, True
+        args.only = args.only or ["verify", "timing"]
+    only = set(args.only or ["logins", "verify", "latency", "memory", "timing"])
     print(
         f"bench/service.py — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{machine()}, load average {os.getloadavg()[0]:.2f}; medians of {args.repeats} x "
@@ -763,6 +892,9 @@ def main() -> None:
                     bench.verify_latency_under_logins("postgres", os.cpu_count() or 1)
             if "memory" in only:
                 bench.memory()
+            if "timing" in only:
+                for kind in kinds:
+                    bench.login_failure_timing(kind)
         finally:
             bench.pool.shutdown(cancel_futures=True)
     print("\nsummary")

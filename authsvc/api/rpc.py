@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from typing import TypeVar
@@ -21,7 +19,7 @@ from google.protobuf.message import Message
 from grpc.aio import ServicerContext
 
 from authsvc import audit, validation
-from authsvc.api.callers import current_backend
+from authsvc.api.callers import current_backend, current_request_id, request_id
 from authsvc.api.decoding import Undecodable
 from authsvc.api.status import to_grpc_status
 from authsvc.app import App
@@ -34,29 +32,19 @@ Resp = TypeVar("Resp")
 S = TypeVar("S")
 Handler = Callable[[S, Req, ServicerContext[Req, Resp]], Awaitable[Resp]]
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-REQUEST_ID = _REQUEST_ID
-
 
 def _request_id(context: ServicerContext[Req, Resp]) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
-            return value
-    return uuid.uuid4().hex
+    # Read from the metadata by the caller check, which every API handler sits behind.
+    return current_request_id.get() or request_id(context.invocation_metadata() or ())
 
 
-async def _well_formed(servicer: object, name: str, request: object) -> None:
-    """What every request must be before its handler runs: decodable, and with no control
-    character in any string field (validation.no_control_characters)."""
-    if isinstance(request, Undecodable):
-        # Throttled per calling backend: garbage names no end user, and charging a shared
-        # bucket would let one backend's garbage refuse every other backend's calls.
-        app = getattr(servicer, "_app", None)
-        if isinstance(app, App):
-            await app.limits.malformed(app.clock.now(), name, backend=current_backend.get())
-        raise invalid_field("request", "the request body is not a valid message of this RPC")
-    if isinstance(request, Message):
-        validation.no_control_characters(request)
+async def _undecodable(servicer: object, name: str) -> None:
+    # Throttled per calling backend: garbage names no end user, and charging a shared
+    # bucket would let one backend's garbage refuse every other backend's calls.
+    app = getattr(servicer, "_app", None)
+    if isinstance(app, App):
+        await app.limits.malformed(app.clock.now(), name, backend=current_backend.get())
+    raise invalid_field("request", "the request body is not a valid message of this RPC")
 
 
 def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
@@ -71,7 +59,12 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
             metered = app.db.round_trips.metered(name) if isinstance(app, App) else nullcontext([0])
             with metered as meter:
                 try:
-                    await _well_formed(self, name, request)
+                    # What every request must be before its handler runs: decodable, and
+                    # with no control character in any string field.
+                    if isinstance(request, Message):
+                        validation.no_control_characters(request)
+                    elif isinstance(request, Undecodable):
+                        await _undecodable(self, name)
                     response = await handler(self, request, context)
                     context.set_trailing_metadata((("x-request-id", request_id),))
                     return response

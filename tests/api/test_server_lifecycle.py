@@ -7,6 +7,7 @@ file (not a terminal), so it logs JSON lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -191,6 +192,12 @@ def serve_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def served(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
+    with _serving(serve_env, tmp_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _serving(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
     port = _free_port()
     stderr_path = tmp_path / "serve.stderr"
     with stderr_path.open("wb") as stderr:
@@ -209,6 +216,19 @@ def served(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Served]:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("false", "asyncio")])
+def test_serve_runs_on_uvloop_unless_the_setting_turns_it_off(
+    serve_env: dict[str, str], tmp_path: Path, setting: str | None, loop: str
+) -> None:
+    env = {key: value for key, value in serve_env.items() if key != "AUTHSVC_UVLOOP"}
+    if setting is not None:
+        env["AUTHSVC_UVLOOP"] = setting
+    with _serving(env, tmp_path) as server:
+        assert server.stop() == 0
+        serving = [line for line in server.log_lines() if line["event"] == "serving"]
+    assert [line["event_loop"] for line in serving] == [loop]
 
 
 # ---- (c) SIGTERM drains ------------------------------------------------------------------------
@@ -231,10 +251,9 @@ def test_sigterm_turns_health_not_serving_then_exits_cleanly(served: Served) -> 
         assert not seen or seen[0] == NOT_SERVING, seen
         assert SERVING not in seen
 
-        # The watch was kept open: the grace period bounds the drain.
-        started = time.monotonic()
+        # The watch was kept open: the grace period bounds the drain (the wait's timeout is
+        # a hang guard, not a measurement).
         assert served.process.wait(GRACE_S + 10) == 0
-        assert time.monotonic() - started < GRACE_S + 10
 
     events = [line["event"] for line in served.log_lines()]
     assert "serving" in events and "draining" in events and "stopped" in events
@@ -245,9 +264,8 @@ def test_sigterm_turns_health_not_serving_then_exits_cleanly(served: Served) -> 
 
 
 def test_sigterm_with_no_call_open_exits_at_once(served: Served) -> None:
-    started = time.monotonic()
-    assert served.stop(timeout=GRACE_S + 10) == 0
-    assert time.monotonic() - started < GRACE_S + 5
+    # The timeout is a hang guard, not a measurement.
+    assert served.stop(timeout=GRACE_S + 5) == 0
     with sync_channel(served.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         with pytest.raises(grpc.RpcError) as gone:

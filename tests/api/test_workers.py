@@ -135,3 +135,46 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("false", "asyncio")])
+def test_workers_run_on_uvloop_unless_the_setting_turns_it_off(
+    tmp_path: Path, setting: str | None, loop: str
+) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "AUTHSVC_UVLOOP"}
+    env |= {
+        "AUTHSVC_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'a.db'}",
+        "AUTHSVC_SECRET_KEY_FILE": str(tmp_path / "k"),
+        **TEST_API_KEYS_ENV,
+        "AUTHSVC_OUTBOX_FILE": str(tmp_path / "outbox.jsonl"),
+        "AUTHSVC_LOG_FORMAT": "json",
+        "AUTHSVC_GRACE_PERIOD_S": "1",
+    }
+    if setting is not None:
+        env["AUTHSVC_UVLOOP"] = setting
+    authsvc = [sys.executable, "-m", "authsvc"]
+    subprocess.run([*authsvc, "migrate"], env=env, check=True, capture_output=True, timeout=60)
+    stderr = tmp_path / "serve.stderr"
+    with stderr.open("wb") as sink:
+        process = subprocess.Popen(
+            [*authsvc, "serve", "--listen", f"127.0.0.1:{_free_port()}", "--workers", "2"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while sum(line.get("event") == "serving" for line in _lines(stderr)) < 2:
+            assert process.poll() is None, stderr.read_text()
+            assert time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, stderr.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    serving = [line for line in _lines(stderr) if line["event"] == "serving"]
+    assert sorted(line["worker"] for line in serving) == [0, 1]
+    assert [line["event_loop"] for line in serving] == [loop, loop]

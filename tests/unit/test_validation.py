@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
 
 from authsvc import validation
 from authsvc.errors import Failure
+from authsvc.v1 import account_service_pb2, auth_service_pb2
 
 
 def luhn_complete(body: str) -> str:
@@ -118,3 +124,59 @@ def test_email(value: str, ok: bool) -> None:
     except Failure:
         accepted = False
     assert accepted is ok
+
+
+def _string_paths(
+    descriptor: Any, prefix: tuple[str, ...] = (), depth: int = 0
+) -> Iterator[tuple[str, ...]]:
+    """Every string field reachable from a message type, as a path of field names."""
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            yield (*prefix, field.name)
+        elif (
+            field.type == FieldDescriptor.TYPE_MESSAGE
+            and depth < 3
+            and not field.message_type.GetOptions().map_entry
+        ):
+            yield from _string_paths(field.message_type, (*prefix, field.name), depth + 1)
+
+
+def _requests() -> list[Any]:
+    found = []
+    for module in (auth_service_pb2, account_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            found += [method.input_type for method in service.methods]
+    return found
+
+
+def _set(message: Any, path: tuple[str, ...], text: str) -> None:
+    for name in path[:-1]:
+        field = message.DESCRIPTOR.fields_by_name[name]
+        message = getattr(message, name).add() if field.is_repeated else getattr(message, name)
+    field = message.DESCRIPTOR.fields_by_name[path[-1]]
+    if field.is_repeated:
+        getattr(message, path[-1]).extend(["clean", text])
+    else:
+        setattr(message, path[-1], text)
+
+
+CASES = [(request, path) for request in _requests() for path in _string_paths(request)]
+
+
+@pytest.mark.parametrize(("descriptor", "path"), CASES, ids=lambda c: getattr(c, "name", c))
+@given(
+    before=st.text(alphabet=st.characters(categories=["L", "N"]), max_size=3),
+    control=st.characters(categories=["Cc"]),
+)
+def test_a_control_character_in_any_string_field_of_any_request_is_refused_by_name(
+    descriptor: Any, path: tuple[str, ...], before: str, control: str
+) -> None:
+    cls = message_factory.GetMessageClass(descriptor)
+    clean = cls()
+    _set(clean, path, before + "x")
+    validation.no_control_characters(clean)
+    dirty = cls()
+    _set(dirty, path, before + control)
+    with pytest.raises(Failure) as refused:
+        validation.no_control_characters(dirty)
+    assert refused.value.metadata["field"] == ".".join(path)
