@@ -159,11 +159,6 @@ def kinds(ran: list[str]) -> list[str]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unknown login reads its login_failures lock (one more SELECT) before its "
-    "reservation; a known login's lock comes with its account row (lockout.check_password_lock)",
-)
 async def test_an_unknown_login_and_a_wrong_password_make_the_same_round_trips(
     work: Work,
 ) -> None:
