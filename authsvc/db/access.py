@@ -41,7 +41,9 @@ T = TypeVar("T")
 Decision = Callable[Concatenate[Connection, P], T]
 
 # The round trips of the RPC (or other metered work) running in this context.
-_meter: ContextVar[list[int] | None] = ContextVar("authsvc_round_trips", default=None)
+_meter: ContextVar[tuple[str, list[int]] | None] = ContextVar(
+    "authsvc_round_trips", default=None
+)
 
 # SQLite readers: WAL lets them run beside the writer; two cores need no more.
 SQLITE_READERS = 4
@@ -62,21 +64,25 @@ class RoundTrips:
     def add(self, n: int = 1) -> None:
         with self._lock:
             self.count += n
-        meter = _meter.get()
-        if meter is not None:
+        metered = _meter.get()
+        if metered is not None:
+            name, meter = metered
             meter[0] += n
+            # Kept current, not set at the end: a refused call's answer leaves before its
+            # handler's wrapper ends, and whoever reads `last` after it must see its count.
+            self.last[name] = meter[0]
 
     @contextmanager
     def metered(self, name: str) -> Iterator[list[int]]:
         """Count the round trips of the work inside the block (and of the tasks it starts,
         which inherit the context); the total is `[0]` of the yielded list."""
         meter = [0]
-        token = _meter.set(meter)
+        self.last[name] = 0
+        token = _meter.set((name, meter))
         try:
             yield meter
         finally:
             _meter.reset(token)
-            self.last[name] = meter[0]
 
     def watch(self, engine: Engine) -> None:
         """Count every statement and every real transaction command of `engine` (and of the

@@ -14,9 +14,10 @@ from sqlalchemy import select
 from authsvc import audit
 from authsvc.app import App
 from authsvc.db import Account, FlowPurpose
+from authsvc.db.statements import stepup as statements
 from authsvc.errors import Failure, invalid_field
 from authsvc.flows import destination, grants
-from authsvc.flows.login import ClientInfo, open_flow, pending_view
+from authsvc.flows.login import ClientInfo, flow_row
 from authsvc.flows.views import PendingFlowView
 from authsvc.policies import lockout
 from authsvc.policies.permissions import Action, check_target
@@ -58,54 +59,60 @@ async def authorize(
 ) -> PendingFlowView:
     now = app.clock.now()
     await app.limits.step_up(now, ip=client.ip_address, account_id=str(caller.account_id))
-    account, target = await load_accounts(app, caller.account_id, target_id)
+    new_login = (caller.organization_id, values.login or "")
+    found = await app.db.read(
+        statements.parties,
+        caller.account_id,
+        target_id,
+        new_login if action is Action.CREATE_ACCOUNT else None,
+    )
+    account = found.caller
+    assert account is not None  # a valid session has an account
+    if target_id is not None and found.target is None:
+        raise Failure(
+            "PERMISSION_DENIED", "PERMISSION_DENIED", "no such account in your organisation"
+        )
     lockout.check_code_lock(app, account, now)  # no step-up while the second factor is locked
     bound_target = check_target(
         action,
         caller_id=account.id,
         caller_role=caller.role,
         caller_organization=account.organization_id,
-        target=target,
+        target=found.target,
     )
-    if action is Action.CREATE_ACCOUNT:
-        await _login_is_free(app, account.organization_id, values.login or "")
-    destination.account_phone(account)  # the code goes to the caller's own phone
-    async with app.write() as db:
-        flow = open_flow(
-            app,
-            db,
-            FlowPurpose.STEP_UP,
-            account,
-            client,
-            session_id=caller.session_id,
-            action=action.value,
-            target_account_id=bound_target,
-            values_digest=app.keys.binding_digest(values.canonical(action, bound_target)),
-        )
-        audit.record(
-            db,
-            app.clock,
-            "stepup.opened",
-            organization_id=account.organization_id,
-            actor=account.id,
-            target=bound_target,
-            action=action.value,
-            flow_id=str(flow.id),
-        )
-    return pending_view(flow, account)
-
-
-async def _login_is_free(app: App, organization_id: uuid.UUID, login: str) -> None:
-    async with app.read() as db:
-        taken = await db.scalar(
-            select(Account.id).where(
-                Account.organization_id == organization_id, Account.login == login
-            )
-        )
-    if taken is not None:
+    if found.login_taken:
         raise Failure(
             "ALREADY_EXISTS",
             "ALREADY_EXISTS",
             "this login is taken in your organisation",
             metadata={"field": "new_values.login"},
         )
+    where = destination.account_phone(account)  # the code goes to the caller's own phone
+    flow = flow_row(
+        app,
+        FlowPurpose.STEP_UP,
+        account.id,
+        client,
+        session_id=caller.session_id,
+        action=action.value,
+        target_account_id=bound_target,
+        values_digest=app.keys.binding_digest(values.canonical(action, bound_target)),
+    )
+    opened = audit.event(
+        app.clock,
+        "stepup.opened",
+        organization_id=account.organization_id,
+        actor=account.id,
+        target=bound_target,
+        action=action.value,
+        flow_id=str(flow["id"]),
+    )
+    await app.db.statement(statements.open_flow, flow, opened)
+    return PendingFlowView(
+        flow_id=flow["id"],
+        purpose=FlowPurpose.STEP_UP,
+        channels=where.channels,
+        default_channel=where.channels[0],
+        masked_destination=where.masked,
+        expires_at=flow["expires_at"],
+    )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
+from typing import Protocol
 
-from authsvc.db import Account, AccountStatus, Role
+from authsvc.db import AccountStatus, Role
 from authsvc.errors import Failure
 
 
@@ -37,13 +38,24 @@ def require_admin(role: Role) -> None:
         raise denied("an administrator's action")
 
 
+class TargetAccount(Protocol):
+    """The target's columns a permission looks at (an ORM row or a hot path's Core row)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def organization_id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> str: ...
+
+
 def check_target(
     action: Action,
     *,
     caller_id: uuid.UUID,
     caller_role: Role,
     caller_organization: uuid.UUID,
-    target: Account | None,
+    target: TargetAccount | None,
 ) -> uuid.UUID | None:
     """The target account id the action applies to (None for CREATE_ACCOUNT), or refuse."""
     if action in OWN_ACTIONS:

@@ -308,3 +308,19 @@ async def test_a_locked_login_is_refused_in_one_round_trip_known_or_not(
         locked = await failure_of(stub.Login(login_request(alice, PASSWORD, login=name)))
         assert locked.reason == "ACCOUNT_LOCKED"
         assert trips(server, "Login") == 1
+
+
+async def test_a_step_up_opens_its_flow_in_two_round_trips_after_the_session(
+    server: Server, stub: AuthServiceAsyncStub, alice: Seeded, inbox: Inbox
+) -> None:
+    """The session's read, the caller's read, the flow with its audit row (one statement on
+    PostgreSQL, one hop on SQLite)."""
+    session = (await sign_in(stub, inbox, alice)).session.token
+    await stub.AuthorizeSensitiveAction(
+        pb.AuthorizeSensitiveActionRequest(
+            session_token=session,
+            action=common_pb2.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD,
+            client=CLIENT,
+        )
+    )
+    assert trips(server, "AuthorizeSensitiveAction") == 3
