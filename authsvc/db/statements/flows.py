@@ -68,8 +68,11 @@ _FIND = select(*_FLOW_COLUMNS, *_ACCOUNT_COLUMNS).join_from(
 )
 
 
+_FIND_BY_ID = _FIND.where(FLOWS.c.id == bindparam("f_id"))
+
+
 def find(connection: Connection, flow_id: uuid.UUID) -> tuple[FlowRow, AccountRow] | None:
-    row = connection.execute(_FIND.where(FLOWS.c.id == flow_id)).first()
+    row = connection.execute(_FIND_BY_ID, {"f_id": flow_id}).first()
     if row is None:
         return None
     values: dict[str, Any] = dict(zip(FlowRow.__dataclass_fields__, row, strict=False))
