@@ -3,9 +3,11 @@ wrong password do the same work, so they take the same time.
 
 Asserted by counting the work, not by timing it (a shared machine's load would decide a timed
 test): each of the three runs exactly one argon2id verification (the unknown ones against the
-dummy hash) and the very same database statements, in the same order — the SQL text with its
-parameters stripped, every statement of every engine of the process. The time itself is
-measured, and reported, by bench/service.py ("Login failure timing").
+dummy hash); an unknown organisation and an unknown login run the very same statements (the SQL
+text with its parameters stripped, every statement of every engine of the process), and a wrong
+password the same round trips in the same order (its failure is counted on the account's row,
+an unknown login's on a login_failures row). The time itself is measured, and reported, by
+bench/service.py ("Login failure timing").
 """
 
 from __future__ import annotations
