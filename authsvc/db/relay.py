@@ -30,7 +30,9 @@ class Relay(Base):
 class RelayMember(Base):
     __tablename__ = "relay_members"
 
-    relay_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("relays.organization_id"), primary_key=True)
+    relay_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("relays.organization_id"), primary_key=True
+    )
     member_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id"), primary_key=True, index=True
     )

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0012"
 down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
@@ -160,17 +159,11 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("readiness_days")
     op.drop_table("send_budgets")
-    op.drop_index(
-        op.f("ix_campaign_recipients_organization_id"), table_name="campaign_recipients"
-    )
-    op.drop_index(
-        op.f("ix_campaign_recipients_last_message_id"), table_name="campaign_recipients"
-    )
+    op.drop_index(op.f("ix_campaign_recipients_organization_id"), table_name="campaign_recipients")
+    op.drop_index(op.f("ix_campaign_recipients_last_message_id"), table_name="campaign_recipients")
     op.drop_index("ix_campaign_recipients_due", table_name="campaign_recipients")
     op.drop_table("campaign_recipients")
-    op.drop_index(
-        op.f("ix_readiness_campaigns_organization_id"), table_name="readiness_campaigns"
-    )
+    op.drop_index(op.f("ix_readiness_campaigns_organization_id"), table_name="readiness_campaigns")
     op.drop_table("readiness_campaigns")
     op.drop_index(op.f("ix_relay_members_member_id"), table_name="relay_members")
     op.drop_table("relay_members")
