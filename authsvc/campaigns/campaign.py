@@ -11,12 +11,14 @@ campaign email, so that an account that became ready after its email was queued 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import structlog
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,6 +43,8 @@ from authsvc.otp import random_token, token_digest
 from authsvc.phones import mask_email
 from authsvc.policies.permissions import Action, require_admin
 from authsvc.sessions import SessionInfo
+
+log = structlog.get_logger("authsvc.campaigns")
 
 TEMPLATES = ("readiness_reminder", "readiness_activation")
 PHONE_ISSUES = frozenset({"no_phone", "invalid_phone", "phone_unverified"})
@@ -412,3 +416,27 @@ async def start_for(
             started_by=caller.account_id,
         )
     return started
+
+
+async def run_forever(app: App, stop: asyncio.Event) -> None:
+    """Run the due rounds every `campaign_tick_s` until `stop` is set (beside the dispatcher:
+    every replica may run it, the claims make concurrent rounds send each email once)."""
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), app.settings.campaign_tick_s)
+            return
+        except TimeoutError:
+            pass
+        try:
+            done = await run_due(app)
+        except Exception:  # a database hiccup: the next tick tries again
+            log.exception("campaign_round_error")
+            continue
+        if done.sent or done.became_ready:
+            log.info(
+                "campaign_round",
+                sent=done.sent,
+                became_ready=done.became_ready,
+                deferred_organizations=len(done.deferred_organizations),
+                provider_limit_reached=done.provider_limit_reached,
+            )
