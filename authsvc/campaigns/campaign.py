@@ -225,7 +225,7 @@ async def _due(app: App, db: AsyncSession, now: datetime, *, exclude: set[uuid.U
     )
     if exclude:
         query = query.where(CampaignRecipient.organization_id.not_in(exclude))
-    return [(r, a, c, name) for r, a, c, name in (await db.execute(query)).tuples()]
+    return [(r, a, c, name) for r, a, c, name in (await db.execute(query)).all()]
 
 
 async def _send_batch(
@@ -350,7 +350,7 @@ async def superseded(app: App, message_id: uuid.UUID) -> bool:
         ).first()
         if row is None:
             return False
-        recipient, status, ready = row.tuple()
+        recipient, status, ready = row
         if ready:
             await _mark_ready(db, recipient, now)
         return bool(ready) or status != CampaignStatus.RUNNING

@@ -71,7 +71,7 @@ async def open_link(app: App, *, token: str, phone: str, client: ClientInfo) -> 
         row = spent.first()
         if row is None:
             raise link_invalid()
-        account_id, campaign_id = row.tuple()
+        account_id, campaign_id = row
         account = await db.scalar(select(Account).where(Account.id == account_id))
         assert account is not None
         flow = open_flow(

@@ -180,7 +180,7 @@ async def members_of(db: AsyncSession, relay_id: uuid.UUID) -> list[MemberOrgani
         .where(RelayMember.relay_id == relay_id)
         .order_by(Organization.siret)
     )
-    return [MemberOrganization(*row) for row in rows.tuples()]
+    return [MemberOrganization(*row) for row in rows.all()]
 
 
 async def organization_by_siret(app: App, siret: str) -> Organization:
