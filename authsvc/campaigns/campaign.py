@@ -17,9 +17,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
@@ -260,8 +261,7 @@ async def _send_batch(
             result.provider_limit_reached = True
         if paid < len(items):
             result.deferred_organizations.add(org)
-        for recipient, account, campaign, org_name in items[:paid]:
-            result.sent += await _send_one(app, db, recipient, account, campaign, org_name, now)
+        result.sent += await _send(app, db, items[:paid], now)
         if result.provider_limit_reached:
             return
 
@@ -275,64 +275,85 @@ async def _mark_ready(db: AsyncSession, recipient: CampaignRecipient, now: datet
             CampaignRecipient.status == RecipientStatus.WAITING,
         )
         .values(status=RecipientStatus.READY, ready_at=now, next_send_at=None, link_digest=None)
+        .execution_options(synchronize_session=False)
     )
     return int(marked.rowcount)  # type: ignore[attr-defined]
 
 
-async def _send_one(
-    app: App,
-    db: AsyncSession,
-    recipient: CampaignRecipient,
-    account: Account,
-    campaign: Campaign,
-    organization_name: str,
-    now: datetime,
-) -> int:
-    issues = account_issues(account)
-    token = random_token(32) if PHONE_ISSUES & set(issues) else None
-    message_id = new_id()
-    ttl = timedelta(seconds=app.settings.campaign_link_ttl_s)
-    claimed = await db.execute(
-        update(CampaignRecipient)
+async def _send(app: App, db: AsyncSession, items: list[_Due], now: datetime) -> int:
+    """Claim these recipients for this round (one conditional UPDATE: still waiting, still due;
+    a recipient a concurrent worker claimed is not returned), then queue the winners' emails
+    and record each one's message and link, in the caller's transaction."""
+    if not items:
+        return 0
+    # Core statements on the table: the ORM's per-row bookkeeping would cost more than the SQL.
+    table = cast(Table, CampaignRecipient.__table__)
+    interval = timedelta(seconds=items[0][2].reminder_interval_s)
+    keys = [(r.campaign_id, r.account_id) for r, _, _, _ in items]
+    won = await db.execute(
+        update(table)
         .where(
-            CampaignRecipient.campaign_id == recipient.campaign_id,
-            CampaignRecipient.account_id == recipient.account_id,
-            CampaignRecipient.status == RecipientStatus.WAITING,
-            CampaignRecipient.next_send_at <= now,
+            tuple_(table.c.campaign_id, table.c.account_id).in_(keys),
+            table.c.status == RecipientStatus.WAITING,
+            table.c.next_send_at <= now,
         )
-        .values(
-            sends=CampaignRecipient.sends + 1,
-            last_sent_at=now,
-            next_send_at=now + timedelta(seconds=campaign.reminder_interval_s),
-            last_message_id=message_id,
-            # Each email replaces the previous link: only the latest one opens anything.
-            link_digest=token_digest(token) if token else None,
-            link_expires_at=min(now + ttl, campaign.ends_at) if token else None,
-            link_used_at=None,
+        .values(sends=table.c.sends + 1, last_sent_at=now, next_send_at=now + interval)
+        .returning(table.c.campaign_id, table.c.account_id)
+    )
+    claimed = {tuple(row) for row in won.all()}
+    ttl = timedelta(seconds=app.settings.campaign_link_ttl_s)
+    links: list[dict[str, object]] = []
+    for recipient, account, campaign, organization_name in items:
+        if (recipient.campaign_id, recipient.account_id) not in claimed:
+            continue  # a concurrent worker sent this round's email
+        issues = account_issues(account)
+        token = random_token(32) if PHONE_ISSUES & set(issues) else None
+        message_id = new_id()
+        message = templates.readiness_email(
+            display_name=account.display_name,
+            organization_name=organization_name,
+            issues=issues,
+            service=app.settings.service_name,
+            link_url=app.settings.campaign_link_url,
+            link_token=token,
         )
-    )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        return 0  # a concurrent worker sent this round's email
-    message = templates.readiness_email(
-        display_name=account.display_name,
-        organization_name=organization_name,
-        issues=issues,
-        service=app.settings.service_name,
-        link_url=app.settings.campaign_link_url,
-        link_token=token,
-    )
-    enqueue(
-        app,
-        db,
-        channel="email",
-        template=TEMPLATES[0] if token else TEMPLATES[1],
-        to=account.email,
-        masked_to=mask_email(account.email),
-        message=message,
-        flow_id=None,
-        message_id=message_id,
-    )
-    return 1
+        enqueue(
+            app,
+            db,
+            channel="email",
+            template=TEMPLATES[0] if token else TEMPLATES[1],
+            to=account.email,
+            masked_to=mask_email(account.email),
+            message=message,
+            flow_id=None,
+            message_id=message_id,
+        )
+        # Each email replaces the previous link: only the latest one opens anything.
+        links.append(
+            {
+                "b_campaign": recipient.campaign_id,
+                "b_account": recipient.account_id,
+                "b_message": message_id,
+                "b_digest": token_digest(token) if token else None,
+                "b_expires": min(now + ttl, campaign.ends_at) if token else None,
+            }
+        )
+    if links:
+        await db.execute(
+            update(table)
+            .where(
+                table.c.campaign_id == bindparam("b_campaign"),
+                table.c.account_id == bindparam("b_account"),
+            )
+            .values(
+                last_message_id=bindparam("b_message"),
+                link_digest=bindparam("b_digest"),
+                link_expires_at=bindparam("b_expires"),
+                link_used_at=None,
+            ),
+            links,
+        )
+    return len(links)
 
 
 async def superseded(app: App, message_id: uuid.UUID) -> bool:

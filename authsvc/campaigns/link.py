@@ -12,7 +12,7 @@ is the same answer, LINK_INVALID, and spends nothing.
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from authsvc import audit, validation
 from authsvc.app import App
@@ -51,7 +51,7 @@ async def open_link(app: App, *, token: str, phone: str, client: ClientInfo) -> 
     )
     without_verified_phone = select(Account.id).where(
         Account.id == CampaignRecipient.account_id,
-        Account.phone_verified_at.is_(None),
+        or_(Account.phone_kind.is_(None), Account.phone_verified_at.is_(None)),
         Account.status.in_([AccountStatus.ACTIVE, AccountStatus.PENDING_ACTIVATION]),
     )
     flow_id = new_id()

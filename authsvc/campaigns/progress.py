@@ -7,17 +7,16 @@ recording of the day wins), so a relay sees the trend of every member under a ca
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authsvc.accounts.directory import account_issues
+from authsvc.accounts.directory import ready_clause
 from authsvc.app import App
-from authsvc.db import Account, ReadinessDay
+from authsvc.db import Account, AccountStatus, ReadinessDay
 
 
 @dataclass(frozen=True)
@@ -31,33 +30,47 @@ class Day:
     pending_activation: int
 
 
+def _issue_counts() -> list[ColumnElement[int]]:
+    """`directory.account_issues` per reason, summed in SQL (one pass, however many accounts)."""
+    no_kind = Account.phone_kind.is_(None)
+
+    def total(condition: ColumnElement[bool], name: str) -> ColumnElement[int]:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0).label(name)
+
+    return [
+        func.count().label("accounts_total"),
+        total(ready_clause(), "ready"),
+        total(and_(no_kind, Account.phone_masked.is_(None)), "no_phone"),
+        total(and_(no_kind, Account.phone_masked.is_not(None)), "invalid_phone"),
+        total(and_(~no_kind, Account.phone_verified_at.is_(None)), "phone_unverified"),
+        total(Account.status == AccountStatus.PENDING_ACTIVATION, "pending_activation"),
+    ]
+
+
+COLUMNS = (
+    "accounts_total",
+    "ready",
+    "no_phone",
+    "invalid_phone",
+    "phone_unverified",
+    "pending_activation",
+)
+
+
 async def record(app: App, db: AsyncSession, organization_ids: list[uuid.UUID]) -> None:
     """Write today's row of each organisation, in the caller's transaction."""
     if not organization_ids:
         return
     now = app.clock.now()
-    counts: dict[uuid.UUID, Counter[str]] = {org: Counter() for org in organization_ids}
-    for account in await db.scalars(
-        select(Account).where(Account.organization_id.in_(organization_ids))
-    ):
-        issues = account_issues(account)
-        tally = counts[account.organization_id]
-        tally["accounts_total"] += 1
-        tally["ready"] += not issues
-        tally.update(issues)
+    rows = await db.execute(
+        select(Account.organization_id, *_issue_counts())
+        .where(Account.organization_id.in_(organization_ids))
+        .group_by(Account.organization_id)
+    )
+    counted = {row[0]: dict(zip(COLUMNS, (int(v) for v in row[1:]), strict=True)) for row in rows}
     insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
-    for org, tally in counts.items():
-        values = {
-            name: tally[name]
-            for name in (
-                "accounts_total",
-                "ready",
-                "no_phone",
-                "invalid_phone",
-                "phone_unverified",
-                "pending_activation",
-            )
-        }
+    for org in organization_ids:
+        values = counted.get(org, dict.fromkeys(COLUMNS, 0))
         statement = insert(ReadinessDay).values(
             organization_id=org, day=now.date(), recorded_at=now, **values
         )
