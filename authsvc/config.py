@@ -162,6 +162,8 @@ PRODUCTION_AT_MOST_DEFAULT: Final = (
     "session_touch_interval_s",
     "federation_clock_skew_s",
     "api_keys_refresh_s",
+    # A campaign link opens a contact verification: a longer life leaves it in a mailbox longer.
+    "campaign_link_ttl_s",
 )
 PRODUCTION_AT_LEAST_DEFAULT: Final = ("pumping_prefix_hidden_digits",)
 # The /48 tier of every per-IP limit is this many times the /64 budget: more loosens them all.

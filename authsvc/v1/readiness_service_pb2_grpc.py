@@ -104,7 +104,9 @@ class ReadinessServiceServicer:
         trails). SIRETs that were not members are ignored.
 
         Required permission: as AddRelayMembers, with SENSITIVE_ACTION_REMOVE_RELAY_MEMBERS.
-        Errors: as AddRelayMembers.
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED, NOT_A_RELAY,
+        ORGANIZATION_UNKNOWN, GRANT_REQUIRED, GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED,
+        GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,7 +152,7 @@ class ReadinessServiceServicer:
         the same LINK_INVALID, and nothing is spent.
 
         Required permission: an authenticated backend; the link token is the holder's proof.
-        Errors: INVALID_FIELD, PHONE_INVALID, LINK_INVALID.
+        Errors: INVALID_FIELD (a bad phone spends nothing), LINK_INVALID.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

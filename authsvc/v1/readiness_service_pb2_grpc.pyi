@@ -69,7 +69,9 @@ class ReadinessServiceStub:
     trails). SIRETs that were not members are ignored.
 
     Required permission: as AddRelayMembers, with SENSITIVE_ACTION_REMOVE_RELAY_MEMBERS.
-    Errors: as AddRelayMembers.
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED, NOT_A_RELAY,
+    ORGANIZATION_UNKNOWN, GRANT_REQUIRED, GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED,
+    GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
     """
     GetRelayOverview: _grpc.UnaryUnaryMultiCallable[_readiness_service_pb2.GetRelayOverviewRequest, _readiness_service_pb2.GetRelayOverviewResponse]
     """The relay's view of its members: readiness counts, administrators (masked), the latest
@@ -103,7 +105,7 @@ class ReadinessServiceStub:
     the same LINK_INVALID, and nothing is spent.
 
     Required permission: an authenticated backend; the link token is the holder's proof.
-    Errors: INVALID_FIELD, PHONE_INVALID, LINK_INVALID.
+    Errors: INVALID_FIELD (a bad phone spends nothing), LINK_INVALID.
     """
 
 @_typing.type_check_only
@@ -136,7 +138,9 @@ class ReadinessServiceAsyncStub(ReadinessServiceStub):
     trails). SIRETs that were not members are ignored.
 
     Required permission: as AddRelayMembers, with SENSITIVE_ACTION_REMOVE_RELAY_MEMBERS.
-    Errors: as AddRelayMembers.
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED, NOT_A_RELAY,
+    ORGANIZATION_UNKNOWN, GRANT_REQUIRED, GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED,
+    GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
     """
     GetRelayOverview: _aio.UnaryUnaryMultiCallable[_readiness_service_pb2.GetRelayOverviewRequest, _readiness_service_pb2.GetRelayOverviewResponse]  # type: ignore[assignment]
     """The relay's view of its members: readiness counts, administrators (masked), the latest
@@ -170,7 +174,7 @@ class ReadinessServiceAsyncStub(ReadinessServiceStub):
     the same LINK_INVALID, and nothing is spent.
 
     Required permission: an authenticated backend; the link token is the holder's proof.
-    Errors: INVALID_FIELD, PHONE_INVALID, LINK_INVALID.
+    Errors: INVALID_FIELD (a bad phone spends nothing), LINK_INVALID.
     """
 
 class ReadinessServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -218,7 +222,9 @@ class ReadinessServiceServicer(metaclass=_abc_1.ABCMeta):
         trails). SIRETs that were not members are ignored.
 
         Required permission: as AddRelayMembers, with SENSITIVE_ACTION_REMOVE_RELAY_MEMBERS.
-        Errors: as AddRelayMembers.
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED, NOT_A_RELAY,
+        ORGANIZATION_UNKNOWN, GRANT_REQUIRED, GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED,
+        GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
         """
 
     @_abc_1.abstractmethod
@@ -270,7 +276,7 @@ class ReadinessServiceServicer(metaclass=_abc_1.ABCMeta):
         the same LINK_INVALID, and nothing is spent.
 
         Required permission: an authenticated backend; the link token is the holder's proof.
-        Errors: INVALID_FIELD, PHONE_INVALID, LINK_INVALID.
+        Errors: INVALID_FIELD (a bad phone spends nothing), LINK_INVALID.
         """
 
 def add_ReadinessServiceServicer_to_server(servicer: ReadinessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
