@@ -294,8 +294,17 @@ def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
             _write(report_html.render(data), args.output)
         elif args.format == "json":
             _write(json.dumps(data, ensure_ascii=False, indent=2) + "\n", args.output)
+        elif args.format == "table":
+            lines = [data["title"], "  siret           ready/total  admins ready  emails  name"]
+            lines += [
+                f"  {o['siret']}  {o['ready']:>5}/{o['accounts_total']:<5}  "
+                f"{o['ready_administrators']:>12}  {o['campaign']['emails_sent']:>6}  {o['name']}"
+                + ("  (no administrator can act)" if o["without_ready_administrator"] else "")
+                for o in data["organizations"]
+            ]
+            _write("\n".join(lines) + "\n", args.output)
         else:
-            print("a relay's report: --format json or html", file=sys.stderr)
+            print("a relay's report: --format table, json or html", file=sys.stderr)
             return 2
         return 0
     name, report = asyncio.run(_readiness(settings, args.org))

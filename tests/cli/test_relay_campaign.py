@@ -40,6 +40,11 @@ def test_a_relays_morning_from_the_command_line(
     }
     assert "agent3" not in json.dumps(report)  # accounts appear masked only
 
+    assert run(["readiness", "--relay", RELAY]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].split()[:2] == [MEMBER_A, "0/1"] and "no administrator can act" in table[2]
+    assert table[3].split()[:4] == [MEMBER_B, "4/8", "1", "4"]
+
     out = tmp_path / "report.html"
     assert run(["readiness", "--relay", RELAY, "--format", "html", "-o", str(out)]) == 0
     page = out.read_text()
