@@ -78,6 +78,7 @@ def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[dict[s
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
         if field.type == FieldDescriptor.TYPE_MESSAGE:
+            assert field.message_type is not None
             value: st.SearchStrategy[Any] = (
                 messages(field.message_type, depth + 1) if depth < 2 else st.just({})
             )
