@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
-import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from authsvc.cli import main
+from authsvc.db import Account, AccountStatus, Organization
 
 RELAY = "21180001500011"
 MEMBER_A = "21800000000008"
@@ -22,9 +25,28 @@ def run(argv: list[str]) -> int:
     return done.value.code
 
 
-def build_relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A relay and two members: A's only administrator never signed in, B has ready accounts."""
-    monkeypatch.setenv("AUTHSVC_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
+async def _signed_in_once(database_url: str, siret: str, logins: list[str]) -> None:
+    """What a first login with a code leaves: the account active, its phone verified."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            org = select(Organization.id).where(Organization.siret == siret).scalar_subquery()
+            await connection.execute(
+                update(Account)
+                .where(Account.organization_id == org, Account.login.in_(logins))
+                .values(status=AccountStatus.ACTIVE, phone_verified_at=Account.created_at)
+            )
+    finally:
+        await engine.dispose()
+
+
+def build_relay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str | None = None
+) -> Path:
+    """A relay and two members: A's only administrator never signed in, B has ready accounts.
+    On `database_url` (already migrated) or a new SQLite file."""
+    database_url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("AUTHSVC_DATABASE_URL", database_url)
     monkeypatch.setenv("AUTHSVC_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
     monkeypatch.setenv("AUTHSVC_EMAIL_PROVIDER", "file")
     monkeypatch.setenv("AUTHSVC_OUTBOX_FILE", str(tmp_path / "outbox.jsonl"))
@@ -64,13 +86,7 @@ def build_relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         csv.writer(handle).writerows(rows)
     assert run(["import-accounts", str(path), "--org", MEMBER_B]) == 0  # imported, one not ready
     # B's accounts that signed in once (their phone got a code): ready.
-    with sqlite3.connect(tmp_path / "cli.db") as db:
-        db.execute(
-            "UPDATE accounts SET status = 'active', phone_verified_at = created_at "
-            "WHERE login IN ('admin', 'agent0', 'agent1', 'agent2') AND organization_id = "
-            "(SELECT id FROM organizations WHERE siret = ?)",
-            (MEMBER_B,),
-        )
+    asyncio.run(_signed_in_once(database_url, MEMBER_B, ["admin", "agent0", "agent1", "agent2"]))
     members = tmp_path / "members.csv"
     members.write_text(f"siret;nom\n{MEMBER_A};Aubigny\n{MEMBER_B};Bourges\n")
     assert run(["relay", "import", "--relay", RELAY, str(members)]) == 0

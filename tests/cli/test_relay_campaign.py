@@ -11,9 +11,12 @@ from relay_setup import MEMBER_A, MEMBER_B, RELAY, build_relay, run
 
 
 def test_a_relays_morning_from_the_command_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    build_relay(tmp_path, monkeypatch)
+    build_relay(tmp_path, monkeypatch, database_url)
     capsys.readouterr()
     assert run(["relay", "list", "--relay", RELAY]) == 0
     assert capsys.readouterr().out.split("\n")[:3] == [
