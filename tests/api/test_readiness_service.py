@@ -64,6 +64,12 @@ async def test_a_relays_morning_over_grpc(
     )
     b_agent = await seed_account(server, login="agentb", siret=MEMBER_B, phone=B_AGENT_PHONE)
     b_admin_session = (await sign_in(stub, inbox, b_admin, phone=B_ADMIN_PHONE)).session.token
+    own = await AccountServiceStub(channel).GetOrganizationReadiness(
+        account_service_pb2.GetOrganizationReadinessRequest(
+            session_token=b_admin_session, client=CLIENT
+        )
+    )  # what B's administrator sees of B: the admin signed in (ready), the agent not yet
+    assert (own.accounts_total, own.ready, own.ready_administrators) == (2, 1, 1)
 
     # The operator designates the relay with a first member (authsvc relay add).
     relay = await _org_id(server, RELAY)
