@@ -236,7 +236,9 @@ async def _send_batch(
     by_org: dict[uuid.UUID, list[_Due]] = defaultdict(list)
     for item in due:
         recipient, account, _, _ = item
-        if not account_issues(account) or account.status == AccountStatus.DISABLED:
+        if account.status == AccountStatus.DISABLED:
+            await _drop(db, recipient)  # nobody to remind: never due again, never "ready"
+        elif not account_issues(account):
             result.became_ready += await _mark_ready(db, recipient, now)
         else:
             by_org[recipient.organization_id].append(item)
@@ -264,6 +266,18 @@ async def _send_batch(
         result.sent += await _send(app, db, items[:paid], now)
         if result.provider_limit_reached:
             return
+
+
+async def _drop(db: AsyncSession, recipient: CampaignRecipient) -> None:
+    await db.execute(
+        update(CampaignRecipient)
+        .where(
+            CampaignRecipient.campaign_id == recipient.campaign_id,
+            CampaignRecipient.account_id == recipient.account_id,
+        )
+        .values(next_send_at=None, link_digest=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def _mark_ready(db: AsyncSession, recipient: CampaignRecipient, now: datetime) -> int:

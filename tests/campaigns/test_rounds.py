@@ -330,3 +330,22 @@ async def test_a_campaign_ends_and_an_organisation_is_covered_once(
     ended = await campaign.run_due(app)
     assert (ended.ended_campaigns, ended.sent) == (2, 0)
     assert timedelta(seconds=app.settings.campaign_duration_s) > timedelta(0)
+
+
+async def test_a_disabled_account_is_not_reminded_nor_counted_ready(
+    app: App, clock: FrozenClock
+) -> None:
+    org_ids, not_ready, _ = await import_accounts(
+        app, organizations=1, per_organization=6, not_ready_every=3
+    )
+    await campaign.start(app, runner_id=org_ids[0], organization_ids=org_ids, started_by=None)
+    gone = sorted(not_ready)[0]
+    async with app.write() as db:
+        await db.execute(
+            update(Account).where(Account.email == gone).values(status=AccountStatus.DISABLED)
+        )
+    done = await campaign.run_due(app)
+    assert (done.sent, done.became_ready) == (len(not_ready) - 1, 0)
+    assert gone not in await campaign_emails(app)
+    clock.advance(app.settings.campaign_reminder_interval_s)
+    assert (await campaign.run_due(app)).sent == len(not_ready) - 1
