@@ -13,11 +13,13 @@ import re
 from typing import TYPE_CHECKING
 
 import grpc
+import pytest
 from sqlalchemy import select
 from support import CLIENT, MOBILE, Inbox, Seeded, failure_of, seed_account, sign_in, step_up
 
 from authsvc.campaigns import campaign, relays
 from authsvc.clock import FrozenClock
+from authsvc.config import Settings
 from authsvc.db import Account, AuditEvent, Organization, Role
 from authsvc.server import Server
 from authsvc.v1 import account_service_pb2, auth_service_pb2, common_pb2
@@ -34,6 +36,12 @@ MEMBER_B = "21800000100006"
 A_ADMIN_PHONE, A_AGENT_PHONE = "+33611111101", "+33611111102"
 B_ADMIN_PHONE, B_AGENT_PHONE = "+33611111103", "+33611111104"
 NEW_PHONE = "+33611111199"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The test runs the rounds itself (campaign.run_due): the server's own loop stays idle."""
+    return settings.model_copy(update={"campaign_tick_s": 3600.0})
 
 
 def sirets(values: list[str]) -> auth_service_pb2.ActionValues:
