@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from grpc_status import rpc_status
 from pydantic import ValidationError
 
-from authsvc import log, security_cli
+from authsvc import campaign_cli, log, security_cli
 from authsvc.config import ProviderName, Settings, describe_refusal
 from authsvc.errors import Failure
 
@@ -262,11 +262,61 @@ async def _readiness(settings: Settings, siret: str) -> tuple[str, Any]:
         await app.close()
 
 
+async def _report(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from authsvc.app import App
+    from authsvc.campaigns import relays, report
+
+    app = App.build(settings)
+    try:
+        organization = await relays.organization_by_siret(app, args.relay or args.org)
+        if args.org:
+            return await report.organization_report(app, organization)
+        async with app.read() as db:
+            if not await relays.is_relay(db, organization.id):
+                raise relays.not_a_relay()
+        return await report.relay_report(app, organization)
+    finally:
+        await app.close()
+
+
+def _write(text: str, output: str | None) -> None:
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
 def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
-    """What an organisation must fix before enforcement, as a table, CSV or JSON."""
+    """What an organisation (or a relay's members) must fix before enforcement: a table, CSV,
+    JSON, or a self-contained HTML page with progress bars and the daily trend."""
     import csv
     import dataclasses
 
+    if args.format == "html" or args.relay:
+        from authsvc.campaigns import report_html
+
+        try:
+            data = asyncio.run(_report(settings, args))
+        except Failure as failure:
+            print(f"refused: {failure.message} ({failure.reason})", file=sys.stderr)
+            return 2
+        if args.format == "html":
+            _write(report_html.render(data), args.output)
+        elif args.format == "json":
+            _write(json.dumps(data, ensure_ascii=False, indent=2) + "\n", args.output)
+        elif args.format == "table":
+            lines = [data["title"], "  siret           ready/total  admins ready  emails  name"]
+            lines += [
+                f"  {o['siret']}  {o['ready']:>5}/{o['accounts_total']:<5}  "
+                f"{o['ready_administrators']:>12}  {o['campaign']['emails_sent']:>6}  {o['name']}"
+                + ("  (no administrator can act)" if o["without_ready_administrator"] else "")
+                for o in data["organizations"]
+            ]
+            _write("\n".join(lines) + "\n", args.output)
+        else:
+            print("a relay's report: --format table, json or html", file=sys.stderr)
+            return 2
+        return 0
     name, report = asyncio.run(_readiness(settings, args.org))
     counts = {k: v for k, v in dataclasses.asdict(report).items() if k != "issues"}
     issues = [
@@ -533,8 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--admin-name")
 
     readiness = commands.add_parser("readiness", help="which accounts are not ready")
-    readiness.add_argument("--org", required=True, help="organisation SIRET")
-    readiness.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    scope = readiness.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--org", help="organisation SIRET")
+    scope.add_argument("--relay", help="a relay's SIRET: its members, those in need first")
+    readiness.add_argument("--format", choices=["table", "csv", "json", "html"], default="table")
+    readiness.add_argument("--output", "-o", help="write to this file instead of stdout")
 
     importer = commands.add_parser("import-accounts", help="import accounts from a CSV file")
     importer.add_argument("file", help="CSV: login,display_name,email,phone[,role]")
@@ -551,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--aud", default="authsvc")
 
     security_cli.add_parsers(commands)  # backend, breaker, unlock
+    campaign_cli.add_parsers(commands)  # relay, campaign
     dev_run = commands.add_parser("dev-run", help="migrate, create the demo org, serve (make run)")
     dev_run.add_argument("--listen")
 
@@ -605,4 +659,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "import-accounts":
         raise SystemExit(cmd_import(settings, args))
     done = security_cli.run(settings, args)
+    if done is None:
+        done = campaign_cli.run(settings, args)
     raise SystemExit(2 if done is None else done)

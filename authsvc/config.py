@@ -162,6 +162,8 @@ PRODUCTION_AT_MOST_DEFAULT: Final = (
     "session_touch_interval_s",
     "federation_clock_skew_s",
     "api_keys_refresh_s",
+    # A campaign link opens a contact verification: a longer life leaves it in a mailbox longer.
+    "campaign_link_ttl_s",
 )
 PRODUCTION_AT_LEAST_DEFAULT: Final = ("pumping_prefix_hidden_digits",)
 # The /48 tier of every per-IP limit is this many times the /64 budget: more loosens them all.
@@ -310,6 +312,26 @@ class Settings(BaseSettings):
         "DOSSIERS": "Dossiers de pension",
         "SIMULATIONS": "Simulations de pension",
     }
+
+    # Readiness campaigns (authsvc/campaigns/). Reminders follow at this interval until the
+    # account is ready or the campaign ends; each email's link lives at most campaign_link_ttl_s.
+    campaign_reminder_interval_s: int = Field(default=7 * 86400, ge=3600, le=60 * 86400)
+    campaign_duration_s: int = Field(default=90 * 86400, ge=86400, le=365 * 86400)
+    campaign_link_ttl_s: int = Field(default=14 * 86400, ge=3600, le=30 * 86400)
+    # The link of a campaign email; {token} is replaced by its single-use token. The token sits
+    # in the fragment: a browser never sends it to a web server's access log.
+    campaign_link_url: str = Field(
+        default="https://peps.cnracl.example/preparer#jeton={token}",
+        pattern=r"^https://.*\{token\}",
+    )
+    # Campaign emails may use this much of the email provider: per organisation per day, and
+    # in all per minute (set it at or under the provider's own limit, leaving room for codes
+    # and notices, which never wait on a campaign).
+    campaign_emails_per_organization_per_day: int = Field(default=2000, ge=1, le=1_000_000)
+    campaign_emails_per_minute: int = Field(default=300, ge=1, le=100_000)
+    # How often the server runs due campaign rounds; how many recipients one transaction takes.
+    campaign_tick_s: float = Field(default=60.0, gt=0, le=3600)
+    campaign_batch: int = Field(default=500, ge=1, le=10_000)
 
     # Abuse resistance (README "Security").
     rate_limit_backend: RateLimitBackend = RateLimitBackend.MEMORY

@@ -23,7 +23,9 @@ from grpc_reflection.v1alpha._async import ReflectionServicer
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
 from authsvc.api.callers import CallerRegistry, Guard
+from authsvc.api.readiness_servicer import ReadinessServicer
 from authsvc.app import App
+from authsvc.campaigns import campaign
 from authsvc.clock import Clock
 from authsvc.config import Settings
 from authsvc.courier.dispatcher import Dispatcher
@@ -33,6 +35,8 @@ from authsvc.v1 import (
     account_service_pb2_grpc,
     auth_service_pb2,
     auth_service_pb2_grpc,
+    readiness_service_pb2,
+    readiness_service_pb2_grpc,
 )
 
 log = structlog.get_logger("authsvc.server")
@@ -41,6 +45,7 @@ AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_
 ACCOUNT_SERVICE = account_service_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
 # Current grpcurl and Postman ask for reflection v1 first, older clients for v1alpha.
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+READINESS_SERVICE = readiness_service_pb2.DESCRIPTOR.services_by_name["ReadinessService"].full_name
 # Requests are small; refuse anything larger before it is parsed.
 MAX_MESSAGE_BYTES = 64 * 1024
 # Request headers (API key, request id, user agent of the backend): bounded as well.
@@ -72,7 +77,10 @@ class Server:
         if self.app.settings.dispatcher_enabled:
             dispatcher = Dispatcher(self.app)
             self._dispatcher_task = asyncio.create_task(dispatcher.run(self._stop_dispatcher))
-        for service in (AUTH_SERVICE, ACCOUNT_SERVICE):
+            self._watchers.append(
+                asyncio.create_task(campaign.run_forever(self.app, self._stop_watchers))
+            )
+        for service in (AUTH_SERVICE, ACCOUNT_SERVICE, READINESS_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -134,9 +142,10 @@ async def create_server(
     account_service_pb2_grpc.add_AccountServiceServicer_to_server(
         AccountServicer(app, verifier), guard
     )
+    readiness_service_pb2_grpc.add_ReadinessServiceServicer_to_server(ReadinessServicer(app), guard)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guard)
-    serve_reflection(guard, (AUTH_SERVICE, ACCOUNT_SERVICE, health.SERVICE_NAME))
+    serve_reflection(guard, (AUTH_SERVICE, ACCOUNT_SERVICE, READINESS_SERVICE, health.SERVICE_NAME))
     credentials = server_credentials(settings)
     address = listen or settings.listen
     if credentials is None:

@@ -122,6 +122,7 @@ def serve_workers(settings: Settings, listen: str | None, workers: int) -> int:
 
 async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
     from authsvc.app import App
+    from authsvc.campaigns import campaign
     from authsvc.courier.dispatcher import Dispatcher
 
     stop = asyncio.Event()
@@ -134,6 +135,10 @@ async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
     stop_dispatcher = asyncio.Event()
     dispatcher = (
         asyncio.create_task(Dispatcher(app).run(stop_dispatcher)) if app is not None else None
+    )
+    # Campaign rounds run beside the one dispatcher (workers run neither).
+    rounds = (
+        asyncio.create_task(campaign.run_forever(app, stop_dispatcher)) if app is not None else None
     )
     crashed = False
     while not stop.is_set():
@@ -158,6 +163,8 @@ async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
     stop_dispatcher.set()
     if dispatcher is not None:
         await dispatcher
+    if rounds is not None:
+        await rounds
     if app is not None:
         await app.close()
     codes = [process.exitcode for process in processes]

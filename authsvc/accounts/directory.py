@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select
 
 from authsvc.app import App
 from authsvc.db import Account, AccountStatus, Organization, Role
@@ -24,14 +24,19 @@ class AdministratorView:
 
 async def administrators(app: App, caller: SessionInfo) -> tuple[str, list[AdministratorView]]:
     """Any signed-in member may ask: names and masked contacts of the active administrators."""
+    return await administrators_of(app, caller.organization_id)
+
+
+async def administrators_of(
+    app: App, organization_id: uuid.UUID
+) -> tuple[str, list[AdministratorView]]:
+    """The organisation's name and its active administrators, as its members see them."""
     async with app.read() as db:
-        name = await db.scalar(
-            select(Organization.name).where(Organization.id == caller.organization_id)
-        )
+        name = await db.scalar(select(Organization.name).where(Organization.id == organization_id))
         admins = await db.scalars(
             select(Account)
             .where(
-                Account.organization_id == caller.organization_id,
+                Account.organization_id == organization_id,
                 Account.role == Role.ADMIN,
                 Account.status == AccountStatus.ACTIVE,
             )
@@ -62,7 +67,26 @@ class Readiness:
     pending_activation: int = 0
     administrators: int = 0
     reachable_administrators: int = 0
+    # Active administrators whose phone received a code: they can act on the switch day.
+    ready_administrators: int = 0
+    # Accounts with no issue at all.
+    ready: int = 0
     issues: list[AccountIssue] = field(default_factory=list)
+
+
+ISSUES = ("no_phone", "invalid_phone", "phone_unverified", "pending_activation")
+
+
+def account_issues(account: Account) -> list[str]:
+    """What keeps this account from signing in with a code once enforcement starts."""
+    issues: list[str] = []
+    if account.phone_kind is None:
+        issues.append("invalid_phone" if account.phone_masked else "no_phone")
+    elif account.phone_verified_at is None:
+        issues.append("phone_unverified")
+    if account.status == AccountStatus.PENDING_ACTIVATION:
+        issues.append("pending_activation")
+    return issues
 
 
 async def readiness(app: App, organization_id: uuid.UUID) -> Readiness:
@@ -79,26 +103,38 @@ async def readiness(app: App, organization_id: uuid.UUID) -> Readiness:
     kinds = Counter(a.phone_kind for a in accounts)
     report.mobile, report.landline = kinds["mobile"], kinds["landline"]
     for account in accounts:
-        issues: list[str] = []
+        issues = account_issues(account)
         if account.phone_kind is None:
             report.without_phone += 1
-            issues.append("invalid_phone" if account.phone_masked else "no_phone")
-        elif account.phone_verified_at is None:
-            issues.append("phone_unverified")
-        else:
+        elif account.phone_verified_at is not None:
             report.with_verified_phone += 1
         if account.status == AccountStatus.PENDING_ACTIVATION:
             report.pending_activation += 1
-            issues.append("pending_activation")
         if account.role == Role.ADMIN and account.status == AccountStatus.ACTIVE:
             report.administrators += 1
             report.reachable_administrators += account.phone_kind is not None
+            report.ready_administrators += not issues
+        report.ready += not issues
         report.issues += [
             AccountIssue(account.id, account.login, account.display_name, issue) for issue in issues
         ]
     return report
 
 
+def readiness_counts(report: Readiness) -> Readiness:
+    """The counts alone, without the accounts (what a relay may read of a member)."""
+    return replace(report, issues=[])
+
+
 async def readiness_for(app: App, caller: SessionInfo) -> Readiness:
     require_admin(caller.role)
     return await readiness(app, caller.organization_id)
+
+
+def ready_clause() -> ColumnElement[bool]:
+    """`account_issues(account) == []` as SQL, for decisions taken in one statement."""
+    return and_(
+        Account.phone_kind.is_not(None),
+        Account.phone_verified_at.is_not(None),
+        Account.status != AccountStatus.PENDING_ACTIVATION,
+    )

@@ -221,6 +221,8 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             pending_activation=report.pending_activation,
             administrators=report.administrators,
             reachable_administrators=report.reachable_administrators,
+            ready=report.ready,
+            ready_administrators=report.ready_administrators,
             accounts=[
                 pb.AccountReadiness(
                     account_id=str(issue.account_id),

@@ -39,6 +39,7 @@ def action_values(app: App, action: Action, values: pb.ActionValues) -> grants.A
         service_codes=convert.service_codes(values.service_codes, "new_values.service_codes"),
         catalogue=app.settings.services,
         default_region=app.settings.default_region,
+        organization_sirets=list(values.organization_sirets),
     )
 
 

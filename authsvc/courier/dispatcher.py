@@ -32,6 +32,7 @@ import structlog
 from sqlalchemy import ColumnElement, and_, or_, select, update
 
 from authsvc.app import App
+from authsvc.campaigns import campaign
 from authsvc.courier import outcomes
 from authsvc.courier.outbox import Payload
 from authsvc.courier.providers import (
@@ -119,6 +120,10 @@ class Dispatcher:
             return await self._abandon(message, "lease expired on the last attempt")
         if message.flow_id is not None and self._code_expired(message):
             return await self._abandon(message, "the code expired before delivery")
+        if message.template in campaign.TEMPLATES and await campaign.superseded(
+            self._app, message.id
+        ):  # a reminder stops the moment its account is ready, even once queued
+            return await self._abandon(message, "no longer needed: the account is ready")
         payload = Payload.loads(
             self._app.keys.sealer.open(message.payload_sealed, message.id.bytes)
         )

@@ -371,6 +371,62 @@ def _federated_link_proposed(*, display_name: str, admin_name: str, service: str
     )
 
 
+# What a readiness campaign says is missing, by readiness issue (accounts/directory.py).
+_MISSING = {
+    "no_phone": "aucun numéro de téléphone n'est enregistré pour votre compte",
+    "invalid_phone": "le numéro enregistré pour votre compte ne peut pas recevoir de code",
+    "phone_unverified": (
+        "votre numéro de téléphone n'a pas encore été vérifié : aucun code n'y a encore été "
+        "reçu et saisi"
+    ),
+    "pending_activation": (
+        "votre compte n'est pas encore activé : utilisez le code d'activation reçu par "
+        "courriel, ou demandez-en un nouveau à l'administrateur des comptes de votre organisation"
+    ),
+}
+
+
+def _missing_lines(issues: str) -> str:
+    return "\n".join(f"- {_MISSING[issue]}" for issue in issues.split(","))
+
+
+def _readiness_reminder(
+    *,
+    display_name: str,
+    organization_name: str,
+    issues: str,
+    link_url: str,
+    link_token: Secret,
+    service: str,
+) -> EmailText:
+    link = link_url.replace("{token}", link_token.plain)
+    return _mail(
+        f"{service} : préparez dès maintenant la connexion en deux étapes",
+        f"Bonjour {display_name},",
+        f"La connexion à {service} se fera bientôt en deux étapes : après votre mot de passe, un "
+        "code envoyé par SMS (ou par appel vocal sur une ligne fixe) sera demandé. Pour votre "
+        f"compte ({organization_name}), il manque :\n{_missing_lines(issues)}",
+        f"Pour enregistrer ou vérifier votre numéro, ouvrez ce lien personnel, à usage unique : "
+        f"{link}\nUn code sera envoyé au numéro que vous indiquerez ; le lien seul ne modifie "
+        "rien à votre compte. Ne le transmettez à personne.",
+        "Un rappel vous sera envoyé tant que votre compte ne sera pas prêt.",
+        signature=service,
+    )
+
+
+def _readiness_activation(
+    *, display_name: str, organization_name: str, issues: str, service: str
+) -> EmailText:
+    return _mail(
+        f"{service} : préparez dès maintenant la connexion en deux étapes",
+        f"Bonjour {display_name},",
+        f"La connexion à {service} se fera bientôt en deux étapes. Pour votre compte "
+        f"({organization_name}), il manque :\n{_missing_lines(issues)}",
+        "Un rappel vous sera envoyé tant que votre compte ne sera pas prêt.",
+        signature=service,
+    )
+
+
 _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "activation": (_activation, {"display_name", "activation_token", "service"}),
     "contact_changed": (_contact_changed, {"display_name", "what", "service"}),
@@ -399,3 +455,29 @@ def email(kind: str, **fields: str) -> Rendered:
     secrets = {name: value for name, value in fields.items() if name in SECRET_FIELDS}
     public = {name: value for name, value in fields.items() if name not in SECRET_FIELDS}
     return _render(render, secrets, **public)
+
+
+def readiness_email(
+    *,
+    display_name: str,
+    organization_name: str,
+    issues: list[str],
+    service: str,
+    link_url: str,
+    link_token: str | None,
+) -> Rendered:
+    """A readiness campaign's email: what the account lacks and, when its phone is the issue, the
+    single-use link that opens a contact verification (`link_token`, a secret)."""
+    if not issues or any(issue not in _MISSING for issue in issues):
+        raise ValueError(f"readiness issues must be some of {sorted(_MISSING)}")
+    public = {
+        "display_name": display_name,
+        "organization_name": organization_name,
+        "issues": ",".join(issues),
+        "service": service,
+    }
+    if link_token is None:
+        return _render(_readiness_activation, {}, **public)
+    if "{token}" not in link_url:
+        raise ValueError("the link URL has no {token}")
+    return _render(_readiness_reminder, {"link_token": link_token}, link_url=link_url, **public)

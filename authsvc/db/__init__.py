@@ -3,12 +3,21 @@
 from authsvc.db.account import Account, AccountStatus, Role
 from authsvc.db.audit import AuditEvent
 from authsvc.db.base import Base
+from authsvc.db.campaign import (
+    Campaign,
+    CampaignRecipient,
+    CampaignStatus,
+    ReadinessDay,
+    RecipientStatus,
+    SendBudget,
+)
 from authsvc.db.device import TrustedDevice
 from authsvc.db.federation import FederatedIdentity, UsedAssertion
 from authsvc.db.flow import Flow, FlowPurpose, FlowStatus
 from authsvc.db.grant import ActionGrant
 from authsvc.db.organization import Organization
 from authsvc.db.outbox import MessageStatus, OutboxMessage
+from authsvc.db.relay import Relay, RelayMember
 from authsvc.db.security import Backend, LoginFailures, SendBreaker
 from authsvc.db.service_access import ServiceAccess
 from authsvc.db.session import Session
@@ -20,6 +29,9 @@ __all__ = [
     "AuditEvent",
     "Backend",
     "Base",
+    "Campaign",
+    "CampaignRecipient",
+    "CampaignStatus",
     "FederatedIdentity",
     "Flow",
     "FlowPurpose",
@@ -28,8 +40,13 @@ __all__ = [
     "MessageStatus",
     "Organization",
     "OutboxMessage",
+    "ReadinessDay",
+    "RecipientStatus",
+    "Relay",
+    "RelayMember",
     "Role",
     "SendBreaker",
+    "SendBudget",
     "ServiceAccess",
     "Session",
     "TrustedDevice",

@@ -41,9 +41,7 @@ T = TypeVar("T")
 Decision = Callable[Concatenate[Connection, P], T]
 
 # The round trips of the RPC (or other metered work) running in this context.
-_meter: ContextVar[tuple[str, list[int]] | None] = ContextVar(
-    "authsvc_round_trips", default=None
-)
+_meter: ContextVar[tuple[str, list[int]] | None] = ContextVar("authsvc_round_trips", default=None)
 
 # SQLite readers: WAL lets them run beside the writer; two cores need no more.
 SQLITE_READERS = 4

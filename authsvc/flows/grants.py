@@ -41,12 +41,18 @@ class ActionValues:
     login: str | None = None
     role: Role | None = None
     service_codes: tuple[str, ...] = field(default=())
+    # SIRETs, validated and sorted (relay membership, a relay's campaign).
+    organization_sirets: tuple[str, ...] = field(default=())
 
     def canonical(self, action: Action, target: uuid.UUID | None) -> str:
+        # organization_sirets appears only when given: the digests of the other actions stay
+        # what they were before the field existed.
+        extra = {"organization_sirets": list(self.organization_sirets)}
         return json.dumps(
             {
-                "g_action": action.value,
-                "g_target": str(target) if target else "",
+                **(extra if self.organization_sirets else {}),
+                "action": action.value,
+                "target": str(target) if target else "",
                 "email": self.email,
                 "phone": self.phone,
                 "display_name": self.display_name,
@@ -70,9 +76,12 @@ def normalise(
     service_codes: list[str],
     catalogue: dict[str, str],
     default_region: str,
+    organization_sirets: list[str] | None = None,
 ) -> ActionValues:
     """Check that the action gets exactly the values it needs, valid, and normalise them."""
+    sirets = organization_sirets or []
     given = {
+        "organization_sirets": bool(sirets),
         "email": email is not None,
         "phone": phone is not None,
         "display_name": display_name is not None,
@@ -88,6 +97,11 @@ def normalise(
         needed, allowed = set(), {"email", "phone"}
     elif action is Action.GRANT_SERVICE_ACCESS:
         needed, allowed = {"service_codes"}, set()
+    elif action in (Action.ADD_RELAY_MEMBERS, Action.REMOVE_RELAY_MEMBERS):
+        needed, allowed = {"organization_sirets"}, set()
+    elif action is Action.START_READINESS_CAMPAIGN:
+        # Empty: the caller's own organisation; SIRETs: those members of the caller's relay.
+        needed, allowed = set(), {"organization_sirets"}
     else:
         needed, allowed = set(), set()
     for name, present in given.items():
@@ -119,6 +133,9 @@ def normalise(
         login=validation.login(login, "new_values.login") if login is not None else None,
         role=(role or Role.MEMBER) if action is Action.CREATE_ACCOUNT else None,
         service_codes=codes,
+        organization_sirets=tuple(
+            sorted({validation.siret(s, "new_values.organization_sirets") for s in sirets})
+        ),
     )
 
 

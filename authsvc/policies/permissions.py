@@ -21,10 +21,20 @@ class Action(StrEnum):
     GRANT_SERVICE_ACCESS = "grant_service_access"
     UPDATE_OWN_CONTACT = "update_own_contact"
     CHANGE_OWN_PASSWORD = "change_own_password"  # noqa: S105 (an action name)
+    # A relay's administrator changes the relay's members (campaigns/relays.py).
+    ADD_RELAY_MEMBERS = "add_relay_members"
+    REMOVE_RELAY_MEMBERS = "remove_relay_members"
+    # An administrator emails every not-ready account of their organisation, or of the relay's
+    # members (campaigns/campaign.py).
+    START_READINESS_CAMPAIGN = "start_readiness_campaign"
 
 
 ADMIN_ACTIONS = frozenset(
     {Action.CREATE_ACCOUNT, Action.UPDATE_ACCOUNT_CONTACT, Action.GRANT_SERVICE_ACCESS}
+)
+# Administrators' actions on their organisation as a whole: no target account.
+ORGANIZATION_ACTIONS = frozenset(
+    {Action.ADD_RELAY_MEMBERS, Action.REMOVE_RELAY_MEMBERS, Action.START_READINESS_CAMPAIGN}
 )
 OWN_ACTIONS = frozenset({Action.UPDATE_OWN_CONTACT, Action.CHANGE_OWN_PASSWORD})
 
@@ -63,6 +73,10 @@ def check_target(
             raise denied("this action applies to your own account only")
         return caller_id
     require_admin(caller_role)
+    if action in ORGANIZATION_ACTIONS:
+        if target is not None:
+            raise denied("this action applies to your organisation, not to an account")
+        return None
     if action is Action.CREATE_ACCOUNT:
         if target is not None:
             raise denied("an account to create has no target")

@@ -979,6 +979,8 @@ class GetOrganizationReadinessResponse(_message.Message):
     ADMINISTRATORS_FIELD_NUMBER: _builtins.int
     REACHABLE_ADMINISTRATORS_FIELD_NUMBER: _builtins.int
     ACCOUNTS_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    READY_ADMINISTRATORS_FIELD_NUMBER: _builtins.int
     accounts_total: _builtins.int
     """All accounts of the organisation."""
     with_verified_phone: _builtins.int
@@ -995,6 +997,12 @@ class GetOrganizationReadinessResponse(_message.Message):
     """Active administrators."""
     reachable_administrators: _builtins.int
     """Active administrators with a usable phone (who can pass a step-up)."""
+    ready: _builtins.int
+    """Accounts with nothing missing (active, with a phone that passed a code)."""
+    ready_administrators: _builtins.int
+    """Active administrators whose phone passed a code: they can act on the switch day. Zero
+    means nobody in the organisation can fix anything (its relay lists it first).
+    """
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountReadiness]:
         """The accounts to look at, one entry per issue."""
@@ -1011,10 +1019,12 @@ class GetOrganizationReadinessResponse(_message.Message):
         administrators: _builtins.int = ...,
         reachable_administrators: _builtins.int = ...,
         accounts: _abc.Iterable[Global___AccountReadiness] | None = ...,
+        ready: _builtins.int = ...,
+        ready_administrators: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "accounts_total", b"accounts_total", "administrators", b"administrators", "landline", b"landline", "mobile", b"mobile", "pending_activation", b"pending_activation", "reachable_administrators", b"reachable_administrators", "with_verified_phone", b"with_verified_phone", "without_phone", b"without_phone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "accounts_total", b"accounts_total", "administrators", b"administrators", "landline", b"landline", "mobile", b"mobile", "pending_activation", b"pending_activation", "reachable_administrators", b"reachable_administrators", "ready", b"ready", "ready_administrators", b"ready_administrators", "with_verified_phone", b"with_verified_phone", "without_phone", b"without_phone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -632,6 +632,7 @@ class ActionValues(_message.Message):
     LOGIN_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     SERVICE_CODES_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_SIRETS_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """New email address."""
     phone: _builtins.str
@@ -646,6 +647,12 @@ class ActionValues(_message.Message):
     def service_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Codes of the platform services to grant access to (from the service catalogue)."""
 
+    @_builtins.property
+    def organization_sirets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SIRETs of organisations: relay members to add or remove, or the members a relay's
+        readiness campaign covers (SENSITIVE_ACTION_*_RELAY_MEMBERS, _START_READINESS_CAMPAIGN).
+        """
+
     def __init__(
         self,
         *,
@@ -655,10 +662,11 @@ class ActionValues(_message.Message):
         login: _builtins.str | None = ...,
         role: _common_pb2.Role.ValueType = ...,
         service_codes: _abc.Iterable[_builtins.str] | None = ...,
+        organization_sirets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_email", b"_email", "_login", b"_login", "_phone", b"_phone", "display_name", b"display_name", "email", b"email", "login", b"login", "phone", b"phone"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_email", b"_email", "_login", b"_login", "_phone", b"_phone", "display_name", b"display_name", "email", b"email", "login", b"login", "phone", b"phone", "role", b"role", "service_codes", b"service_codes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_email", b"_email", "_login", b"_login", "_phone", b"_phone", "display_name", b"display_name", "email", b"email", "login", b"login", "organization_sirets", b"organization_sirets", "phone", b"phone", "role", b"role", "service_codes", b"service_codes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
     _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015

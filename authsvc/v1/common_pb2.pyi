@@ -278,6 +278,19 @@ class _SensitiveActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sensi
     """Any user changes their own password. ActionValues stays empty: the new password is never
     sent to AuthorizeSensitiveAction, and the grant binds to the action and account only.
     """
+    SENSITIVE_ACTION_ADD_RELAY_MEMBERS: _SensitiveAction.ValueType  # 6
+    """Administrator of a relay adds member organisations (ReadinessService.AddRelayMembers).
+    No target; ActionValues holds organization_sirets.
+    """
+    SENSITIVE_ACTION_REMOVE_RELAY_MEMBERS: _SensitiveAction.ValueType  # 7
+    """Administrator of a relay removes member organisations. No target; ActionValues holds
+    organization_sirets.
+    """
+    SENSITIVE_ACTION_START_READINESS_CAMPAIGN: _SensitiveAction.ValueType  # 8
+    """Administrator starts a readiness campaign (ReadinessService.StartReadinessCampaign). No
+    target; ActionValues holds the members' organization_sirets, or nothing for the own
+    organisation.
+    """
 
 class SensitiveAction(_SensitiveAction, metaclass=_SensitiveActionEnumTypeWrapper):
     """An action that always requires a fresh code (step-up), whatever the session's age."""
@@ -304,6 +317,19 @@ phone.
 SENSITIVE_ACTION_CHANGE_OWN_PASSWORD: SensitiveAction.ValueType  # 5
 """Any user changes their own password. ActionValues stays empty: the new password is never
 sent to AuthorizeSensitiveAction, and the grant binds to the action and account only.
+"""
+SENSITIVE_ACTION_ADD_RELAY_MEMBERS: SensitiveAction.ValueType  # 6
+"""Administrator of a relay adds member organisations (ReadinessService.AddRelayMembers).
+No target; ActionValues holds organization_sirets.
+"""
+SENSITIVE_ACTION_REMOVE_RELAY_MEMBERS: SensitiveAction.ValueType  # 7
+"""Administrator of a relay removes member organisations. No target; ActionValues holds
+organization_sirets.
+"""
+SENSITIVE_ACTION_START_READINESS_CAMPAIGN: SensitiveAction.ValueType  # 8
+"""Administrator starts a readiness campaign (ReadinessService.StartReadinessCampaign). No
+target; ActionValues holds the members' organization_sirets, or nothing for the own
+organisation.
 """
 Global___SensitiveAction: _TypeAlias = SensitiveAction  # noqa: Y015
 
@@ -476,6 +502,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS. This federated identity is already linked to an account, or the account
     already has an identity of this issuer.
     """
+    ERROR_REASON_NOT_A_RELAY: _ErrorReason.ValueType  # 49
+    """PERMISSION_DENIED. The caller's organisation is not a relay (an operator designates relays
+    with `authsvc relay add`).
+    """
+    ERROR_REASON_ORGANIZATION_UNKNOWN: _ErrorReason.ValueType  # 50
+    """NOT_FOUND. No organisation has this SIRET (or, for a relay's campaign, it is not one of the
+    relay's members); ErrorInfo metadata "field" names the request field.
+    """
+    ERROR_REASON_LINK_INVALID: _ErrorReason.ValueType  # 51
+    """NOT_FOUND. The campaign link is unknown, used, replaced by a later email, expired, its
+    campaign ended, or its account is ready: one answer for all, nothing spent.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reason of an error, sent as google.rpc.ErrorInfo.reason without the "ERROR_REASON_"
@@ -644,6 +682,18 @@ holder must link it first (LinkFederatedIdentity after a password and code login
 ERROR_REASON_IDENTITY_ALREADY_LINKED: ErrorReason.ValueType  # 48
 """ALREADY_EXISTS. This federated identity is already linked to an account, or the account
 already has an identity of this issuer.
+"""
+ERROR_REASON_NOT_A_RELAY: ErrorReason.ValueType  # 49
+"""PERMISSION_DENIED. The caller's organisation is not a relay (an operator designates relays
+with `authsvc relay add`).
+"""
+ERROR_REASON_ORGANIZATION_UNKNOWN: ErrorReason.ValueType  # 50
+"""NOT_FOUND. No organisation has this SIRET (or, for a relay's campaign, it is not one of the
+relay's members); ErrorInfo metadata "field" names the request field.
+"""
+ERROR_REASON_LINK_INVALID: ErrorReason.ValueType  # 51
+"""NOT_FOUND. The campaign link is unknown, used, replaced by a later email, expired, its
+campaign ended, or its account is ready: one answer for all, nothing spent.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
