@@ -26,10 +26,10 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, update
 
 from authsvc.app import App
 from authsvc.campaigns import campaign
@@ -72,6 +72,24 @@ def backoff_s(attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
 
 
+_OUTBOX = OutboxMessage.__table__.c
+_NOW = bindparam("o_now", type_=_OUTBOX.next_attempt_at.type)
+# A message to send now: queued or failed and due, or sending with its lease run out.
+_DUE = or_(
+    and_(
+        _OUTBOX.status.in_([MessageStatus.QUEUED.value, MessageStatus.FAILED.value]),
+        _OUTBOX.next_attempt_at <= _NOW,
+    ),
+    and_(_OUTBOX.status == MessageStatus.SENDING.value, _OUTBOX.lease_until < _NOW),
+)
+_ANYTHING_DUE = select(_OUTBOX.id).where(_DUE).limit(1)
+
+
+def _anything_due(connection: Connection, now: datetime) -> bool:
+    """Whether a claim would find a message (the same condition as `claim`'s)."""
+    return connection.execute(_ANYTHING_DUE, {"o_now": now}).first() is not None
+
+
 class Dispatcher:
     def __init__(self, app: App, providers: Mapping[str, Provider] | None = None) -> None:
         self._app = app
@@ -82,31 +100,29 @@ class Dispatcher:
 
     async def claim(self, limit: int = BATCH) -> list[OutboxMessage]:
         now = self._app.clock.now()
-        due = or_(
-            and_(
-                OutboxMessage.status.in_([MessageStatus.QUEUED, MessageStatus.FAILED]),
-                OutboxMessage.next_attempt_at <= now,
-            ),
-            and_(OutboxMessage.status == MessageStatus.SENDING, OutboxMessage.lease_until < now),
-        )
         candidates = (
             select(OutboxMessage.id)
-            .where(due)
+            .where(_DUE)
             .order_by(OutboxMessage.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
+        # Idle polls (every `dispatcher_poll_s`) only read: one round trip, and on SQLite no
+        # write lock taken from the hot paths' writer when nothing is due.
+        if not await self._app.db.read(_anything_due, now):
+            return []
         async with self._app.write() as db:
             result = await db.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id.in_(candidates.scalar_subquery()), due)
+                .where(OutboxMessage.id.in_(candidates.scalar_subquery()), _DUE)
                 .values(
                     status=MessageStatus.SENDING,
                     lease_until=now + timedelta(seconds=self._app.settings.dispatcher_lease_s),
                     attempts=OutboxMessage.attempts + 1,
                 )
                 .returning(OutboxMessage)
-                .execution_options(synchronize_session=False)
+                .execution_options(synchronize_session=False),
+                {"o_now": now},
             )
             return list(result.scalars())
 
