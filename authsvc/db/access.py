@@ -32,6 +32,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -41,6 +42,10 @@ Decision = Callable[Concatenate[Connection, P], T]
 
 # The round trips of the RPC (or other metered work) running in this context.
 _meter: ContextVar[tuple[str, list[int]] | None] = ContextVar("authsvc_round_trips", default=None)
+
+# How long a read on the event loop's thread may wait for a SQLite lock before it moves to
+# a reader thread (which waits as long as it must): the loop never stalls longer than this.
+INLINE_BUSY_MS = 20
 
 # SQLite readers: WAL lets them run beside the writer; two cores need no more.
 SQLITE_READERS = 4
@@ -148,7 +153,7 @@ class Database:
             raise ValueError("the hot paths need a SQLite file, not an in-memory database")
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
-        def sync_engine(size: int) -> Engine:
+        def sync_engine(size: int, timeout_s: float = 30.0) -> Engine:
             # check_same_thread=False: each connection is used by one thread at a time, but
             # not always the thread that opened it (the pool hands it to any reader thread).
             made = create_engine(
@@ -157,7 +162,7 @@ class Database:
                 pool_size=size,
                 max_overflow=0,
                 hide_parameters=True,
-                connect_args={"timeout": 30, "check_same_thread": False},
+                connect_args={"timeout": timeout_s, "check_same_thread": False},
             )
             event.listen(made, "connect", sqlite_pragmas)
             event.listen(made, "begin", begin_sqlite)
@@ -167,6 +172,8 @@ class Database:
         self._writer_base = sync_engine(1)
         self._writer_engine = self._writer_base.execution_options(**{WRITER: True})
         self._reader_engine = sync_engine(SQLITE_READERS)
+        self._inline_engine = sync_engine(1, INLINE_BUSY_MS / 1000)
+        event.listen(self._inline_engine, "connect", _inline_busy_timeout)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="authsvc-sqlite-writer")
         self._readers = ThreadPoolExecutor(SQLITE_READERS, thread_name_prefix="authsvc-sqlite-read")
 
@@ -179,6 +186,17 @@ class Database:
     async def read(self, decision: Decision[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a read-only decision (nothing it does is committed)."""
         if self.dialect == "sqlite":
+            # On the loop's own thread first: an indexed read takes tens of µs, a hop to a
+            # thread (futures, wake-ups, the GIL handed back and forth) several times that.
+            # A WAL reader never waits for the writer; should it meet a lock anyway (WAL
+            # recovery, a checkpoint), it gives up after INLINE_BUSY_MS and takes the hop.
+            self.round_trips.add()
+            try:
+                with self._inline_engine.connect() as inline:
+                    return decision(inline, *args, **kwargs)
+            except OperationalError as error:
+                if not _busy(error):
+                    raise
 
             def work() -> T:
                 with self._reader_engine.connect() as connection:
@@ -225,3 +243,15 @@ class Database:
         self._readers.shutdown(wait=True)
         self._writer_base.dispose()
         self._reader_engine.dispose()
+        self._inline_engine.dispose()
+
+
+def _inline_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={INLINE_BUSY_MS}")
+    cursor.close()
+
+
+def _busy(error: OperationalError) -> bool:
+    message = str(error.orig).lower()
+    return "locked" in message or "busy" in message
