@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub
 from support import START, TEST_API_KEYS, Inbox, Seeded, aio_channel, seed_account
+from topology.redis_cluster import RedisClusterNodes
 
 from authsvc.clock import FrozenClock
 from authsvc.config import Settings
@@ -153,3 +154,16 @@ async def alice(server: Server) -> Seeded:
 @pytest.fixture
 def inbox(settings: Settings) -> Inbox:
     return Inbox(settings.outbox_file)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of 6 processes (3 primaries, 3 replicas), one per test module."""
+    nodes = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        nodes.start()
+    except (FileNotFoundError, RuntimeError, TimeoutError) as error:
+        nodes.stop()
+        _unavailable(f"Redis Cluster could not start: {error}")
+    yield nodes
+    nodes.stop()
