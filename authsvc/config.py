@@ -358,6 +358,11 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
     grace_period_s: float = Field(default=10.0, ge=0)
+    # After SIGTERM, health answers NOT_SERVING and the server goes on serving this long before
+    # it stops taking calls: the time the load balancers take to notice (HAProxy's check
+    # interval times `fall`, a Kubernetes readiness period), so that no call reaches a server
+    # that refuses it. 0: stop taking calls at once (one process, nothing in front).
+    shutdown_delay_s: float = Field(default=0.0, ge=0, le=60)
     default_region: str = "FR"
 
     @model_validator(mode="after")

@@ -181,6 +181,12 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("draining", grace_s=settings.grace_period_s)
+    log.info(
+        "draining", grace_s=settings.grace_period_s, shutdown_delay_s=settings.shutdown_delay_s
+    )
+    if settings.shutdown_delay_s:
+        # NOT_SERVING first, calls still served while the balancers take this replica out.
+        await server.health.enter_graceful_shutdown()
+        await asyncio.sleep(settings.shutdown_delay_s)
     await server.stop()
     log.info("stopped")
