@@ -14,7 +14,7 @@ PROTO_SRC := $(shell find proto -name '*.proto' 2>/dev/null)
 DEPS_STAMP := $(VENV)/.deps-stamp
 EXT_STAMP := $(VENV)/.ext-stamp
 
-.PHONY: help setup run test test-rust test-python bench lint proto proto-check loadtest clean
+.PHONY: help setup run test test-rust test-python bench lint proto proto-check loadtest topology clean
 
 help:
 	@echo "make run        set up, migrate the SQLite database, bootstrap a demo org, serve (codes on the console)"
@@ -23,6 +23,7 @@ help:
 	@echo "make loadtest   the national_peak Locust scenario end to end; report under reports/"
 	@echo "make lint       cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest, buf lint"
 	@echo "make proto      regenerate authsvc/v1 from proto/"
+	@echo "make topology   3 replicas + 2 dispatchers behind HAProxy on PostgreSQL and Redis, until Ctrl-C"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +59,13 @@ bench: setup
 # Options: make loadtest LOADTEST_ARGS="--users 200 --peak 120 --workers 2 --processes 2"
 loadtest: setup
 	$(PY) -m loadtests.run $(LOADTEST_ARGS)
+
+# HAProxy comes from Debian's package, installed once when missing (as root).
+topology: setup
+	@[ -x /usr/sbin/haproxy ] || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; } \
+		|| { echo "install HAProxy: sudo apt-get install haproxy"; exit 1; }
+	$(PY) scripts/run_topology.py
 
 lint: setup
 	cargo fmt --all --check
