@@ -42,7 +42,7 @@ TRANSACTION_MODE = pytest.param(
 
 @pytest.fixture(scope="module", params=["session", TRANSACTION_MODE])
 def pgbouncer(request: pytest.FixtureRequest) -> Iterator[PgBouncer]:
-    from conftest import POSTGRES_URL
+    from support import POSTGRES_URL
 
     upstream = make_url(POSTGRES_URL)
     bouncer = PgBouncer(
