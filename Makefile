@@ -20,7 +20,7 @@ NPM_CI := npm ci --no-audit --no-fund --loglevel=error --prefix
 BUF := tools/node_modules/.bin/buf
 API_BASELINE := proto/released/authsvc-v1.binpb
 
-.PHONY: help setup run test test-rust test-python bench lint proto proto-check api-check examples loadtest clean
+.PHONY: help setup run test test-rust test-python bench lint proto proto-check api-check examples loadtest topology clean
 
 help:
 	@echo "make run        set up, migrate the SQLite database, bootstrap a demo org, serve (codes on the console)"
@@ -30,6 +30,7 @@ help:
 	@echo "make lint       cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest, buf lint"
 	@echo "make proto      regenerate authsvc/v1 and docs/api.md from proto/, docs/settings.md from config.py"
 	@echo "make examples   generate the TypeScript and Rust stubs (gen/, never committed), build the examples/ clients"
+	@echo "make topology   3 replicas + 2 dispatchers behind HAProxy on PostgreSQL and Redis, until Ctrl-C"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,13 @@ bench: setup
 # Options: make loadtest LOADTEST_ARGS="--users 200 --peak 120 --workers 2 --processes 2"
 loadtest: setup
 	$(PY) -m loadtests.run $(LOADTEST_ARGS)
+
+# HAProxy comes from Debian's package, installed once when missing (as root).
+topology: setup
+	@[ -x /usr/sbin/haproxy ] || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; } \
+		|| { echo "install HAProxy: sudo apt-get install haproxy"; exit 1; }
+	$(PY) scripts/run_topology.py
 
 lint: setup
 	cargo fmt --all --check

@@ -76,6 +76,9 @@ _DEVELOPMENT_PROVIDERS = {ProviderName.CONSOLE, ProviderName.FILE}
 class RateLimitBackend(StrEnum):
     MEMORY = "memory"  # the Rust GCRA limiter, per process (one node)
     REDIS = "redis"  # one Lua GCRA script per decision, shared by every replica
+    # The same scripts on a Redis Cluster (AUTHSVC_REDIS_URL names any node; the client finds
+    # the others): one hash slot per limit family, failover to a replica.
+    REDIS_CLUSTER = "redis-cluster"
 
 
 class Rate(BaseModel):
@@ -336,7 +339,8 @@ class Settings(BaseSettings):
     # Abuse resistance (README "Security").
     rate_limit_backend: RateLimitBackend = RateLimitBackend.MEMORY
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_key_prefix: str = "authsvc:"
+    # No braces: the key's hash tag ({send}, {login}, ...) must be the first one in it.
+    redis_key_prefix: str = Field(default="authsvc:", pattern=r"^[^{}]*$")
     redis_timeout_s: float = Field(default=0.5, gt=0, le=10)
     rate_limits: RateLimits = RateLimits()
     # Per-IP limits key an IPv4 address (IPv4-mapped IPv6 included) alone and an IPv6 address
@@ -376,6 +380,11 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
     grace_period_s: float = Field(default=10.0, ge=0)
+    # After SIGTERM, health answers NOT_SERVING and the server goes on serving this long before
+    # it stops taking calls: the time the load balancers take to notice (HAProxy's check
+    # interval times `fall`, a Kubernetes readiness period), so that no call reaches a server
+    # that refuses it. 0: stop taking calls at once (one process, nothing in front).
+    shutdown_delay_s: float = Field(default=0.0, ge=0, le=60)
     default_region: str = "FR"
     # uvloop runs `serve`, its workers and `dispatch` (less CPU per call than asyncio's own
     # loop); false falls back to asyncio's loop, e.g. to rule uvloop out when chasing a bug.
@@ -411,6 +420,13 @@ class Settings(BaseSettings):
             raise ValueError("AUTHSVC_TLS_CLIENT_CA_FILE needs AUTHSVC_TLS_CERT_FILE")
         if self.password_lock_max_s < self.password_lock_s:
             raise ValueError("AUTHSVC_PASSWORD_LOCK_MAX_S must be at least AUTHSVC_PASSWORD_LOCK_S")
+        if self.rate_limit_backend is RateLimitBackend.REDIS_CLUSTER:
+            parts = urlsplit(self.redis_url)
+            if parts.scheme not in ("redis", "rediss") or parts.path.strip("/") not in ("", "0"):
+                raise ValueError(
+                    "AUTHSVC_REDIS_URL: a Redis Cluster is reached at redis:// or rediss:// "
+                    "host:port (database 0, no unix socket)"
+                )
         return self
 
     @model_validator(mode="after")
@@ -437,7 +453,7 @@ class Settings(BaseSettings):
                 "production needs TLS: AUTHSVC_TLS_CERT_FILE and AUTHSVC_TLS_KEY_FILE, or "
                 "AUTHSVC_TLS_TERMINATED_UPSTREAM=true when a proxy in front terminates it"
             )
-        if self.rate_limit_backend is RateLimitBackend.REDIS and not _redis_url_is_private(
+        if self.rate_limit_backend is not RateLimitBackend.MEMORY and not _redis_url_is_private(
             self.redis_url
         ):
             raise ValueError(

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
+from sqlalchemy import text
 
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
@@ -54,6 +55,11 @@ MAX_METADATA_BYTES = 16 * 1024
 # sends then fail closed; logins and verifications go on (in-process limits).
 SENDS_HEALTH = "authsvc.sends"
 LIMITER_HEALTH_INTERVAL_S = 2.0
+# The database probe: one `SELECT 1` per interval (never on a call's path). While it fails, the
+# API services answer NOT_SERVING (readiness: balancers stop sending, as during a PostgreSQL
+# failover); "" (liveness) stays SERVING, since restarting the process would not help.
+DATABASE_HEALTH_INTERVAL_S = 1.0
+DATABASE_HEALTH_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -83,6 +89,7 @@ class Server:
         for service in (AUTH_SERVICE, ACCOUNT_SERVICE, READINESS_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._watchers.append(asyncio.create_task(self._watch_database()))
 
     async def _watch_limiter(self) -> None:
         """Keep the "authsvc.sends" health status in step with the rate-limit backend."""
@@ -99,6 +106,38 @@ class Server:
                 return  # nothing to watch
             try:
                 await asyncio.wait_for(self._stop_watchers.wait(), LIMITER_HEALTH_INTERVAL_S)
+                return
+            except TimeoutError:
+                continue
+
+    async def _database_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(DATABASE_HEALTH_TIMEOUT_S):
+                async with self.app.engine.connect() as connection:
+                    await connection.execute(text("SELECT 1"))
+        except Exception:  # any failure to answer is "not ready"; the next probe tells again
+            return False
+        return True
+
+    async def _watch_database(self) -> None:
+        """Keep the API services' health in step with the database (a dead connection is
+        invalidated by the probe's own error, so the pool reconnects by itself)."""
+        ready: bool | None = None
+        while True:
+            answers = await self._database_answers()
+            if answers != ready:
+                if ready is not None:
+                    log.warning("database_health", serving=answers)
+                ready = answers
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if answers
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for service in (AUTH_SERVICE, ACCOUNT_SERVICE):
+                    await self.health.set(service, status)
+            try:
+                await asyncio.wait_for(self._stop_watchers.wait(), DATABASE_HEALTH_INTERVAL_S)
                 return
             except TimeoutError:
                 continue
@@ -195,7 +234,13 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("draining", grace_s=settings.grace_period_s)
+    log.info(
+        "draining", grace_s=settings.grace_period_s, shutdown_delay_s=settings.shutdown_delay_s
+    )
+    if settings.shutdown_delay_s:
+        # NOT_SERVING first, calls still served while the balancers take this replica out.
+        await server.health.enter_graceful_shutdown()
+        await asyncio.sleep(settings.shutdown_delay_s)
     await server.stop()
     log.info("stopped")
 

@@ -153,7 +153,7 @@ async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
     for process in processes:
         if process.is_alive() and process.pid is not None:
             os.kill(process.pid, signal.SIGTERM)
-    deadline = loop.time() + settings.grace_period_s + 10.0
+    deadline = loop.time() + settings.shutdown_delay_s + settings.grace_period_s + 10.0
     for process in processes:
         await asyncio.to_thread(process.join, max(deadline - loop.time(), 0.1))
         if process.is_alive():

@@ -21,7 +21,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub
-from support import START, TEST_API_KEYS, Inbox, Seeded, aio_channel, seed_account
+from support import (
+    POSTGRES_URL,
+    START,
+    TEST_API_KEYS,
+    Inbox,
+    Seeded,
+    aio_channel,
+    postgres_admin,
+    seed_account,
+)
+from topology.redis_cluster import RedisClusterNodes
 
 from authsvc.clock import FrozenClock
 from authsvc.config import Settings
@@ -29,9 +39,6 @@ from authsvc.db.migrate import upgrade
 from authsvc.server import Server, create_server
 from authsvc.v1 import auth_service_pb2_grpc
 
-POSTGRES_URL = os.environ.get(
-    "AUTHSVC_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REDIS_URL = os.environ.get("AUTHSVC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -67,13 +74,7 @@ def postgres_template() -> Iterator[str]:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def _admin(statement: str) -> None:
-    engine = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
+_admin = postgres_admin
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -153,3 +154,16 @@ async def alice(server: Server) -> Seeded:
 @pytest.fixture
 def inbox(settings: Settings) -> Inbox:
     return Inbox(settings.outbox_file)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A Redis Cluster of 6 processes (3 primaries, 3 replicas), one per test module."""
+    nodes = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        nodes.start()
+    except (FileNotFoundError, RuntimeError, TimeoutError) as error:
+        nodes.stop()
+        _unavailable(f"Redis Cluster could not start: {error}")
+    yield nodes
+    nodes.stop()

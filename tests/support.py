@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import uuid
 from collections.abc import Awaitable, Sequence
@@ -25,6 +26,25 @@ from authsvc.v1 import common_pb2
 
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as Stub
+
+# The PostgreSQL server of the PostgreSQL suites (the conftest's fixtures and the topology's).
+POSTGRES_URL = os.environ.get(
+    "AUTHSVC_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+async def postgres_admin(statement: str) -> None:
+    """One statement on POSTGRES_URL outside a transaction (CREATE/DROP DATABASE)."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
 
 PASSWORD = "correct horse battery staple"
 SIRET = "21180001500011"

@@ -335,7 +335,7 @@ class RateLimitPolicy:
 def build_backend(settings: Settings) -> Backend:
     from authsvc.policies.memory import MemoryBackend
 
-    if settings.rate_limit_backend.value == "redis":
+    if settings.rate_limit_backend.value in ("redis", "redis-cluster"):
         from authsvc.policies.redis_backend import RedisBackend
 
         return RedisBackend(
@@ -343,5 +343,6 @@ def build_backend(settings: Settings) -> Backend:
             prefix=settings.redis_key_prefix,
             timeout_s=settings.redis_timeout_s,
             fallback=MemoryBackend(),
+            cluster=settings.rate_limit_backend.value == "redis-cluster",
         )
     return MemoryBackend()

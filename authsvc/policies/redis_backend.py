@@ -9,6 +9,18 @@ Time comes from the replica's clock (`now_us`), as with the memory backend, so t
 the same answers for the same inputs; replicas keep their clocks in sync (NTP), and a skew of
 a few milliseconds changes a retry delay by as much, nothing more.
 
+Redis Cluster (`AUTHSVC_RATE_LIMIT_BACKEND=redis-cluster`, `AUTHSVC_REDIS_URL` naming any node):
+a script may only touch keys of one hash slot, so every key carries the hash tag of its limit's
+family, the first part of the limit's name (`{send}`, `{login}`, `{verify}`, ...): every decision
+checks limits of one family (the RPC's), whatever its keys. A family cannot be spread further
+without giving up the decision's atomicity: its global budget is one key that every decision of
+the family spends. So a cluster spreads the families over its primaries and, above all, fails
+over: while a primary is down (until its replica is promoted) its families behave exactly as
+with one unreachable Redis, below; the others keep deciding in Redis. Replication is
+asynchronous: a failover may forget the last milliseconds of spends (a limit briefly looser by
+those few units), never lets a refused request through later. The same key layout serves one
+Redis, so one conformance suite covers both.
+
 When Redis cannot be reached: sends fail closed (LimiterUnavailable: the API answers
 UNAVAILABLE), everything else falls back to the in-process limiter, the health service
 "authsvc.sends" turns NOT_SERVING, and one log line says so (one more when it is back).
@@ -21,6 +33,7 @@ from collections.abc import Sequence
 import structlog
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -57,16 +70,38 @@ return {0, '0'}
 _ERRORS = (redis_errors.RedisError, OSError, TimeoutError)
 
 
+def family(limit: Limit) -> str:
+    """The hash tag of a limit's keys: the first part of its name ("send" of "send.ip")."""
+    return limit.name.split(".", 1)[0]
+
+
 class RedisBackend:
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str, timeout_s: float, fallback: MemoryBackend) -> None:
-        self._redis = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),  # a decision never waits on retries: fall back or fail
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        timeout_s: float,
+        fallback: MemoryBackend,
+        cluster: bool = False,
+    ) -> None:
+        # A decision never waits on retries: it falls back or fails. The cluster client still
+        # refreshes its slot map on the next call after a connection error, which is how it
+        # finds a promoted replica.
+        no_retry = Retry(NoBackoff(), 0)
+        self._redis: Redis | RedisCluster = (
+            RedisCluster.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=no_retry
+            )
+            if cluster
+            else Redis.from_url(
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=no_retry
+            )
         )
+        if cluster:
+            self.name = "redis-cluster"
         self._prefix = prefix
         self._fallback = fallback
         self._gcra = self._redis.register_script(GCRA_SCRIPT)
@@ -77,27 +112,32 @@ class RedisBackend:
             return
         self.available = available
         if available:
-            log.warning("ratelimit_backend_recovered", backend="redis")
+            log.warning("ratelimit_backend_recovered", backend=self.name)
         else:
             log.error(
                 "ratelimit_backend_unavailable",
-                backend="redis",
+                backend=self.name,
                 error=type(error).__name__ if error else "",
                 sends="refused (fail closed)",
                 other_limits="in-process fallback",
             )
+
+    def _key(self, limit: Limit, key: str) -> str:
+        return f"{self._prefix}{{{family(limit)}}}{key}"
 
     async def consume(
         self, checks: Sequence[tuple[Limit, str]], now_us: int, *, fail_closed: bool = False
     ) -> Verdict:
         if not checks:
             return ALLOWED
+        if len({family(limit) for limit, _ in checks}) != 1:
+            raise ValueError("one decision checks limits of one family (one hash slot)")
         args: list[int] = [now_us]
         for limit, _ in checks:
             args += [limit.burst, limit.interval_us]
         try:
             index, retry_us = await self._gcra(
-                keys=[self._prefix + key for _, key in checks], args=args
+                keys=[self._key(limit, key) for limit, key in checks], args=args
             )
         except _ERRORS as error:
             self._mark(False, error)
@@ -110,11 +150,16 @@ class RedisBackend:
         return Verdict(False, int(retry_us) / 1e6, checks[int(index) - 1][0])
 
     async def reset(self, limit: Limit, key: str) -> None:
-        await self._redis.delete(self._prefix + key)
+        await self._redis.delete(self._key(limit, key))
 
     async def healthy(self) -> bool:
+        """Whether every decision can be made in Redis: on a cluster, every primary answers
+        (a slot whose primary is down, until its replica is promoted, fails closed)."""
         try:
-            await self._redis.ping()
+            if isinstance(self._redis, RedisCluster):
+                await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self._redis.ping()
         except _ERRORS as error:
             self._mark(False, error)
             return False

@@ -11,9 +11,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import CLIENT, PASSWORD, aio_channel, failure_of, seed_account
+from topology.redis_cluster import RedisClusterNodes
 
 from authsvc.clock import FrozenClock
-from authsvc.config import Rate, Settings
+from authsvc.config import Rate, RateLimitBackend, Settings
 from authsvc.server import SENDS_HEALTH, Server, create_server
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc
@@ -21,11 +22,13 @@ from authsvc.v1 import auth_service_pb2_grpc
 pytestmark = pytest.mark.redis
 
 
-async def _server(settings: Settings, clock: FrozenClock, url: str) -> Server:
+async def _server(
+    settings: Settings, clock: FrozenClock, url: str, backend: str = "redis"
+) -> Server:
     limits = settings.rate_limits.model_copy(update={"login_ip": Rate(count=2, period_s=60)})
     configured = settings.model_copy(
         update={
-            "rate_limit_backend": "redis",
+            "rate_limit_backend": RateLimitBackend(backend),
             "redis_url": url,
             "redis_key_prefix": f"authsvc-test:{uuid.uuid4().hex}:",
             "redis_timeout_s": 0.3,
@@ -72,6 +75,32 @@ async def test_limits_live_in_redis(on_redis: Server) -> None:
             "RATE_LIMITED",
         )
         assert refused.retry_after == pytest.approx(30)
+
+
+async def test_limits_live_in_a_redis_cluster(
+    settings: Settings, clock: FrozenClock, redis_cluster: RedisClusterNodes, database_url: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the limiter's backend does not depend on the database")
+    server = await _server(settings, clock, redis_cluster.url, backend="redis-cluster")
+    try:
+        assert server.app.limits.backend.name == "redis-cluster"
+        who = await seed_account(server)
+        async with aio_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            pending = (await stub.Login(_login(who))).pending_flow
+            await stub.Challenge(pb.ChallengeRequest(flow_id=pending.flow_id, client=CLIENT))
+            await stub.Login(_login(who))
+            refused = await failure_of(stub.Login(_login(who)))
+            assert (refused.code, refused.reason) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "RATE_LIMITED",
+            )
+            health = health_pb2_grpc.HealthStub(channel)
+            status = await health.Check(health_pb2.HealthCheckRequest(service=SENDS_HEALTH))
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(grace=0)
 
 
 async def test_redis_unreachable_fails_closed_for_sends(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from topology.redis_cluster import RedisClusterNodes
 
 from authsvc.config import Rate
 from authsvc.errors import LimiterUnavailable
@@ -26,18 +27,36 @@ FAST = Limit("t.fast", "ip", burst=3, interval_us=2 * S)
 SLOW = Limit("t.slow", "global", burst=2, interval_us=10 * S)
 
 
-def redis_backend(url: str) -> RedisBackend:
+def redis_backend(url: str, *, cluster: bool = False) -> RedisBackend:
     return RedisBackend(
-        url, prefix=f"authsvc-test:{uuid.uuid4().hex}:", timeout_s=2, fallback=MemoryBackend()
+        url,
+        prefix=f"authsvc-test:{uuid.uuid4().hex}:",
+        timeout_s=2,
+        fallback=MemoryBackend(),
+        cluster=cluster,
     )
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def shared_backend(request: pytest.FixtureRequest, kind: str) -> RedisBackend:
+    """A Redis backend on one server ("redis") or on the module's Redis Cluster."""
+    if kind == "redis-cluster":
+        nodes: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+        return redis_backend(nodes.url, cluster=True)
+    return redis_backend(request.getfixturevalue("redis_url"))
+
+
+SHARED = [
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("redis-cluster", marks=pytest.mark.redis),
+]
+
+
+@pytest.fixture(params=["memory", *SHARED])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         yield MemoryBackend()
         return
-    made = redis_backend(request.getfixturevalue("redis_url"))
+    made = shared_backend(request, request.param)
     yield made
     await made.close()
 
@@ -89,15 +108,15 @@ TRAFFIC = st.lists(
 )
 
 
-@pytest.mark.redis
+@pytest.mark.parametrize("kind", SHARED)
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(traffic=TRAFFIC)
 async def test_memory_and_redis_agree(
-    redis_url: str, traffic: list[tuple[int, str, tuple[Limit, ...]]]
+    request: pytest.FixtureRequest, kind: str, traffic: list[tuple[int, str, tuple[Limit, ...]]]
 ) -> None:
-    memory, redis = MemoryBackend(), redis_backend(redis_url)
+    memory, redis = MemoryBackend(), shared_backend(request, kind)
     try:
         now = T0
         for gap, key, limits in traffic:

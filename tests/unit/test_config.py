@@ -158,6 +158,11 @@ WEAKENING: list[object] = [
         "REDIS_URL",
         id="redis-in-clear",
     ),
+    pytest.param(
+        {"rate_limit_backend": "redis-cluster", "redis_url": "redis://redis.example:6379"},
+        "REDIS_URL",
+        id="redis-cluster-in-clear",
+    ),
 ]
 
 
@@ -190,6 +195,10 @@ TIGHTENING: list[object] = [
     pytest.param(
         {"rate_limit_backend": "redis", "redis_url": "rediss://redis.example:6380/0"},
         id="redis-over-tls",
+    ),
+    pytest.param(
+        {"rate_limit_backend": "redis-cluster", "redis_url": "rediss://redis-0.example:6380"},
+        id="redis-cluster-over-tls",
     ),
     pytest.param({"sms_provider": "kannel", "kannel_url": "https://k/send"}, id="kannel-https"),
     pytest.param(
@@ -229,3 +238,18 @@ def test_the_window_of_the_code_hard_bound_only_lengthens() -> None:
     assert Settings(code_failure_window_s=90 * 86400).code_failure_window_s == 90 * 86400
     with pytest.raises(ValidationError):
         Settings(code_failure_window_s=30 * 86400 - 1)
+
+
+@pytest.mark.parametrize(
+    "url", ["unix:///run/redis.sock", "redis://127.0.0.1:6379/2", "http://127.0.0.1:6379"]
+)
+def test_a_redis_cluster_is_named_by_host_and_port_in_database_0(url: str) -> None:
+    with pytest.raises(ValidationError, match="Redis Cluster"):
+        Settings(rate_limit_backend="redis-cluster", redis_url=url)
+    assert Settings(rate_limit_backend="redis-cluster", redis_url="redis://127.0.0.1:7000")
+
+
+def test_the_key_prefix_holds_no_hash_tag() -> None:
+    """The limit family's tag must be the first {...} of every key (one slot per decision)."""
+    with pytest.raises(ValidationError):
+        Settings(redis_key_prefix="{authsvc}:")
