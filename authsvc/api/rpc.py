@@ -17,6 +17,7 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 from grpc.aio import ServicerContext
+from sqlalchemy.exc import DBAPIError
 
 from authsvc import audit, validation
 from authsvc.api.callers import current_backend, current_request_id, request_id
@@ -92,6 +93,17 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
                 except Exception as error:
                     if isinstance(error, grpc.aio.AbortError):
                         raise
+                    if _database_unreachable(error):
+                        # A lost or refused database connection (a failover, a restart): the
+                        # statement did not commit, the pool reconnects; the caller may retry.
+                        outcome, reason = "UNAVAILABLE", "DATABASE_UNAVAILABLE"
+                        log.warning("database_unavailable", method=name, request_id=request_id)
+                        await context.abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "the database is unavailable; retry later",
+                            (("x-request-id", request_id),),
+                        )
+                        raise
                     outcome, reason = "INTERNAL", type(error).__name__
                     log.exception("rpc_crashed", method=name, request_id=request_id)
                     await context.abort(
@@ -113,3 +125,14 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
         return wrapper
 
     return decorate
+
+
+def _database_unreachable(error: Exception) -> bool:
+    """A connection to the database lost or refused (not a statement's own error)."""
+    if isinstance(error, DBAPIError):
+        return bool(error.connection_invalidated) or isinstance(
+            error.orig, (ConnectionError, OSError)
+        )
+    return isinstance(error, (ConnectionError, OSError)) and not isinstance(
+        error, (FileNotFoundError, PermissionError)
+    )
