@@ -81,6 +81,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` (its own, not its children's), seconds."""
+    try:
+        # Fields after the command name, which may hold spaces: utime and stime are 14 and 15.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """The server's CPU time so far: the parent (dispatcher) and its workers."""
+    return sum(cpu_seconds(p) for p in (pid, *children(pid)))
+
+
 @dataclass
 class MemorySampler:
     """Resident memory of the server (parent and workers), once a second."""
@@ -401,12 +416,14 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             before = backend_counters(database_url, args.redis_url)
+            cpu_before = server_cpu_seconds(server.pid)
             began = time.perf_counter()
             locust = subprocess.run(
                 locust_cmd, env=locust_env, cwd=ROOT, timeout=run_time + 120,
                 stdout=(run_dir / "locust.log").open("wb"), stderr=subprocess.STDOUT,
             )  # fmt: skip
             elapsed = time.perf_counter() - began
+            server_cpu_s = server_cpu_seconds(server.pid) - cpu_before
             after = backend_counters(database_url, args.redis_url)
             sampler.stop()
             with urllib.request.urlopen(f"{sink_url}/stats", timeout=5) as answer:
@@ -416,7 +433,13 @@ def main(argv: list[str] | None = None) -> int:
 
     failures = write_summary(
         prefix=prefix,
-        args=vars(args) | {"name": name, "run_time": run_time, "locust_s": round(elapsed, 1)},
+        args=vars(args)
+        | {
+            "name": name,
+            "run_time": run_time,
+            "locust_s": round(elapsed, 1),
+            "server_cpu_s": round(server_cpu_s, 1),
+        },
         started=started,
         memory=sampler.samples,
         sink=sink_stats,

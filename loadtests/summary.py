@@ -121,6 +121,10 @@ def write_summary(
         f"median {peak_rps:.1f} req/s at the peak",
         f"- logins (first factor accepted): {logins} in {duration:.0f} s, "
         f"{logins / duration:.1f}/s over the run, median {peak_logins:.1f}/s at the peak",
+        f"- server CPU over the run (parent and workers, /proc): "
+        f"{float(args.get('server_cpu_s') or 0.0):.1f} s, "
+        f"**{logins / max(float(args.get('server_cpu_s') or 0.0), 1e-9):.1f} logins per "
+        f"second of server CPU** (logins/s per core of server CPU)",
         f"- unexpected failures: **{failures}**; expected refusals (abuse): {expected}",
         "",
         "## Latency per call (ms)",
