@@ -52,9 +52,10 @@ class FirstFactorHolder(Protocol):
     def code_locked_until(self) -> datetime | None: ...
 
 
-def _view(
+def pending_view_of(
     flow_id: uuid.UUID, purpose: FlowPurpose, expires_at: datetime, where: destination.Destination
 ) -> PendingFlowView:
+    """What the caller hears of a pending flow: where its code can go, and until when."""
     return PendingFlowView(
         flow_id=flow_id,
         purpose=purpose,
@@ -66,7 +67,7 @@ def _view(
 
 
 def pending_view(flow: Flow, account: Account) -> PendingFlowView:
-    return _view(
+    return pending_view_of(
         flow.id, FlowPurpose(flow.purpose), flow.expires_at, destination.of_flow(flow, account)
     )
 
@@ -260,7 +261,7 @@ async def after_first_factor(
         return issued
     if flow is None or where is None:
         raise not_ready or failures.account_not_ready()
-    return _view(flow["id"], FlowPurpose.LOGIN, flow["expires_at"], where)
+    return pending_view_of(flow["id"], FlowPurpose.LOGIN, flow["expires_at"], where)
 
 
 async def _rehash(app: App, account_id: uuid.UUID, stored: str, password: str) -> None:

@@ -17,7 +17,7 @@ from authsvc.db import Account, FlowPurpose
 from authsvc.db.statements import stepup as statements
 from authsvc.errors import Failure, invalid_field
 from authsvc.flows import destination, grants
-from authsvc.flows.login import ClientInfo, flow_row
+from authsvc.flows.login import ClientInfo, flow_row, pending_view_of
 from authsvc.flows.views import PendingFlowView
 from authsvc.policies import lockout
 from authsvc.policies.permissions import Action, check_target
@@ -108,11 +108,4 @@ async def authorize(
         flow_id=str(flow["id"]),
     )
     await app.db.statement(statements.open_flow, flow, opened)
-    return PendingFlowView(
-        flow_id=flow["id"],
-        purpose=FlowPurpose.STEP_UP,
-        channels=where.channels,
-        default_channel=where.channels[0],
-        masked_destination=where.masked,
-        expires_at=flow["expires_at"],
-    )
+    return pending_view_of(flow["id"], FlowPurpose.STEP_UP, flow["expires_at"], where)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import Connection, insert
 
 from authsvc.db import AuditEvent
-from authsvc.db.statements import table
+from authsvc.db.statements import returning, table
 
 AUDIT = table(AuditEvent)
 
@@ -17,7 +17,7 @@ _ADD = insert(AUDIT)
 # Every column of an audit row but its sequence, as named parameters "audit_<column>" (the
 # prebuilt INSERT ... SELECT statements of PostgreSQL's CTEs take them).
 COLUMNS = tuple(column.name for column in AUDIT.c if column.name != "sequence")
-PARAMETERS = {name: bindparam(f"audit_{name}", type_=AUDIT.c[name].type) for name in COLUMNS}
+PARAMETERS = returning.bound(AUDIT, COLUMNS, "audit_")
 
 
 def add(connection: Connection, *rows: dict[str, Any]) -> None:
@@ -27,7 +27,7 @@ def add(connection: Connection, *rows: dict[str, Any]) -> None:
 
 def parameters(row: dict[str, Any], prefix: str = "audit_") -> dict[str, Any]:
     """An audit row (authsvc.audit.event) as the named parameters of `insert_from`."""
-    return {f"{prefix}{name}": value for name, value in row.items()}
+    return returning.prefixed(row, prefix)
 
 
 def insert_from(columns: dict[str, Any], source: Any, **from_source: Any) -> Any:
@@ -36,4 +36,4 @@ def insert_from(columns: dict[str, Any], source: Any, **from_source: Any) -> Any
     PARAMETERS: bound per call). PostgreSQL runs it inside the decision's data-modifying CTE,
     so the row exists exactly when the change it records does. Build it once, at import."""
     values = {name: from_source.get(name, columns[name]) for name in COLUMNS}
-    return insert(AUDIT).from_select(list(values), select(*values.values()).select_from(source))
+    return returning.insert_from(AUDIT, values, source)

@@ -15,11 +15,11 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, case, literal, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, literal, or_, select, update
 
 from authsvc.db import Account, Flow, Session
 from authsvc.db.base import UTCDateTime
-from authsvc.db.statements import audit, devices_trust, passwords, sessions, table
+from authsvc.db.statements import audit, devices_trust, passwords, returning, sessions, table
 
 ACCOUNTS = table(Account)
 SESSIONS = table(Session)
@@ -31,19 +31,9 @@ FLOWS = table(Flow)
 _NOW = bindparam("l_now", type_=UTCDateTime())
 
 
-def _columns(target: Table, prefix: str, *skip: str) -> dict[str, Any]:
-    return {
-        column.name: bindparam(f"{prefix}{column.name}", type_=column.type)
-        for column in target.c
-        if column.name not in skip
-    }
-
-
-_SESSION = _columns(SESSIONS, "s_")
-_FLOW = _columns(FLOWS, "f_")
-_FLOW_AUDIT = {
-    name: bindparam(f"flow_audit_{name}", type_=audit.AUDIT.c[name].type) for name in audit.COLUMNS
-}
+_SESSION = returning.bound(SESSIONS, SESSIONS.c.keys(), "s_")
+_FLOW = returning.bound(FLOWS, FLOWS.c.keys(), "f_")
+_FLOW_AUDIT = returning.bound(audit.AUDIT, audit.COLUMNS, "flow_audit_")
 
 
 _ADD_FLOW = FLOWS.insert()
@@ -109,11 +99,6 @@ def _source(settles_password: bool, trust_may_stand: bool) -> Any:
     )
 
 
-def _rows_from(target: Table, columns: dict[str, Any], source: Any, **from_source: Any) -> Any:
-    values = {name: from_source.get(name, expression) for name, expression in columns.items()}
-    return target.insert().from_select(list(values), select(*values.values()).select_from(source))
-
-
 @cache
 def _statements(settles_password: bool, trust_may_stand: bool, with_flow: bool) -> tuple[Any, Any]:
     """(SQLite's first statement, PostgreSQL's one statement) for these choices."""
@@ -125,15 +110,15 @@ def _statements(settles_password: bool, trust_may_stand: bool, with_flow: bool) 
     if trust_may_stand:
         granted = select(verdict).where(unlocked, verdict.c.trusted_at.is_not(None)).subquery()
         writes += [
-            _rows_from(SESSIONS, _SESSION, granted, last_code_time=granted.c.trusted_at).cte(
-                "session"
-            ),
+            returning.insert_from(
+                SESSIONS, {**_SESSION, "last_code_time": granted.c.trusted_at}, granted
+            ).cte("session"),
             audit.insert_from(audit.PARAMETERS, granted).cte("trusted_logged"),
         ]
     if with_flow:
         opened = select(verdict).where(unlocked, verdict.c.trusted_at.is_(None)).subquery()
         writes += [
-            _rows_from(FLOWS, _FLOW, opened).cte("flow"),
+            returning.insert_from(FLOWS, _FLOW, opened).cte("flow"),
             audit.insert_from(_FLOW_AUDIT, opened).cte("flow_logged"),
         ]
     in_one = select(verdict.c.password_locked_until, verdict.c.trusted_at).add_cte(*writes)

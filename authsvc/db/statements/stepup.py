@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, literal, select
 
 from authsvc.db import Account, Flow
-from authsvc.db.statements import audit, table
+from authsvc.db.statements import audit, returning, table
 
 ACCOUNTS = table(Account)
 FLOWS = table(Flow)
@@ -80,9 +80,7 @@ def parties(
 
 
 _FLOW_COLUMNS = tuple(column.name for column in FLOWS.c)
-_OPEN = insert(FLOWS).values(
-    {name: bindparam(f"f_{name}", type_=FLOWS.c[name].type) for name in _FLOW_COLUMNS}
-)
+_OPEN = insert(FLOWS).values(returning.bound(FLOWS, _FLOW_COLUMNS, "f_"))
 _OPENED = _OPEN.returning(FLOWS.c.id).cte("opened")
 # PostgreSQL: the flow and its audit row in one statement.
 _OPEN_AND_LOG = select(literal(1)).add_cte(
@@ -93,7 +91,7 @@ _OPEN_AND_LOG = select(literal(1)).add_cte(
 def open_flow(connection: Connection, flow: dict[str, Any], opened: dict[str, Any]) -> None:
     """Insert the pending flow (every column of `flow`, login.flow_row) and its `opened` audit
     row: one statement on PostgreSQL."""
-    parameters = {f"f_{name}": flow.get(name) for name in _FLOW_COLUMNS}
+    parameters = returning.prefixed({name: flow.get(name) for name in _FLOW_COLUMNS}, "f_")
     if connection.dialect.name == "postgresql":
         connection.execute(_OPEN_AND_LOG, {**parameters, **audit.parameters(opened)})
         return
