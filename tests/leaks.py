@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from sqlalchemy import MetaData, select
 from sqlalchemy.engine import make_url
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture
 from support import MOBILE
 
 from authsvc.app import App
@@ -90,8 +92,26 @@ def capturing(
 ) -> Iterator[Logs]:
     """The body of a test module's `logs` fixture: everything logged while the test runs."""
     caplog.set_level(logging.DEBUG)
-    with capture_logs() as events:
+    with captured_events() as events:
         yield Logs(events, caplog, capfd)
+
+
+@contextmanager
+def captured_events() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every structlog event while the block runs, whichever test configured logging first.
+
+    structlog's capture_logs replaces the configured processor list; a module's logger that was
+    used once after `authsvc.log.configure` (cache_logger_on_first_use) keeps the old list and
+    its events escape the capture. The list is swapped in place instead: cached loggers share it.
+    """
+    capture = LogCapture()
+    processors = structlog.get_config()["processors"]
+    saved = list(processors)
+    processors[:] = [capture]
+    try:
+        yield capture.entries
+    finally:
+        processors[:] = saved
 
 
 # ---- reading everything at rest ----------------------------------------------------------------

@@ -10,9 +10,9 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor
+from leaks import captured_events
 from pydantic import SecretStr
 from sqlalchemy import func, select
-from structlog.testing import capture_logs
 from support import (
     CLIENT,
     PASSWORD,
@@ -281,7 +281,7 @@ async def test_undecodable_body_is_invalid_field_and_logged(
     channel: grpc.aio.Channel, server: Server, method: Any, body: bytes
 ) -> None:
     """Before the fix: UNKNOWN "Unexpected <class '...DecodeError'>", no ErrorInfo, no log."""
-    with capture_logs() as logs:
+    with captured_events() as logs:
         call = _raw(channel, method)(body, metadata=(("x-request-id", "raw-1"),))
         failure = await failure_of(call)
         # The server writes its line once the answer is sent: wait for it (with a deadline).

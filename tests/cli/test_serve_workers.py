@@ -47,12 +47,12 @@ def test_serve_refuses_workers_with_the_memory_limiter_in_production(tmp_path: P
 
 
 def test_development_warns_about_workers_with_the_memory_limiter() -> None:
-    from structlog.testing import capture_logs
+    from leaks import captured_events
 
     from authsvc.config import Settings
     from authsvc.workers import check_limiter
 
-    with capture_logs() as logs:
+    with captured_events() as logs:
         check_limiter(Settings(), 3)
         check_limiter(Settings(), 1)
         check_limiter(Settings(rate_limit_backend="redis"), 3)
