@@ -62,19 +62,25 @@ def _json(_logger: object, _name: str, event: MutableMapping[str, Any]) -> str:
     return _ENCODER.encode(event)
 
 
+_PROCESSORS: list[structlog.typing.Processor] = []
+
+
 def configure(log_format: LogFormat = LogFormat.AUTO, level: str = "info") -> None:
     use_json = log_format is LogFormat.JSON or (
         log_format is LogFormat.AUTO and not sys.stderr.isatty()
     )
     renderer: structlog.typing.Processor = _json if use_json else structlog.dev.ConsoleRenderer()
+    # One list for the life of the process, changed in place: loggers cached on first use hold
+    # the list itself, so a second configure (or a test's capture) reaches them too.
+    _PROCESSORS[:] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _Timestamp(),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _Timestamp(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=_PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
