@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from authsvc import audit
 from authsvc.app import App
-from authsvc.db import AccountStatus, Role, Session
+from authsvc.db import AccountStatus, Role
 from authsvc.db.base import new_id
 from authsvc.db.statements import sessions as statements
 from authsvc.flows import failures
@@ -74,23 +72,6 @@ def new(
         token, account_id, AAL2, expires_at, _idle_deadline(app, now, expires_at)
     )
     return issued, row
-
-
-async def issue(
-    app: App,
-    db: AsyncSession,
-    account_id: uuid.UUID,
-    *,
-    last_code_time: datetime,
-    ip_address: str,
-    user_agent: str,
-) -> IssuedSession:
-    """Add a session to the caller's ORM transaction."""
-    issued, row = new(
-        app, account_id, last_code_time=last_code_time, ip_address=ip_address, user_agent=user_agent
-    )
-    db.add(Session(**row))
-    return issued
 
 
 async def validate(app: App, token: str) -> SessionInfo:
