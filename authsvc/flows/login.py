@@ -226,6 +226,7 @@ async def after_first_factor(
         logins.FirstFactorPassed(
             account_id=account.id,
             now=now,
+            code_failure_hard_bound=app.settings.code_failure_hard_bound,
             settles_password=settles_password,
             device_digest=cadence.presented_device(app, device_token),
             trust_may_stand=code_locked is None,
@@ -249,15 +250,18 @@ async def after_first_factor(
             ),
         ),
     )
+    if not verdict.found:
+        raise failures.invalid_credentials()  # the account went away meanwhile
     if settles_password:
-        if not verdict.found:
-            raise failures.invalid_credentials()  # the account went away meanwhile
         refused = lockout.password_verdict(verdict.password_locked_until, now)
         if refused is not None:
             raise refused
     if verdict.trusted_at is not None:
         if code_locked is not None:
             raise code_locked
+        # Locked during the argon2 check: the statement wrote no session.
+        assert verdict.code is not None
+        lockout.check_code_lock(app, verdict.code, now)
         return issued
     if flow is None or where is None:
         raise not_ready or failures.account_not_ready()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from support import (
     CLIENT,
     MOBILE,
@@ -29,7 +30,7 @@ from support import (
 
 from authsvc.clock import FrozenClock
 from authsvc.config import Settings
-from authsvc.db import Account, AuditEvent, Flow, OutboxMessage
+from authsvc.db import Account, AuditEvent, Flow, OutboxMessage, Session
 from authsvc.policies import lockout
 from authsvc.server import Server, create_server
 from authsvc.v1 import account_service_pb2 as apb
@@ -421,3 +422,28 @@ async def test_a_caller_who_hangs_up_mid_check_still_spends_a_guess(
         assert settled.password_lock_count == 1
         clock.advance(lockout.PASSWORD_CHECK_LEASE_S + 1)  # past every lease, inside the lock
         assert await outcome(login(stub, who, PASSWORD)) == "ACCOUNT_LOCKED"
+
+
+async def test_a_code_lock_set_during_the_password_check_refuses_the_trusted_device(
+    slow: Server, inbox: Inbox, clock: FrozenClock
+) -> None:
+    """The code factor locks (wrong codes of another flow) while a trusted device's argon2
+    check runs: the verdict re-reads the lock in its own statement, so no session is written
+    and the answer is ACCOUNT_LOCKED (before, the lock read ahead of argon2 let it through)."""
+    who = await seed_account(slow)
+    async with aio_channel(f"127.0.0.1:{slow.port}") as channel:
+        stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+        device = (await sign_in(stub, inbox, who)).device_token
+        sessions_before = await count(slow, Session, Session.account_id == who.account_id)
+        call = login(stub, who, PASSWORD, device=device)
+        await _until(slow, who, lambda a: a.password_checks_pending == 1)
+        async with slow.app.write() as db:  # what the other flow's fifth wrong code writes
+            await db.execute(
+                update(Account)
+                .where(Account.id == who.account_id)
+                .values(code_locked_until=clock.now() + timedelta(minutes=15))
+            )
+        assert await outcome(call) == "ACCOUNT_LOCKED"
+        assert await count(slow, Session, Session.account_id == who.account_id) == sessions_before
+        account = await account_row(slow, who)
+        assert account.password_checks_pending == 0

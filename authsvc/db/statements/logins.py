@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, literal, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, func, literal, or_, select, true, update
 
 from authsvc.db import Account, Flow, Session
 from authsvc.db.base import UTCDateTime
@@ -25,10 +25,32 @@ ACCOUNTS = table(Account)
 SESSIONS = table(Session)
 FLOWS = table(Flow)
 
-# Named parameters: l_account, l_now, the device's (devices_trust: t_*), the session's
-# columns (s_*), the flow's (f_*), the trusted login's audit row (audit_*) and the flow's
-# (flow_audit_*).
+# Named parameters: l_account, l_now, l_code_bound, the device's (devices_trust: t_*), the
+# session's columns (s_*), the flow's (f_*), the trusted login's audit row (audit_*) and the
+# flow's (flow_audit_*).
 _NOW = bindparam("l_now", type_=UTCDateTime())
+_CODE_BOUND = bindparam("l_code_bound", type_=ACCOUNTS.c.failed_code_count.type)
+_ACCOUNT = ACCOUNTS.c.id == bindparam("l_account", type_=ACCOUNTS.c.id.type)
+
+# A trusted device stands for the code, so not while the code factor is locked: the verdict
+# re-reads the code's counters in its own statement (on PostgreSQL under the row lock its
+# UPDATE takes) rather than trusting a read made before the argon2 check, during which the
+# wrong codes of a concurrent flow may have locked it. The rule of lockout.check_code_lock.
+# No IS NULL here: SQLite 3.40 evaluates `column IS NULL` wrongly in a RETURNING clause
+# (false for a null column); COALESCE of the comparison says the same on both databases.
+_CODE_UNLOCKED = and_(
+    ACCOUNTS.c.failed_code_count < _CODE_BOUND,
+    ACCOUNTS.c.code_window_failures < _CODE_BOUND,
+    func.coalesce(ACCOUNTS.c.code_locked_until <= _NOW, true()),
+)
+# What the verdict returns of the code factor: whether it is unlocked, and its counters (a
+# refusal's retry delay is computed from them).
+_CODE = (
+    _CODE_UNLOCKED.label("code_unlocked"),
+    ACCOUNTS.c.failed_code_count,
+    ACCOUNTS.c.code_window_failures,
+    ACCOUNTS.c.code_locked_until,
+)
 
 
 _SESSION = returning.bound(SESSIONS, SESSIONS.c.keys(), "s_")
@@ -48,6 +70,7 @@ class FirstFactorPassed:
 
     account_id: uuid.UUID
     now: datetime
+    code_failure_hard_bound: int
     # The password's check was reserved: release it (this reads the lock) and, on a trusted
     # device, restart the password's escalation. False for a federated first factor.
     settles_password: bool
@@ -62,6 +85,7 @@ class FirstFactorPassed:
         values = {
             "l_account": self.account_id,
             "l_now": self.now,
+            "l_code_bound": self.code_failure_hard_bound,
             **devices_trust.parameters(self.account_id, self.device_digest, self.now),
             **{f"s_{name}": self.session.get(name) for name in _SESSION},
             **audit.parameters(self.trusted_logged),
@@ -73,29 +97,43 @@ class FirstFactorPassed:
 
 
 @dataclass(frozen=True)
+class CodeFactor:
+    """The code factor as the verdict read it (its counters make a lockout.CodeCounters)."""
+
+    unlocked: bool
+    failed_code_count: int
+    code_window_failures: int
+    code_locked_until: datetime | None
+
+
+@dataclass(frozen=True)
 class Verdict:
     found: bool  # False: the account vanished meanwhile
     password_locked_until: datetime | None
     trusted_at: datetime | None
+    # A trusted device got its session only if this was unlocked (None: account gone).
+    code: CodeFactor | None = None
 
 
 def _source(settles_password: bool, trust_may_stand: bool) -> Any:
-    """The statement whose one row the rest hangs on: (the lock, the trust)."""
+    """The statement whose one row the rest hangs on: (the lock, the trust, the code
+    factor); no row when the account is gone."""
     trusted_at = devices_trust.VERIFIED_AT
     if not settles_password:
         no_lock = literal(None, type_=UTCDateTime()).label("password_locked_until")
-        return select(no_lock, trusted_at.label("trusted_at"))
+        return select(no_lock, trusted_at.label("trusted_at"), *_CODE).where(_ACCOUNT)
     values: dict[str, Any] = {"password_checks_pending": passwords.released(ACCOUNTS)}
     if trust_may_stand:
         # ONE update of the row: PostgreSQL must not see it changed twice in one statement.
-        reset = and_(passwords.unlocked(ACCOUNTS), trusted_at.is_not(None))
+        # A trusted login refused because the code locked meanwhile is no success: no reset.
+        reset = and_(passwords.unlocked(ACCOUNTS), trusted_at.is_not(None), _CODE_UNLOCKED)
         for name in ("failed_password_count", "password_lock_count"):
             values[name] = case((reset, 0), else_=ACCOUNTS.c[name])
     return (
         update(ACCOUNTS)
-        .where(ACCOUNTS.c.id == bindparam("l_account", type_=ACCOUNTS.c.id.type))
+        .where(_ACCOUNT)
         .values(values)
-        .returning(ACCOUNTS.c.password_locked_until, trusted_at.label("trusted_at"))
+        .returning(ACCOUNTS.c.password_locked_until, trusted_at.label("trusted_at"), *_CODE)
     )
 
 
@@ -108,7 +146,11 @@ def _statements(settles_password: bool, trust_may_stand: bool, with_flow: bool) 
     unlocked = or_(until.is_(None), until <= _NOW)
     writes = []
     if trust_may_stand:
-        granted = select(verdict).where(unlocked, verdict.c.trusted_at.is_not(None)).subquery()
+        granted = (
+            select(verdict)
+            .where(unlocked, verdict.c.trusted_at.is_not(None), verdict.c.code_unlocked)
+            .subquery()
+        )
         writes += [
             returning.insert_from(
                 SESSIONS, {**_SESSION, "last_code_time": granted.c.trusted_at}, granted
@@ -121,8 +163,15 @@ def _statements(settles_password: bool, trust_may_stand: bool, with_flow: bool) 
             returning.insert_from(FLOWS, _FLOW, opened).cte("flow"),
             audit.insert_from(_FLOW_AUDIT, opened).cte("flow_logged"),
         ]
-    in_one = select(verdict.c.password_locked_until, verdict.c.trusted_at).add_cte(*writes)
+    returned = [verdict.c.password_locked_until, verdict.c.trusted_at]
+    in_one = select(*returned, *(verdict.c[column.key] for column in _CODE)).add_cte(*writes)
     return source, in_one
+
+
+def _verdict(row: Any) -> Verdict:
+    locked_until, trusted_at, code_unlocked, failed, in_window, code_until = row
+    code = CodeFactor(bool(code_unlocked), failed, in_window, code_until)
+    return Verdict(True, locked_until, trusted_at, code)
 
 
 def first_factor_passed(connection: Connection, passed: FirstFactorPassed) -> Verdict:
@@ -131,18 +180,20 @@ def first_factor_passed(connection: Connection, passed: FirstFactorPassed) -> Ve
     parameters = passed.parameters()
     if connection.dialect.name == "postgresql":
         row = connection.execute(in_one, parameters).first()
-        return Verdict(row is not None, *(row or (None, None)))
+        return Verdict(False, None, None) if row is None else _verdict(row)
     row = connection.execute(source, parameters).first()
     if row is None:
         return Verdict(False, None, None)
-    locked_until, trusted_at = row
+    verdict = _verdict(row)
+    locked_until, trusted_at = verdict.password_locked_until, verdict.trusted_at
     if locked_until is not None and locked_until > passed.now:
-        return Verdict(True, locked_until, trusted_at)
+        return verdict
     if trusted_at is not None:
-        if passed.trust_may_stand:
+        assert verdict.code is not None
+        if passed.trust_may_stand and verdict.code.unlocked:
             sessions.add(connection, {**passed.session, "last_code_time": trusted_at})
             audit.add(connection, passed.trusted_logged)
     elif passed.flow is not None and passed.flow_logged is not None:
         connection.execute(_ADD_FLOW, passed.flow)
         audit.add(connection, passed.flow_logged)
-    return Verdict(True, locked_until, trusted_at)
+    return verdict
