@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from sqlalchemy import text
 
+from authsvc import tracing
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
 from authsvc.api.callers import CallerRegistry, Guard
@@ -218,6 +219,8 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, or until `stop` is set when the caller handles signals."""
+    # Here, not in main(): each worker of `serve --workers` has its own exporter thread.
+    tracing.configure(settings.tracing)
     server = await create_server(settings, listen=listen, reuse_port=reuse_port)
     await server.start()
     log.info(
@@ -242,6 +245,7 @@ async def serve(
         await server.health.enter_graceful_shutdown()
         await asyncio.sleep(settings.shutdown_delay_s)
     await server.stop()
+    tracing.shutdown()  # the spans still queued leave before the process does
     log.info("stopped")
 
 
