@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from authsvc import tracing
 from authsvc.clock import Clock
 from authsvc.config import Settings
 from authsvc.db.access import Database
@@ -61,14 +62,16 @@ class App:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads; nothing it does is committed."""
-        async with self.sessionmaker() as session:
-            yield session
+        with tracing.db_span("db.session.read", self.db.dialect, None):
+            async with self.sessionmaker() as session:
+                yield session
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction: committed when the block ends, rolled back whole if it raises."""
-        async with self.write_sessionmaker() as session, session.begin():
-            yield session
+        with tracing.db_span("db.session.write", self.db.dialect, None):
+            async with self.write_sessionmaker() as session, session.begin():
+                yield session
 
     async def close(self) -> None:
         self.passwords.close()

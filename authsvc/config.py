@@ -379,6 +379,25 @@ class Settings(BaseSettings):
 
     log_format: LogFormat = LogFormat.AUTO
     log_level: str = "info"
+    # OpenTelemetry traces (authsvc/tracing.py): spans exported over OTLP/HTTP, configured by the
+    # standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...).
+    tracing: bool = False
+    # Readiness (grpc.health.v1 "authsvc.readiness"): how often the database, its migrations and
+    # Redis are probed, off every call's path, and how long one probe may take.
+    readiness_probe_interval_s: float = Field(default=1.0, ge=0.1, le=60)
+    readiness_probe_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    # Audit export to a SIEM (authsvc/audit_export/): a webhook fed by `authsvc dispatch`, each
+    # organisation's events in order, at least once; the body signed with HMAC-SHA-256.
+    audit_webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    audit_webhook_secret: SecretStr | None = None
+    audit_webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    audit_webhook_batch: int = Field(default=100, ge=1, le=1000)
+    audit_webhook_poll_s: float = Field(default=1.0, gt=0, le=60)
+    # Retries back off exponentially from 1 s up to this.
+    audit_webhook_max_backoff_s: float = Field(default=60.0, ge=1, le=3600)
+    # How long a dispatcher holds an organisation's cursor while it delivers (another takes
+    # over only after that): at least twice the webhook's timeout.
+    audit_webhook_lease_s: float = Field(default=30.0, ge=2, le=600)
     grace_period_s: float = Field(default=10.0, ge=0)
     # After SIGTERM, health answers NOT_SERVING and the server goes on serving this long before
     # it stops taking calls: the time the load balancers take to notice (HAProxy's check
@@ -418,6 +437,18 @@ class Settings(BaseSettings):
             raise ValueError("AUTHSVC_TLS_CERT_FILE and AUTHSVC_TLS_KEY_FILE go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("AUTHSVC_TLS_CLIENT_CA_FILE needs AUTHSVC_TLS_CERT_FILE")
+        if self.audit_webhook_url is not None and self.audit_webhook_secret is None:
+            raise ValueError("AUTHSVC_AUDIT_WEBHOOK_URL needs AUTHSVC_AUDIT_WEBHOOK_SECRET")
+        if (
+            self.audit_webhook_secret is not None
+            and len(self.audit_webhook_secret.get_secret_value()) < 32
+        ):
+            raise ValueError("AUTHSVC_AUDIT_WEBHOOK_SECRET: at least 32 characters")
+        if self.audit_webhook_lease_s < 2 * self.audit_webhook_timeout_s:
+            raise ValueError(
+                "AUTHSVC_AUDIT_WEBHOOK_LEASE_S must be at least twice "
+                "AUTHSVC_AUDIT_WEBHOOK_TIMEOUT_S"
+            )
         if self.password_lock_max_s < self.password_lock_s:
             raise ValueError("AUTHSVC_PASSWORD_LOCK_MAX_S must be at least AUTHSVC_PASSWORD_LOCK_S")
         if self.rate_limit_backend is RateLimitBackend.REDIS_CLUSTER:
@@ -475,6 +506,8 @@ class Settings(BaseSettings):
                 urls.append((f"AUTHSVC_{channel.upper()}_HTTP url", gateway.url))
         if self.sms_provider is ProviderName.KANNEL:
             urls.append(("AUTHSVC_KANNEL_URL", self.kannel_url))
+        if self.audit_webhook_url is not None:
+            urls.append(("AUTHSVC_AUDIT_WEBHOOK_URL", self.audit_webhook_url))
         return urls
 
     def _limits_only_tighten(self) -> None:

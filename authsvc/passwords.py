@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from authsvc import tracing
+
 # Nice value of the hashing threads. When logins saturate the CPU, the event loop (Verify,
 # ValidateSession, the rest of every RPC) still runs first: the kernel gives a thread at nice 10
 # about a tenth of the CPU share of one at nice 0 when both want it, and all of it otherwise.
@@ -54,7 +56,8 @@ class Passwords:
         return self._hasher.hash(password)
 
     async def hash_async(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.hash, password)
+        with tracing.span("argon2.hash"):
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.hash, password)
 
     def _verify(self, stored: str | None, password: str) -> bool:
         try:
@@ -65,9 +68,11 @@ class Passwords:
     async def verify(self, stored: str | None, password: str) -> bool:
         """True when `password` matches `stored`; `stored=None` (no such account) costs the same."""
         self.verifications += 1  # on the event loop: no lock needed
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._verify, stored, password
-        )
+        # The span says nothing of the outcome: a trace must not tell a known login apart.
+        with tracing.span("argon2.verify"):
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._verify, stored, password
+            )
 
     def needs_rehash(self, stored: str) -> bool:
         return self._hasher.check_needs_rehash(stored)

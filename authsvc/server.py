@@ -19,8 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
-from sqlalchemy import text
 
+from authsvc import health as health_names
+from authsvc import tracing
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
 from authsvc.api.callers import CallerRegistry, Guard
@@ -51,15 +52,9 @@ READINESS_SERVICE = readiness_service_pb2.DESCRIPTOR.services_by_name["Readiness
 MAX_MESSAGE_BYTES = 64 * 1024
 # Request headers (API key, request id, user agent of the backend): bounded as well.
 MAX_METADATA_BYTES = 16 * 1024
-# Health of code sends: NOT_SERVING while the shared rate limiter (Redis) is unreachable, since
-# sends then fail closed; logins and verifications go on (in-process limits).
-SENDS_HEALTH = "authsvc.sends"
-LIMITER_HEALTH_INTERVAL_S = 2.0
-# The database probe: one `SELECT 1` per interval (never on a call's path). While it fails, the
-# API services answer NOT_SERVING (readiness: balancers stop sending, as during a PostgreSQL
-# failover); "" (liveness) stays SERVING, since restarting the process would not help.
-DATABASE_HEALTH_INTERVAL_S = 1.0
-DATABASE_HEALTH_TIMEOUT_S = 1.0
+# Health names (authsvc/health.py): "" and LIVENESS, READINESS, SENDS, the API services'.
+SENDS_HEALTH = health_names.SENDS
+API_SERVICES = (AUTH_SERVICE, ACCOUNT_SERVICE, READINESS_SERVICE)
 
 
 @dataclass
@@ -73,74 +68,29 @@ class Server:
     _dispatcher_task: asyncio.Task[None] | None = None
     _stop_watchers: asyncio.Event = field(default_factory=asyncio.Event)
     _watchers: list[asyncio.Task[None]] = field(default_factory=list)
+    readiness: health_names.Readiness | None = None
 
     async def start(self) -> None:
         if self.callers is not None:
             await self.callers.refresh()  # the backends allowed to call, before the first call
             self._watchers.append(asyncio.create_task(self.callers.run(self._stop_watchers)))
         await self.grpc_server.start()
-        self._watchers.append(asyncio.create_task(self._watch_limiter()))
         if self.app.settings.dispatcher_enabled:
             dispatcher = Dispatcher(self.app)
             self._dispatcher_task = asyncio.create_task(dispatcher.run(self._stop_dispatcher))
             self._watchers.append(
                 asyncio.create_task(campaign.run_forever(self.app, self._stop_watchers))
             )
-        for service in (AUTH_SERVICE, ACCOUNT_SERVICE, READINESS_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._watchers.append(asyncio.create_task(self._watch_database()))
-
-    async def _watch_limiter(self) -> None:
-        """Keep the "authsvc.sends" health status in step with the rate-limit backend."""
-        backend = self.app.limits.backend
-        while True:
-            healthy = await backend.healthy()
-            await self.health.set(
-                SENDS_HEALTH,
-                health_pb2.HealthCheckResponse.SERVING
-                if healthy
-                else health_pb2.HealthCheckResponse.NOT_SERVING,
-            )
-            if backend.name == "memory":
-                return  # nothing to watch
-            try:
-                await asyncio.wait_for(self._stop_watchers.wait(), LIMITER_HEALTH_INTERVAL_S)
-                return
-            except TimeoutError:
-                continue
-
-    async def _database_answers(self) -> bool:
-        try:
-            async with asyncio.timeout(DATABASE_HEALTH_TIMEOUT_S):
-                async with self.app.engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
-        except Exception:  # any failure to answer is "not ready"; the next probe tells again
-            return False
-        return True
-
-    async def _watch_database(self) -> None:
-        """Keep the API services' health in step with the database (a dead connection is
-        invalidated by the probe's own error, so the pool reconnects by itself)."""
-        ready: bool | None = None
-        while True:
-            answers = await self._database_answers()
-            if answers != ready:
-                if ready is not None:
-                    log.warning("database_health", serving=answers)
-                ready = answers
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if answers
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                for service in (AUTH_SERVICE, ACCOUNT_SERVICE):
-                    await self.health.set(service, status)
-            try:
-                await asyncio.wait_for(self._stop_watchers.wait(), DATABASE_HEALTH_INTERVAL_S)
-                return
-            except TimeoutError:
-                continue
+        for name in ("", health_names.LIVENESS):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        # The first probe before start() returns: readiness is known from the first call on.
+        # While the database, its schema or Redis is not there, the readiness names answer
+        # NOT_SERVING (balancers stop sending, as during a PostgreSQL failover); the probe goes
+        # on every interval and a dead connection is invalidated by its own error, so the pool
+        # reconnects by itself.
+        self.readiness = health_names.Readiness(self.app, self.health, API_SERVICES)
+        await self.readiness.update()
+        self._watchers.append(asyncio.create_task(self.readiness.run(self._stop_watchers)))
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
@@ -218,6 +168,8 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, or until `stop` is set when the caller handles signals."""
+    # Here, not in main(): each worker of `serve --workers` has its own exporter thread.
+    tracing.configure(settings.tracing)
     server = await create_server(settings, listen=listen, reuse_port=reuse_port)
     await server.start()
     log.info(
@@ -242,6 +194,7 @@ async def serve(
         await server.health.enter_graceful_shutdown()
         await asyncio.sleep(settings.shutdown_delay_s)
     await server.stop()
+    tracing.shutdown()  # the spans still queued leave before the process does
     log.info("stopped")
 
 

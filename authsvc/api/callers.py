@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -24,6 +25,7 @@ import grpc
 import structlog
 from sqlalchemy import select
 
+from authsvc import tracing
 from authsvc.api.decoding import Undecodable, tolerant
 from authsvc.api.status import to_grpc_status
 from authsvc.app import App
@@ -254,6 +256,9 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         return found
 
 
+_UNTRACED = nullcontext()
+
+
 def guarded(method: str, handler: Handler, registry: CallerRegistry) -> Handler:
     """`handler` behind the caller check (open services: behind the body check only)."""
     if method.startswith(OPEN_SERVICES):
@@ -264,12 +269,15 @@ def guarded(method: str, handler: Handler, registry: CallerRegistry) -> Handler:
 
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         metadata = cast(Sequence[tuple[str, Any]], context.invocation_metadata() or ())
-        caller = registry.identify(metadata, context.peer_identities())
-        current_request_id.set(request_id(metadata))
-        if caller is None or method not in caller.rpcs:
-            await _refuse(context, method, caller)
-        current_backend.set(caller.name if caller else "")
-        return await inner(request, context)
+        # The call's span starts here, before the caller check: a refused call is traced too.
+        # (Checked per call, not per registration: tracing may be switched on after start-up.)
+        with tracing.rpc_span(method, metadata) if tracing.enabled() else _UNTRACED:
+            caller = registry.identify(metadata, context.peer_identities())
+            current_request_id.set(request_id(metadata))
+            if caller is None or method not in caller.rpcs:
+                await _refuse(context, method, caller)
+            current_backend.set(caller.name if caller else "")
+            return await inner(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
         checked,
@@ -315,6 +323,8 @@ async def _refuse(
         latency_ms=round((time.perf_counter() - started) * 1000, 2),
         request_id=request_id,
     )
+    if tracing.enabled():
+        tracing.rpc_outcome("PERMISSION_DENIED", "PERMISSION_DENIED")
     status = to_grpc_status(_denied())
     await context.abort(
         status.code, status.details, (*status.trailing_metadata, ("x-request-id", request_id))

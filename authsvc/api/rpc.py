@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from grpc.aio import ServicerContext
 from sqlalchemy.exc import DBAPIError
 
-from authsvc import audit, validation
+from authsvc import audit, tracing, validation
 from authsvc.api.callers import current_backend, current_request_id, request_id
 from authsvc.api.decoding import Undecodable
 from authsvc.api.status import to_grpc_status
@@ -111,6 +111,8 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
                     )
                     raise
                 finally:
+                    if tracing.enabled():
+                        tracing.rpc_outcome(outcome, reason)
                     log.info(
                         "rpc",
                         method=name,

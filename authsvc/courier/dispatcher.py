@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, update
 
+from authsvc import tracing
 from authsvc.app import App
 from authsvc.campaigns import campaign
 from authsvc.courier import outcomes
@@ -145,26 +146,31 @@ class Dispatcher:
         )
         provider = self._providers[message.channel]
         try:
-            if isinstance(provider, MessageProvider):
-                provider_id = await provider.deliver(
-                    Outgoing(
-                        id=message.id,
+            # Names only: the destination and the text stay out of the span.
+            with tracing.span(
+                "provider.send",
+                **{"authsvc.channel": message.channel, "authsvc.provider": type(provider).__name__},
+            ):
+                if isinstance(provider, MessageProvider):
+                    provider_id = await provider.deliver(
+                        Outgoing(
+                            id=message.id,
+                            channel=message.channel,
+                            to=payload.to,
+                            text=payload.text,
+                            created_at=message.created_at,
+                            attempt=message.attempts,
+                            subject=payload.subject,
+                            html=payload.html,
+                        )
+                    )
+                else:
+                    provider_id = await provider.send(
                         channel=message.channel,
                         to=payload.to,
                         text=payload.text,
                         created_at=message.created_at,
-                        attempt=message.attempts,
-                        subject=payload.subject,
-                        html=payload.html,
                     )
-                )
-            else:
-                provider_id = await provider.send(
-                    channel=message.channel,
-                    to=payload.to,
-                    text=payload.text,
-                    created_at=message.created_at,
-                )
         except DeliveryError as error:
             detail = redact(error, payload)
             return await self._failed(message, detail, permanent=error.permanent)

@@ -36,6 +36,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
+from authsvc import tracing
+
 P = ParamSpec("P")
 T = TypeVar("T")
 Decision = Callable[Concatenate[Connection, P], T]
@@ -185,43 +187,46 @@ class Database:
 
     async def read(self, decision: Decision[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a read-only decision (nothing it does is committed)."""
-        if self.dialect == "sqlite":
-            # On the loop's own thread first: an indexed read takes tens of µs, a hop to a
-            # thread (futures, wake-ups, the GIL handed back and forth) several times that.
-            # A WAL reader never waits for the writer; should it meet a lock anyway (WAL
-            # recovery, a checkpoint), it gives up after INLINE_BUSY_MS and takes the hop.
-            self.round_trips.add()
-            try:
-                with self._inline_engine.connect() as inline:
-                    return decision(inline, *args, **kwargs)
-            except OperationalError as error:
-                if not _busy(error):
-                    raise
+        with tracing.db_span("db.read", self.dialect, decision):
+            if self.dialect == "sqlite":
+                # On the loop's own thread first: an indexed read takes tens of µs, a hop to a
+                # thread (futures, wake-ups, the GIL handed back and forth) several times that.
+                # A WAL reader never waits for the writer; should it meet a lock anyway (WAL
+                # recovery, a checkpoint), it gives up after INLINE_BUSY_MS and takes the hop.
+                self.round_trips.add()
+                try:
+                    with self._inline_engine.connect() as inline:
+                        return decision(inline, *args, **kwargs)
+                except OperationalError as error:
+                    if not _busy(error):
+                        raise
 
-            def work() -> T:
-                with self._reader_engine.connect() as connection:
-                    return decision(connection, *args, **kwargs)
+                def work() -> T:
+                    with self._reader_engine.connect() as connection:
+                        return decision(connection, *args, **kwargs)
 
-            return await self._hop(self._readers, work)
-        async with self._autocommit.connect() as connection:
-            return await connection.run_sync(decision, *args, **kwargs)
+                return await self._hop(self._readers, work)
+            async with self._autocommit.connect() as connection:
+                return await connection.run_sync(decision, *args, **kwargs)
 
     async def write(self, decision: Decision[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a decision as one transaction: committed when it returns, rolled back whole
         when it raises."""
-        if self.dialect == "sqlite":
-            return await self._sqlite_write(decision, *args, **kwargs)
-        async with self.engine.begin() as connection:
-            return await connection.run_sync(decision, *args, **kwargs)
+        with tracing.db_span("db.write", self.dialect, decision):
+            if self.dialect == "sqlite":
+                return await self._sqlite_write(decision, *args, **kwargs)
+            async with self.engine.begin() as connection:
+                return await connection.run_sync(decision, *args, **kwargs)
 
     async def statement(self, decision: Decision[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a decision that is ONE statement on PostgreSQL (atomic by itself): autocommit,
         one round trip. On SQLite, where it may take several statements, it runs as
         `write` does."""
-        if self.dialect == "sqlite":
-            return await self._sqlite_write(decision, *args, **kwargs)
-        async with self._autocommit.connect() as connection:
-            return await connection.run_sync(decision, *args, **kwargs)
+        with tracing.db_span("db.statement", self.dialect, decision):
+            if self.dialect == "sqlite":
+                return await self._sqlite_write(decision, *args, **kwargs)
+            async with self._autocommit.connect() as connection:
+                return await connection.run_sync(decision, *args, **kwargs)
 
     async def _sqlite_write(self, decision: Decision[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         def work() -> T:

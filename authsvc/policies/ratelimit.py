@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from authsvc import tracing
 from authsvc.config import Rate, Settings
 from authsvc.errors import rate_limited
 from authsvc.policies import networks
@@ -195,12 +196,25 @@ class RateLimitPolicy:
     async def _decide(
         self, now: datetime, checks: list[tuple[Limit, str]], *, fail_closed: bool = False
     ) -> Verdict:
-        verdict = await self.backend.consume(
-            [(limit, f"{limit.name}:{key}") for limit, key in checks],
-            micros(now),
-            fail_closed=fail_closed,
-        )
-        return verdict
+        keyed = [(limit, f"{limit.name}:{key}") for limit, key in checks]
+        if not tracing.enabled():
+            return await self.backend.consume(keyed, micros(now), fail_closed=fail_closed)
+        # Limit names only: the keys are digests of IPs, accounts and phone numbers.
+        with tracing.span(
+            "ratelimit.decide",
+            **{
+                "authsvc.limits": ",".join(limit.name for limit, _ in checks),
+                "authsvc.ratelimit.backend": self.backend.name,
+            },
+        ):
+            verdict = await self.backend.consume(keyed, micros(now), fail_closed=fail_closed)
+            tracing.set_attributes(
+                {
+                    "authsvc.ratelimit.allowed": verdict.allowed,
+                    "authsvc.ratelimit.refused_by": verdict.limit.name if verdict.limit else "",
+                }
+            )
+            return verdict
 
     @staticmethod
     def _refuse(verdict: Verdict) -> None:
