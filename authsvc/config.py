@@ -296,6 +296,18 @@ class Settings(BaseSettings):
     kannel_from: str | None = None  # sender id, when the operator allows one
     kannel_smsc: str | None = None  # route to this SMSC id
     kannel_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    # Delivery receipts (courier/receipts.py): the small HTTP listener that gateways call back,
+    # e.g. "0.0.0.0:8081" (off when unset), and the base URL they reach it at, written into
+    # Kannel's dlr-url (unset: Kannel is asked for no DLR).
+    receipts_listen: str | None = Field(default=None, pattern=r"^[^\s:]*:\d{1,5}$")
+    receipts_public_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
+    # A signed receipt older (or further in the future) than this is refused: replay window.
+    receipts_max_age_s: int = Field(default=300, ge=30, le=900)
+    # Kannel's dlr-mask: 1 delivered, 2 undelivered, 4 buffered, 8 SMSC accepted, 16 SMSC refused.
+    kannel_dlr_mask: int = Field(default=31, ge=1, le=31)
+    # Switch a code's SMS to a voice call by itself when no final receipt came this long after
+    # the send (0: never; the backend may still ask for voice). At least the resend cooldown.
+    voice_fallback_after_s: float = Field(default=0, ge=0, le=300)
     service_name: str = "PEP's"
     webotp_domain: str = "peps.cnracl.example"
 
@@ -430,6 +442,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _voice_fallback_waits_for_the_cooldown(self) -> Settings:
+        # The switch is a resend on the flow: before the cooldown it would always be refused.
+        if 0 < self.voice_fallback_after_s < self.resend_cooldown_s:
+            raise ValueError(
+                "AUTHSVC_VOICE_FALLBACK_AFTER_S: 0 (off) or at least AUTHSVC_RESEND_COOLDOWN_S"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production_is_strict(self) -> Settings:
         if self.environment is not Environment.PRODUCTION:
             return self
@@ -475,6 +496,8 @@ class Settings(BaseSettings):
                 urls.append((f"AUTHSVC_{channel.upper()}_HTTP url", gateway.url))
         if self.sms_provider is ProviderName.KANNEL:
             urls.append(("AUTHSVC_KANNEL_URL", self.kannel_url))
+        if self.receipts_public_url is not None:  # Kannel sends our receipt token to it
+            urls.append(("AUTHSVC_RECEIPTS_PUBLIC_URL", self.receipts_public_url))
         return urls
 
     def _limits_only_tighten(self) -> None:
