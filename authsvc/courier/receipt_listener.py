@@ -9,8 +9,6 @@ AUTHSVC_RECEIPTS_LISTEN is set. Routes and their checks: courier/receipts.py.
 
 from __future__ import annotations
 
-import time
-
 import structlog
 from aiohttp import web
 
@@ -34,7 +32,8 @@ async def _http_receipt(request: web.Request) -> web.Response:
     try:
         body = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
-        claim = receipts.check_webhook(app, channel, headers, body, time.time())
+        now_s = app.clock.now().timestamp()
+        claim = receipts.check_webhook(app, channel, headers, body, now_s)
     except receipts.Refused as refused:
         return _refused(f"http {channel}", refused)
     await receipts.apply(app, claim, source=f"http {channel}")
