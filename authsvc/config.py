@@ -296,6 +296,18 @@ class Settings(BaseSettings):
     kannel_from: str | None = None  # sender id, when the operator allows one
     kannel_smsc: str | None = None  # route to this SMSC id
     kannel_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    # Delivery receipts (courier/receipts.py): the small HTTP listener that gateways call back,
+    # e.g. "0.0.0.0:8081" (off when unset), and the base URL they reach it at, written into
+    # Kannel's dlr-url (unset: Kannel is asked for no DLR).
+    receipts_listen: str | None = Field(default=None, pattern=r"^[^\s:]*:\d{1,5}$")
+    receipts_public_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
+    # A signed receipt older (or further in the future) than this is refused: replay window.
+    receipts_max_age_s: int = Field(default=300, ge=30, le=900)
+    # Kannel's dlr-mask: 1 delivered, 2 undelivered, 4 buffered, 8 SMSC accepted, 16 SMSC refused.
+    kannel_dlr_mask: int = Field(default=31, ge=1, le=31)
+    # Switch a code's SMS to a voice call by itself when no final receipt came this long after
+    # the send (0: never; the backend may still ask for voice). At least the resend cooldown.
+    voice_fallback_after_s: float = Field(default=0, ge=0, le=300)
     service_name: str = "PEP's"
     webotp_domain: str = "peps.cnracl.example"
 
@@ -386,18 +398,6 @@ class Settings(BaseSettings):
     # Redis are probed, off every call's path, and how long one probe may take.
     readiness_probe_interval_s: float = Field(default=1.0, ge=0.1, le=60)
     readiness_probe_timeout_s: float = Field(default=1.0, gt=0, le=30)
-    # Audit export to a SIEM (authsvc/audit_export/): a webhook fed by `authsvc dispatch`, each
-    # organisation's events in order, at least once; the body signed with HMAC-SHA-256.
-    audit_webhook_url: str | None = Field(default=None, pattern=r"^https?://")
-    audit_webhook_secret: SecretStr | None = None
-    audit_webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
-    audit_webhook_batch: int = Field(default=100, ge=1, le=1000)
-    audit_webhook_poll_s: float = Field(default=1.0, gt=0, le=60)
-    # Retries back off exponentially from 1 s up to this.
-    audit_webhook_max_backoff_s: float = Field(default=60.0, ge=1, le=3600)
-    # How long a dispatcher holds an organisation's cursor while it delivers (another takes
-    # over only after that): at least twice the webhook's timeout.
-    audit_webhook_lease_s: float = Field(default=30.0, ge=2, le=600)
     grace_period_s: float = Field(default=10.0, ge=0)
     # After SIGTERM, health answers NOT_SERVING and the server goes on serving this long before
     # it stops taking calls: the time the load balancers take to notice (HAProxy's check
@@ -437,18 +437,6 @@ class Settings(BaseSettings):
             raise ValueError("AUTHSVC_TLS_CERT_FILE and AUTHSVC_TLS_KEY_FILE go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("AUTHSVC_TLS_CLIENT_CA_FILE needs AUTHSVC_TLS_CERT_FILE")
-        if self.audit_webhook_url is not None and self.audit_webhook_secret is None:
-            raise ValueError("AUTHSVC_AUDIT_WEBHOOK_URL needs AUTHSVC_AUDIT_WEBHOOK_SECRET")
-        if (
-            self.audit_webhook_secret is not None
-            and len(self.audit_webhook_secret.get_secret_value()) < 32
-        ):
-            raise ValueError("AUTHSVC_AUDIT_WEBHOOK_SECRET: at least 32 characters")
-        if self.audit_webhook_lease_s < 2 * self.audit_webhook_timeout_s:
-            raise ValueError(
-                "AUTHSVC_AUDIT_WEBHOOK_LEASE_S must be at least twice "
-                "AUTHSVC_AUDIT_WEBHOOK_TIMEOUT_S"
-            )
         if self.password_lock_max_s < self.password_lock_s:
             raise ValueError("AUTHSVC_PASSWORD_LOCK_MAX_S must be at least AUTHSVC_PASSWORD_LOCK_S")
         if self.rate_limit_backend is RateLimitBackend.REDIS_CLUSTER:
@@ -458,6 +446,15 @@ class Settings(BaseSettings):
                     "AUTHSVC_REDIS_URL: a Redis Cluster is reached at redis:// or rediss:// "
                     "host:port (database 0, no unix socket)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _voice_fallback_waits_for_the_cooldown(self) -> Settings:
+        # The switch is a resend on the flow: before the cooldown it would always be refused.
+        if 0 < self.voice_fallback_after_s < self.resend_cooldown_s:
+            raise ValueError(
+                "AUTHSVC_VOICE_FALLBACK_AFTER_S: 0 (off) or at least AUTHSVC_RESEND_COOLDOWN_S"
+            )
         return self
 
     @model_validator(mode="after")
@@ -506,8 +503,8 @@ class Settings(BaseSettings):
                 urls.append((f"AUTHSVC_{channel.upper()}_HTTP url", gateway.url))
         if self.sms_provider is ProviderName.KANNEL:
             urls.append(("AUTHSVC_KANNEL_URL", self.kannel_url))
-        if self.audit_webhook_url is not None:
-            urls.append(("AUTHSVC_AUDIT_WEBHOOK_URL", self.audit_webhook_url))
+        if self.receipts_public_url is not None:  # Kannel sends our receipt token to it
+            urls.append(("AUTHSVC_RECEIPTS_PUBLIC_URL", self.receipts_public_url))
         return urls
 
     def _limits_only_tighten(self) -> None:

@@ -54,6 +54,7 @@ class Keys:
     sealer: Sealer
     lookup_key: bytes
     binding_key: bytes
+    receipt_key: bytes
 
     @classmethod
     def derive(cls, master: bytes) -> Keys:
@@ -62,6 +63,7 @@ class Keys:
             sealer=Sealer(_subkey(master, "authsvc/v1 seal")),
             lookup_key=_subkey(master, "authsvc/v1 lookup digest"),
             binding_key=_subkey(master, "authsvc/v1 grant binding"),
+            receipt_key=_subkey(master, "authsvc/v1 receipt token"),
         )
 
     def lookup_digest(self, value: str) -> bytes:
@@ -71,3 +73,8 @@ class Keys:
     def binding_digest(self, canonical: str) -> bytes:
         """What an action grant is bound to: a keyed digest of the exact values it allows."""
         return hmac.new(self.binding_key, canonical.encode(), hashlib.sha256).digest()
+
+    def receipt_token(self, message_id: bytes) -> str:
+        """What a receipt URL we hand a gateway (Kannel's dlr-url) carries besides the message
+        id, so that nobody else can write a receipt for it."""
+        return hmac.new(self.receipt_key, message_id, hashlib.sha256).hexdigest()

@@ -31,6 +31,7 @@ from authsvc.campaigns import campaign
 from authsvc.clock import Clock
 from authsvc.config import Settings
 from authsvc.courier.dispatcher import Dispatcher
+from authsvc.courier.receipt_listener import ReceiptListener
 from authsvc.federation.assertions import AssertionVerifier
 from authsvc.v1 import (
     account_service_pb2,
@@ -69,12 +70,19 @@ class Server:
     _stop_watchers: asyncio.Event = field(default_factory=asyncio.Event)
     _watchers: list[asyncio.Task[None]] = field(default_factory=list)
     readiness: health_names.Readiness | None = None
+    reuse_port: bool = False
+    receipts: ReceiptListener | None = None
 
     async def start(self) -> None:
         if self.callers is not None:
             await self.callers.refresh()  # the backends allowed to call, before the first call
             self._watchers.append(asyncio.create_task(self.callers.run(self._stop_watchers)))
         await self.grpc_server.start()
+        if self.app.settings.receipts_listen is not None:
+            self.receipts = ReceiptListener(
+                self.app, self.app.settings.receipts_listen, reuse_port=self.reuse_port
+            )
+            await self.receipts.start()
         if self.app.settings.dispatcher_enabled:
             dispatcher = Dispatcher(self.app)
             self._dispatcher_task = asyncio.create_task(dispatcher.run(self._stop_dispatcher))
@@ -95,6 +103,8 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(self.app.settings.grace_period_s if grace is None else grace)
+        if self.receipts is not None:
+            await self.receipts.stop()
         self._stop_watchers.set()
         for task in self._watchers:
             await task
@@ -143,7 +153,14 @@ async def create_server(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
-    return Server(grpc_server=server, port=port, app=app, health=health_servicer, callers=callers)
+    return Server(
+        grpc_server=server,
+        port=port,
+        app=app,
+        health=health_servicer,
+        callers=callers,
+        reuse_port=reuse_port,
+    )
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -19,6 +19,7 @@ from authsvc.flows.views import IssuedSession, PendingFlowView
 from authsvc.policies.permissions import OWN_ACTIONS, Action
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
+from authsvc.v1 import common_pb2
 
 Ctx = ServicerContext[Any, Any]
 
@@ -110,6 +111,11 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
             resend_time=convert.timestamp(view.resend_at),
             sends_remaining=view.sends_remaining,
             delivery_status=convert.DELIVERY_TO_PB[view.delivery_status],
+            next_channel=(
+                convert.CHANNEL_TO_PB[view.next_channel]
+                if view.next_channel is not None
+                else common_pb2.CHANNEL_UNSPECIFIED
+            ),
         )
 
     @rpc("Verify")

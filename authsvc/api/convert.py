@@ -27,6 +27,8 @@ DELIVERY_TO_PB = {
     "queued": common_pb2.DELIVERY_STATUS_QUEUED,
     "sent": common_pb2.DELIVERY_STATUS_SENT,
     "failed": common_pb2.DELIVERY_STATUS_FAILED,
+    "delivered": common_pb2.DELIVERY_STATUS_DELIVERED,
+    "undelivered": common_pb2.DELIVERY_STATUS_UNDELIVERED,
 }
 PURPOSE_TO_PB = {
     "login": common_pb2.FLOW_PURPOSE_LOGIN,

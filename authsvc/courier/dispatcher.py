@@ -2,7 +2,8 @@
 
 Statuses: queued -> sending (claimed under a lease) -> sent, or failed (retried at
 next_attempt_at with exponential backoff and jitter) -> sending -> ... -> abandoned after the
-fifth attempt or a permanent refusal. Sent and abandoned messages lose their sealed payload (the
+fifth attempt or a permanent refusal; a delivery receipt then moves sent to delivered or
+undelivered (courier/receipts.py). Sent and abandoned messages lose their sealed payload (the
 destination and the text with its code) in the same statement that records the outcome; the
 masked destination and the code-free summary stay.
 
@@ -45,6 +46,7 @@ from authsvc.courier.providers import (
 )
 from authsvc.courier.redaction import Redactor
 from authsvc.db import MessageStatus, OutboxMessage
+from authsvc.db.statements import receipts
 
 log = structlog.get_logger("authsvc.dispatcher")
 
@@ -162,6 +164,7 @@ class Dispatcher:
                             attempt=message.attempts,
                             subject=payload.subject,
                             html=payload.html,
+                            receipt_token=self._app.keys.receipt_token(message.id.bytes),
                         )
                     )
                 else:
@@ -178,7 +181,12 @@ class Dispatcher:
             return await self._failed(message, redact(error, payload), permanent=False)
         # A gateway's id is its own words too: masked by value (an id has digits: no excerpt).
         provider_id = Redactor(payload).mask(provider_id)[:128]
-        if not await self._finish(message, MessageStatus.SENT, provider_id=provider_id):
+        if not await self._finish(
+            message,
+            MessageStatus.SENT,
+            provider_id=provider_id,
+            provider_name=self._provider_name(message.channel, provider),
+        ):
             return MessageStatus.SENT
         log.info(
             "message_sent",
@@ -189,6 +197,14 @@ class Dispatcher:
             attempt=message.attempts,
         )
         return MessageStatus.SENT
+
+    def _provider_name(self, channel: str, provider: Provider) -> str:
+        """Which provider accepted a message: its own name, else the channel's configured one
+        (receipts are matched against it: courier/receipts.py)."""
+        name = getattr(provider, "name", None)
+        if isinstance(name, str) and name:
+            return name[:64]
+        return str(getattr(self._app.settings, f"{channel}_provider"))
 
     def _code_expired(self, message: OutboxMessage) -> bool:
         lifetime = timedelta(seconds=self._app.settings.code_ttl_s)
@@ -249,6 +265,7 @@ class Dispatcher:
         status: MessageStatus,
         *,
         provider_id: str | None = None,
+        provider_name: str | None = None,
         error: str | None = None,
     ) -> bool:
         # The sealed payload (destination and code) is dropped for good in the same statement.
@@ -258,10 +275,12 @@ class Dispatcher:
                 update(OutboxMessage)
                 .where(self._still_ours(message))
                 .values(
-                    status=status,
+                    # A receipt that came before the gateway's answer is applied now.
+                    status=receipts.status_when_sent() if status is MessageStatus.SENT else status,
                     payload_sealed=None,
                     lease_until=None,
                     provider_message_id=provider_id,
+                    provider=provider_name,
                     last_error=error,
                     sent_at=now if status is MessageStatus.SENT else None,
                 )

@@ -1,10 +1,11 @@
 """Delivery outcomes inside one process, so that Challenge can wait briefly for its message.
 
 The in-process dispatcher calls `notify(flow_id)` when a message of that flow is sent, failed or
-abandoned; `delivery_status(app, flow_id)` waits up to `delivery_wait_s` for such a notice, then
-reads where the flow's latest message stands. A dispatcher in another process sends no notice:
-the wait then runs out and the answer is "queued" (the caller may ask again with the same
-idempotency key). The wait is bounded and nothing in it blocks the event loop.
+abandoned, and the receipt listener when a receipt changes it; `delivery_status(app, flow_id)`
+waits up to `delivery_wait_s` for such a notice, then reads where the flow's latest message
+stands. A dispatcher in another process sends no notice: the wait then runs out and the answer
+is "queued" (the caller may ask again with the same idempotency key). The wait is bounded and
+nothing in it blocks the event loop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ DELIVERY = {
     MessageStatus.FAILED: "queued",
     MessageStatus.SENT: "sent",
     MessageStatus.ABANDONED: "failed",
+    MessageStatus.DELIVERED: "delivered",
+    MessageStatus.UNDELIVERED: "undelivered",
 }
+# A message that did not reach its destination: the flow offers the next channel, and a new
+# code may be asked for at once (no resend cooldown).
+NOT_DELIVERED = frozenset({MessageStatus.ABANDONED, MessageStatus.UNDELIVERED})
 
 _waiters: defaultdict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
 

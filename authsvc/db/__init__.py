@@ -16,7 +16,7 @@ from authsvc.db.federation import FederatedIdentity, UsedAssertion
 from authsvc.db.flow import Flow, FlowPurpose, FlowStatus
 from authsvc.db.grant import ActionGrant
 from authsvc.db.organization import Organization
-from authsvc.db.outbox import MessageStatus, OutboxMessage
+from authsvc.db.outbox import MessageStatus, OutboxMessage, Receipt
 from authsvc.db.relay import Relay, RelayMember
 from authsvc.db.security import Backend, LoginFailures, SendBreaker
 from authsvc.db.service_access import ServiceAccess
@@ -41,6 +41,7 @@ __all__ = [
     "Organization",
     "OutboxMessage",
     "ReadinessDay",
+    "Receipt",
     "RecipientStatus",
     "Relay",
     "RelayMember",

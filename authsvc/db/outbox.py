@@ -5,7 +5,10 @@ sent or abandoned the sealed payload is purged, leaving the masked destination, 
 and a code-free rendering of the text (`summary`).
 
 Statuses: queued -> sending (claimed, under a lease) -> sent | failed (to be retried at
-next_attempt_at) -> ... -> abandoned (permanent refusal, or the last attempt failed).
+next_attempt_at) -> ... -> abandoned (permanent refusal, or the last attempt failed); then a
+delivery receipt moves sent -> delivered | undelivered (courier/receipts.py). `receipt` keeps the
+last receipt's word (buffered, delivered, undelivered), including one that came while the send's
+own answer was still awaited: the dispatcher applies it when it records the send.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ class MessageStatus(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     ABANDONED = "abandoned"
+    DELIVERED = "delivered"  # a receipt: on the phone
+    UNDELIVERED = "undelivered"  # a receipt: the network gave up
+
+
+class Receipt(StrEnum):
+    """What a delivery receipt says, whatever the gateway's own vocabulary."""
+
+    BUFFERED = "buffered"  # on its way (queued at the SMSC, or accepted by it)
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
 
 
 class OutboxMessage(Base):
@@ -44,6 +57,10 @@ class OutboxMessage(Base):
     next_attempt_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    # Which provider accepted the message (its name), for receipts and operations.
+    provider: Mapped[str | None] = mapped_column(String(64))
+    receipt: Mapped[Receipt | None] = mapped_column(String(16))
+    receipt_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]

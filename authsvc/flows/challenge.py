@@ -16,7 +16,7 @@ from typing import Any
 from authsvc import audit
 from authsvc.app import App
 from authsvc.courier import outbox, outcomes, templates
-from authsvc.db import FlowStatus, MessageStatus
+from authsvc.db import FlowStatus
 from authsvc.db.statements import flows
 from authsvc.db.statements.flows import AccountRow, FlowRow
 from authsvc.errors import Failure
@@ -71,7 +71,8 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         return replay
     lockout.check_code_lock(app, account, now)
     # The cooldown protects against sending twice; it does not apply when the last message
-    # could not be delivered (abandoned): the user would otherwise wait for nothing.
+    # could not be delivered (abandoned, or undelivered by its receipt): the user would
+    # otherwise wait for nothing. The flow's send count and every cap still apply.
     retry_failed = await _in_cooldown_after_failed_delivery(app, flow, now)
     _check_send_allowed(app, flow, now, cooldown=not retry_failed)
     where = destination.of_flow(flow, account)
@@ -128,6 +129,8 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         # Unreachable unless clocks disagree between replicas: the conservative answer.
         raise failures.resend_too_soon(float(settings.resend_cooldown_s))
     app.outbox_ready.set()
+    # Waits up to delivery_wait_s for the in-process dispatcher (courier/outcomes.py).
+    delivery = await outcomes.delivery_status(app, flow.id, challenge_id)
     return ChallengeView(
         challenge_id=challenge_id,
         channel=channel,
@@ -135,9 +138,20 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         code_expires_at=code_expires_at,
         resend_at=now + timedelta(seconds=settings.resend_cooldown_s),
         sends_remaining=settings.max_sends_per_flow - flow.send_count - 1,
-        # Waits up to delivery_wait_s for the in-process dispatcher (courier/outcomes.py).
-        delivery_status=await outcomes.delivery_status(app, flow.id, challenge_id),
+        delivery_status=delivery,
+        next_channel=next_channel(where.channels, channel, delivery),
     )
+
+
+def next_channel(channels: tuple[str, ...], channel: str, delivery: str) -> str | None:
+    """The channel to offer after a message that did not arrive: voice after an SMS on a mobile
+    (a mobile can take a call), whatever else the destination takes otherwise."""
+    if delivery not in ("undelivered", "failed"):
+        return None
+    others = [other for other in channels if other != channel]
+    if channel == "sms" and "voice" in others:
+        return "voice"
+    return others[0] if others else None
 
 
 _TEXT_PURPOSE: dict[str, str] = {}  # every flow purpose has a wording of its own
@@ -182,7 +196,7 @@ async def _in_cooldown_after_failed_delivery(app: App, flow: FlowRow, now: datet
         return False  # not in the cooldown: nothing to look up
     if flow.challenge_id is None:
         return False
-    return await outcomes.message_status(app, flow.challenge_id) == MessageStatus.ABANDONED
+    return await outcomes.message_status(app, flow.challenge_id) in outcomes.NOT_DELIVERED
 
 
 def _check_send_allowed(app: App, flow: FlowRow, now: datetime, *, cooldown: bool = True) -> None:
@@ -222,12 +236,15 @@ async def _idempotent_replay(
         )
     status = await outcomes.message_status(app, flow.challenge_id)
     assert flow.last_sent_at is not None
+    where = destination.of_flow(flow, account)
+    delivery = outcomes.DELIVERY[status] if status else "queued"
     return ChallengeView(
         challenge_id=flow.challenge_id,
         channel=channel,
-        masked_destination=destination.of_flow(flow, account).masked,
+        masked_destination=where.masked,
         code_expires_at=flow.code_expires_at,
         resend_at=flow.last_sent_at + timedelta(seconds=app.settings.resend_cooldown_s),
         sends_remaining=app.settings.max_sends_per_flow - flow.send_count,
-        delivery_status=outcomes.DELIVERY[status] if status else "queued",
+        delivery_status=delivery,
+        next_channel=next_channel(where.channels, channel, delivery),
     )

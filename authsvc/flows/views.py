@@ -37,6 +37,8 @@ class ChallengeView:
     resend_at: datetime
     sends_remaining: int
     delivery_status: str
+    # After an undelivered or abandoned message: the channel that reaches the same destination.
+    next_channel: str | None = None
 
 
 @dataclass(frozen=True)

@@ -297,6 +297,7 @@ class ChallengeResponse(_message.Message):
     RESEND_TIME_FIELD_NUMBER: _builtins.int
     SENDS_REMAINING_FIELD_NUMBER: _builtins.int
     DELIVERY_STATUS_FIELD_NUMBER: _builtins.int
+    NEXT_CHANNEL_FIELD_NUMBER: _builtins.int
     challenge_id: _builtins.str
     """Identifier of the challenge now active on the flow."""
     channel: _common_pb2.Channel.ValueType
@@ -308,7 +309,18 @@ class ChallengeResponse(_message.Message):
     sends_remaining: _builtins.int
     """How many more Challenge calls the flow accepts that send a code (5 sends per flow)."""
     delivery_status: _common_pb2.DeliveryStatus.ValueType
-    """Where the delivery stands now (usually DELIVERY_STATUS_QUEUED: delivery is asynchronous)."""
+    """Where the delivery stands now (usually DELIVERY_STATUS_QUEUED: delivery is asynchronous).
+    To ask again later, repeat the Challenge call with the same idempotency_key, flow_id and
+    channel: it returns this challenge with its current delivery_status and sends nothing.
+    DELIVERY_STATUS_SENT: the provider accepted it and no receipt came (yet);
+    DELIVERY_STATUS_DELIVERED or _UNDELIVERED: the provider's delivery receipt said so.
+    """
+    next_channel: _common_pb2.Channel.ValueType
+    """Set when delivery_status is DELIVERY_STATUS_UNDELIVERED or DELIVERY_STATUS_FAILED and
+    another channel reaches the same destination: the channel to offer the user next
+    (CHANNEL_VOICE after an SMS: a mobile can take a call). CHANNEL_UNSPECIFIED otherwise. A
+    Challenge on it is a send of the same flow: the flow's limits and counts go on.
+    """
     @_builtins.property
     def code_expire_time(self) -> _timestamp_pb2.Timestamp:
         """When this challenge's code stops working: 5 minutes after issue by default, never more in
@@ -331,10 +343,11 @@ class ChallengeResponse(_message.Message):
         resend_time: _timestamp_pb2.Timestamp | None = ...,
         sends_remaining: _builtins.int = ...,
         delivery_status: _common_pb2.DeliveryStatus.ValueType = ...,
+        next_channel: _common_pb2.Channel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["code_expire_time", b"code_expire_time", "resend_time", b"resend_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "channel", b"channel", "code_expire_time", b"code_expire_time", "delivery_status", b"delivery_status", "masked_destination", b"masked_destination", "resend_time", b"resend_time", "sends_remaining", b"sends_remaining"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "channel", b"channel", "code_expire_time", b"code_expire_time", "delivery_status", b"delivery_status", "masked_destination", b"masked_destination", "next_channel", b"next_channel", "resend_time", b"resend_time", "sends_remaining", b"sends_remaining"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

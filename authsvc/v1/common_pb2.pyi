@@ -231,6 +231,13 @@ class _DeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Delive
     """Delivery was abandoned (provider refusal or retries exhausted). The user may ask for a
     new code once resend_time has passed, possibly on another channel.
     """
+    DELIVERY_STATUS_DELIVERED: _DeliveryStatus.ValueType  # 4
+    """The provider's delivery receipt says the message reached the phone (or mailbox)."""
+    DELIVERY_STATUS_UNDELIVERED: _DeliveryStatus.ValueType  # 5
+    """The provider's delivery receipt says the network gave up on the message; the response's
+    next_channel names the channel to offer instead (voice on the same mobile number), and a
+    new code may be asked for at once (no resend cooldown after an undelivered message).
+    """
 
 class DeliveryStatus(_DeliveryStatus, metaclass=_DeliveryStatusEnumTypeWrapper):
     """Where a code's delivery stands when the Challenge call returns."""
@@ -246,6 +253,13 @@ DELIVERY_STATUS_SENT: DeliveryStatus.ValueType  # 2
 DELIVERY_STATUS_FAILED: DeliveryStatus.ValueType  # 3
 """Delivery was abandoned (provider refusal or retries exhausted). The user may ask for a
 new code once resend_time has passed, possibly on another channel.
+"""
+DELIVERY_STATUS_DELIVERED: DeliveryStatus.ValueType  # 4
+"""The provider's delivery receipt says the message reached the phone (or mailbox)."""
+DELIVERY_STATUS_UNDELIVERED: DeliveryStatus.ValueType  # 5
+"""The provider's delivery receipt says the network gave up on the message; the response's
+next_channel names the channel to offer instead (voice on the same mobile number), and a
+new code may be asked for at once (no resend cooldown after an undelivered message).
 """
 Global___DeliveryStatus: _TypeAlias = DeliveryStatus  # noqa: Y015
 

@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import Message
@@ -75,6 +76,8 @@ class HttpGatewayServer:
     def __init__(self) -> None:
         self.script = Script()
         self.requests: list[HttpRequest] = []
+        # Called in the request's thread once an accepted request has been answered.
+        self.on_accepted: Callable[[HttpRequest], None] | None = None
         gateway = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,6 +112,9 @@ class HttpGatewayServer:
                 self.end_headers()
                 with contextlib.suppress(OSError):  # the client gave up (a timeout test)
                     self.wfile.write(data)
+                    self.wfile.flush()
+                if gateway.on_accepted is not None and status < 300:
+                    gateway.on_accepted(request)  # e.g. post a delivery receipt back
 
             do_POST = _handle
             do_PUT = _handle

@@ -40,6 +40,9 @@ class Outgoing:
     attempt: int
     subject: str | None = None
     html: str | None = None
+    # What a receipt URL given to the gateway carries besides `reference` (Kannel's dlr-url):
+    # proof that the receipt comes from whoever got the message (Keys.receipt_token).
+    receipt_token: str | None = None
 
     @property
     def reference(self) -> str:

@@ -5,16 +5,26 @@ Kannel is the open-source SMS gateway that operators and aggregators run in fron
 0 (GSM 7-bit) or 2 (UCS-2, when the text has a character outside GSM-7), optional `from` (sender
 id) and `smsc` (route). Kannel answers 202 "0: Accepted for delivery" or "3: Queued for later
 delivery"; 4xx (bad credentials, missing or refused number) are permanent; 5xx and timeouts are
-retried. Kannel gives no message id on this interface: ours is used as the reference.
+retried. Kannel gives no message id on this interface: ours is used as the reference. With
+AUTHSVC_RECEIPTS_PUBLIC_URL set, each message asks for delivery reports (`dlr-mask`, `dlr-url`
+carrying our id and its receipt token).
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlencode
 
 import httpx
 
 from authsvc.config import Settings
 from authsvc.courier.gsm import is_gsm7
 from authsvc.courier.providers.base import DeliveryError, Outgoing, classify_http_status
+
+
+def dlr_url(base: str, reference: str, token: str) -> str:
+    """The receipt URL handed to Kannel for one message (served by courier/receipts.py)."""
+    query = urlencode({"id": reference, "token": token})
+    return f"{base.rstrip('/')}/receipts/kannel?{query}&status=%d"
 
 
 class KannelProvider:
@@ -25,6 +35,8 @@ class KannelProvider:
         self._sender = settings.kannel_from
         self._smsc = settings.kannel_smsc
         self._timeout_s = settings.kannel_timeout_s
+        self._receipts_url = settings.receipts_public_url
+        self._dlr_mask = settings.kannel_dlr_mask
         self._client: httpx.AsyncClient | None = None
 
     def params_for(self, message: Outgoing) -> dict[str, str]:
@@ -40,6 +52,12 @@ class KannelProvider:
             params["from"] = self._sender
         if self._smsc:
             params["smsc"] = self._smsc
+        if self._receipts_url and message.receipt_token:
+            # Kannel calls this back for each status in the mask, `%d` replaced by the status.
+            params["dlr-mask"] = str(self._dlr_mask)
+            params["dlr-url"] = dlr_url(
+                self._receipts_url, message.reference, message.receipt_token
+            )
         return params
 
     async def deliver(self, message: Outgoing) -> str:
