@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from authsvc import metrics
+
 # Nice value of the hashing threads. When logins saturate the CPU, the event loop (Verify,
 # ValidateSession, the rest of every RPC) still runs first: the kernel gives a thread at nice 10
 # about a tenth of the CPU share of one at nice 0 when both want it, and all of it otherwise.
@@ -54,7 +56,13 @@ class Passwords:
         return self._hasher.hash(password)
 
     async def hash_async(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.hash, password)
+        with metrics.hash_job("hash") as started:
+
+            def job() -> str:
+                started()
+                return self.hash(password)
+
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
 
     def _verify(self, stored: str | None, password: str) -> bool:
         try:
@@ -65,9 +73,13 @@ class Passwords:
     async def verify(self, stored: str | None, password: str) -> bool:
         """True when `password` matches `stored`; `stored=None` (no such account) costs the same."""
         self.verifications += 1  # on the event loop: no lock needed
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._verify, stored, password
-        )
+        with metrics.hash_job("verify") as started:
+
+            def job() -> bool:
+                started()  # a thread took it: the queue's wait ends
+                return self._verify(stored, password)
+
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
 
     def needs_rehash(self, stored: str) -> bool:
         return self._hasher.check_needs_rehash(stored)

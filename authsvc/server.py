@@ -24,6 +24,7 @@ from sqlalchemy import text
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
 from authsvc.api.callers import CallerRegistry, Guard
+from authsvc import metrics
 from authsvc.api.readiness_servicer import ReadinessServicer
 from authsvc.app import App
 from authsvc.campaigns import campaign
@@ -73,11 +74,16 @@ class Server:
     _dispatcher_task: asyncio.Task[None] | None = None
     _stop_watchers: asyncio.Event = field(default_factory=asyncio.Event)
     _watchers: list[asyncio.Task[None]] = field(default_factory=list)
+    # /metrics of this process (AUTHSVC_METRICS_LISTEN; a worker of `serve --workers` has
+    # none: the parent serves every process's sums).
+    metrics_http: metrics.Exposition | None = None
 
     async def start(self) -> None:
         if self.callers is not None:
             await self.callers.refresh()  # the backends allowed to call, before the first call
             self._watchers.append(asyncio.create_task(self.callers.run(self._stop_watchers)))
+        if self.app.settings.metrics_listen:
+            self.metrics_http = metrics.serve_http(self.app.settings.metrics_listen)
         await self.grpc_server.start()
         self._watchers.append(asyncio.create_task(self._watch_limiter()))
         if self.app.settings.dispatcher_enabled:
@@ -151,6 +157,9 @@ class Server:
         self._stop_dispatcher.set()
         if self._dispatcher_task is not None:
             await self._dispatcher_task
+        if self.metrics_http is not None:
+            self.metrics_http.close()
+            metrics.stop_recording()
         await self.app.close()
 
 
@@ -224,6 +233,7 @@ async def serve(
         "serving",
         listen=listen or settings.listen,
         port=server.port,
+        metrics_port=server.metrics_http.port if server.metrics_http else None,
         environment=settings.environment.value,
         # "uvloop" or "asyncio" (AUTHSVC_UVLOOP): which loop runs this process's calls.
         event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],

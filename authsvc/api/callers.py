@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from authsvc.api.decoding import Undecodable, tolerant
 from authsvc.api.status import to_grpc_status
+from authsvc import metrics
 from authsvc.app import App
 from authsvc.db import Backend
 from authsvc.errors import Failure, invalid_field
@@ -305,6 +306,9 @@ async def _refuse(
 ) -> None:
     started = time.perf_counter()
     request_id = current_request_id.get()
+    if metrics.state.on:  # refused before the RPC's own wrapper: counted here
+        short = method.rpartition("/")[2]
+        metrics.rpc_children(short).answered("PERMISSION_DENIED", "PERMISSION_DENIED").inc()
     log.info(
         "rpc",
         method=method.rpartition("/")[2],

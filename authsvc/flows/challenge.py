@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from authsvc import audit
+from authsvc import audit, metrics
 from authsvc.app import App
 from authsvc.courier import outbox, outcomes, templates
 from authsvc.db import FlowStatus, MessageStatus
@@ -128,6 +128,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         # Unreachable unless clocks disagree between replicas: the conservative answer.
         raise failures.resend_too_soon(float(settings.resend_cooldown_s))
     app.outbox_ready.set()
+    metrics.code_issued(channel, str(flow.purpose))
     return ChallengeView(
         challenge_id=challenge_id,
         channel=channel,

@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from authsvc.config import Rate, Settings
+from authsvc import metrics
 from authsvc.errors import rate_limited
 from authsvc.policies import networks
 
@@ -208,6 +209,7 @@ class RateLimitPolicy:
             assert verdict.limit is not None
             # A cost that can never fit has no finite retry: say "a day" rather than infinity.
             retry = verdict.retry_after if math.isfinite(verdict.retry_after) else 86400.0
+            metrics.rate_limited(verdict.limit.name)
             raise rate_limited(verdict.limit.subject, retry)
 
     async def login(self, now: datetime, *, ip: str) -> None:
@@ -346,3 +348,9 @@ def build_backend(settings: Settings) -> Backend:
             cluster=settings.rate_limit_backend.value == "redis-cluster",
         )
     return MemoryBackend()
+
+
+def limit_names(policy: RateLimitPolicy) -> frozenset[str]:
+    """Every limit name `policy` may refuse under (its /48 tiers included)."""
+    names = {value.name for value in vars(policy).values() if isinstance(value, Limit)}
+    return frozenset(names | {limit.name for limit in policy._wide.values()})  # noqa: SLF001
