@@ -142,7 +142,11 @@ async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
 
     exposition = metrics.serve_http(settings.metrics_listen) if settings.metrics_listen else None
     if exposition is not None:
-        log.info("metrics", metrics_port=exposition.port)
+        log.info(
+            "metrics",
+            metrics_port=exposition.port,
+            directory=os.environ.get(metrics.MULTIPROC_ENV, ""),
+        )
     app = App.build(settings) if settings.dispatcher_enabled else None
     stop_dispatcher = asyncio.Event()
     dispatcher = (
