@@ -429,9 +429,9 @@ def multiprocess() -> bool:
 def use_multiprocess() -> str:
     """Before `serve --workers N` forks: a new directory for this run's files, every value made
     from now on memory-mapped there, recording on (the workers inherit all of it)."""
-    made = [m for m in ALL if m._metrics]  # noqa: SLF001 (no public view of the children)
+    made = [m for m in ALL if m._metrics]
     if made:
-        raise RuntimeError(f"metrics recorded before multiprocess mode: {made[0]._name}")  # noqa: SLF001
+        raise RuntimeError(f"metrics recorded before multiprocess mode: {made[0]._name}")
     directory = tempfile.mkdtemp(prefix="authsvc-metrics-")
     os.environ[MULTIPROC_ENV] = directory
     values.ValueClass = values.get_value_class()

@@ -21,10 +21,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 from sqlalchemy import text
 
+from authsvc import metrics
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
 from authsvc.api.callers import CallerRegistry, Guard
-from authsvc import metrics
 from authsvc.api.readiness_servicer import ReadinessServicer
 from authsvc.app import App
 from authsvc.campaigns import campaign

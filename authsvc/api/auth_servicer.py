@@ -12,11 +12,11 @@ from authsvc.api import convert
 from authsvc.api.callers import current_backend
 from authsvc.api.rpc import rpc
 from authsvc.app import App
+from authsvc.db import FlowPurpose
 from authsvc.errors import Failure, invalid_field
 from authsvc.federation.assertions import AssertionVerifier
 from authsvc.flows import challenge, federated, grants, login, stepup, verify
 from authsvc.flows.contact import ContactVerified
-from authsvc.db import FlowPurpose
 from authsvc.flows.views import IssuedSession, LoginVerified, PendingFlowView
 from authsvc.policies.permissions import OWN_ACTIONS, Action
 from authsvc.v1 import auth_service_pb2 as pb

@@ -24,9 +24,9 @@ import grpc
 import structlog
 from sqlalchemy import select
 
+from authsvc import metrics
 from authsvc.api.decoding import Undecodable, tolerant
 from authsvc.api.status import to_grpc_status
-from authsvc import metrics
 from authsvc.app import App
 from authsvc.db import Backend
 from authsvc.errors import Failure, invalid_field

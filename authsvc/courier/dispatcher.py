@@ -38,6 +38,7 @@ from authsvc.campaigns import campaign
 from authsvc.courier import outcomes
 from authsvc.courier.outbox import Payload
 from authsvc.courier.providers import (
+    CHANNELS,
     DeliveryError,
     MessageProvider,
     Outgoing,
@@ -45,7 +46,6 @@ from authsvc.courier.providers import (
     build_providers,
 )
 from authsvc.courier.redaction import Redactor
-from authsvc.courier.providers import CHANNELS
 from authsvc.db import MessageStatus, OutboxMessage
 from authsvc.db.statements import outbox as outbox_statements
 

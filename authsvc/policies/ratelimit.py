@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from authsvc.config import Rate, Settings
 from authsvc import metrics
+from authsvc.config import Rate, Settings
 from authsvc.errors import rate_limited
 from authsvc.policies import networks
 
@@ -353,4 +353,4 @@ def build_backend(settings: Settings) -> Backend:
 def limit_names(policy: RateLimitPolicy) -> frozenset[str]:
     """Every limit name `policy` may refuse under (its /48 tiers included)."""
     names = {value.name for value in vars(policy).values() if isinstance(value, Limit)}
-    return frozenset(names | {limit.name for limit in policy._wide.values()})  # noqa: SLF001
+    return frozenset(names | {limit.name for limit in policy._wide.values()})

@@ -90,9 +90,7 @@ async def test_a_full_flow_counts_and_labels_stay_in_their_sets(
         session = verified.session.token
         secrets |= {session, verified.device_token}
         await stub.ValidateSession(pb.ValidateSessionRequest(session_token=session, client=CLIENT))
-        grant = await step_up(
-            stub, inbox, session, common_pb2.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD
-        )
+        grant = await step_up(stub, inbox, session, common_pb2.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD)
         secrets.add(grant.grant_token)
         redeem = pb.RedeemActionGrantRequest(
             session_token=session,
@@ -149,9 +147,10 @@ async def test_a_full_flow_counts_and_labels_stay_in_their_sets(
     requests = "authsvc_rpc_requests_total"
     # Logins: alice 3, bob threshold + 1, the flooded network 5.
     assert delta(requests, method="Login", code="OK", reason="") == 3
-    assert delta(
-        requests, method="Login", code="UNAUTHENTICATED", reason="INVALID_CREDENTIALS"
-    ) == settings.password_lock_threshold - 1 + 3
+    assert (
+        delta(requests, method="Login", code="UNAUTHENTICATED", reason="INVALID_CREDENTIALS")
+        == settings.password_lock_threshold - 1 + 3
+    )
     assert delta(requests, method="Login", code="RESOURCE_EXHAUSTED", reason="RATE_LIMITED") == 2
     assert delta(requests, method="Verify", code="OK", reason="") == 2
     assert delta(requests, method="Verify", code="UNAUTHENTICATED", reason="CODE_MISMATCH") == 1
@@ -214,9 +213,9 @@ async def test_nothing_is_recorded_without_a_metrics_listener(
 ) -> None:
     assert not metrics.state.on
     refused = metrics.RPC_REQUESTS.labels("Login", "UNAUTHENTICATED", "INVALID_CREDENTIALS")
-    counted = refused._value.get()  # noqa: SLF001
+    counted = refused._value.get()
     wrong = await failure_of(
         stub.Login(login(alice.organization_siret, alice.login, "wrong", "192.0.2.77"))
     )
     assert wrong.reason == "INVALID_CREDENTIALS"
-    assert refused._value.get() == counted  # noqa: SLF001
+    assert refused._value.get() == counted
