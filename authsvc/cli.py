@@ -172,12 +172,22 @@ async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    from authsvc import metrics
+
     app = App.build(settings)
+    exposition = metrics.serve_http(settings.metrics_listen) if settings.metrics_listen else None
     try:
-        logger.info("dispatching", environment=settings.environment.value)
+        logger.info(
+            "dispatching",
+            environment=settings.environment.value,
+            metrics_port=exposition.port if exposition else None,
+        )
         await Dispatcher(app).run(stop)
         logger.info("stopped")
     finally:
+        if exposition is not None:
+            exposition.close()
+            metrics.stop_recording()
         await app.close()
 
 

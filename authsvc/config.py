@@ -233,6 +233,9 @@ class Settings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     listen: str = "127.0.0.1:50051"
+    # Prometheus /metrics over HTTP on this HOST:PORT, apart from the gRPC port ("" = off:
+    # nothing recorded). Under `serve --workers N` the parent serves every process's sums.
+    metrics_listen: str = Field(default="", pattern=r"^(|\[?[0-9A-Za-z.:-]+\]?:[0-9]{1,5})$")
     database_url: str = "sqlite+aiosqlite:///var/authsvc.db"
     # Master secret (URL-safe base64 of >= 32 bytes). Subkeys for code hashing and contact
     # encryption are derived from it. Development falls back to a key file made on first use.

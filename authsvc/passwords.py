@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from authsvc import tracing
+from authsvc import metrics, tracing
 
 # Nice value of the hashing threads. When logins saturate the CPU, the event loop (Verify,
 # ValidateSession, the rest of every RPC) still runs first: the kernel gives a thread at nice 10
@@ -56,8 +56,13 @@ class Passwords:
         return self._hasher.hash(password)
 
     async def hash_async(self, password: str) -> str:
-        with tracing.span("argon2.hash"):
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self.hash, password)
+        with tracing.span("argon2.hash"), metrics.hash_job("hash") as started:
+
+            def job() -> str:
+                started()
+                return self.hash(password)
+
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
 
     def _verify(self, stored: str | None, password: str) -> bool:
         try:
@@ -69,10 +74,13 @@ class Passwords:
         """True when `password` matches `stored`; `stored=None` (no such account) costs the same."""
         self.verifications += 1  # on the event loop: no lock needed
         # The span says nothing of the outcome: a trace must not tell a known login apart.
-        with tracing.span("argon2.verify"):
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._verify, stored, password
-            )
+        with tracing.span("argon2.verify"), metrics.hash_job("verify") as started:
+
+            def job() -> bool:
+                started()  # a thread took it: the queue's wait ends
+                return self._verify(stored, password)
+
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
 
     def needs_rehash(self, stored: str) -> bool:
         return self._hasher.check_needs_rehash(stored)

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from authsvc import health as health_names
-from authsvc import tracing
+from authsvc import metrics, tracing
 from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
 from authsvc.api.callers import CallerRegistry, Guard
@@ -72,11 +72,16 @@ class Server:
     readiness: health_names.Readiness | None = None
     reuse_port: bool = False
     receipts: ReceiptListener | None = None
+    # /metrics of this process (AUTHSVC_METRICS_LISTEN; a worker of `serve --workers` has
+    # none: the parent serves every process's sums).
+    metrics_http: metrics.Exposition | None = None
 
     async def start(self) -> None:
         if self.callers is not None:
             await self.callers.refresh()  # the backends allowed to call, before the first call
             self._watchers.append(asyncio.create_task(self.callers.run(self._stop_watchers)))
+        if self.app.settings.metrics_listen:
+            self.metrics_http = metrics.serve_http(self.app.settings.metrics_listen)
         await self.grpc_server.start()
         if self.app.settings.receipts_listen is not None:
             self.receipts = ReceiptListener(
@@ -111,6 +116,9 @@ class Server:
         self._stop_dispatcher.set()
         if self._dispatcher_task is not None:
             await self._dispatcher_task
+        if self.metrics_http is not None:
+            self.metrics_http.close()
+            metrics.stop_recording()
         await self.app.close()
 
 
@@ -193,6 +201,7 @@ async def serve(
         "serving",
         listen=listen or settings.listen,
         port=server.port,
+        metrics_port=server.metrics_http.port if server.metrics_http else None,
         environment=settings.environment.value,
         # "uvloop" or "asyncio" (AUTHSVC_UVLOOP): which loop runs this process's calls.
         event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],

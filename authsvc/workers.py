@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 
 import structlog
 
-from authsvc import eventloop
+from authsvc import eventloop, metrics
 from authsvc.config import Environment, RateLimitBackend, Settings
 
 log = structlog.get_logger("authsvc.workers")
@@ -45,6 +45,8 @@ def worker_settings(settings: Settings, workers: int) -> Settings:
     threads = settings.password_hash_threads or max(1, (os.cpu_count() or 1) // workers)
     return settings.model_copy(
         update={
+            # The parent serves /metrics for all (the workers write their shared files).
+            "metrics_listen": "",
             "dispatcher_enabled": False,
             "delivery_wait_s": 0.0,
             "password_hash_threads": threads,
@@ -106,6 +108,9 @@ def serve_workers(settings: Settings, listen: str | None, workers: int) -> int:
             "(busy timeout); use PostgreSQL to scale writes",
             workers=workers,
         )
+    # Metrics: the files of this run's processes in a directory of its own, made before the
+    # forks (every process then writes there), served and removed by the parent.
+    directory = metrics.use_multiprocess() if settings.metrics_listen else None
     context = multiprocessing.get_context("fork")
     # No signal may reach the parent between the forks and its handlers: block, fork, handle.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -117,7 +122,11 @@ def serve_workers(settings: Settings, listen: str | None, workers: int) -> int:
         process.start()
         processes.append(process)
     log.info("workers started", workers=workers, listen=address, pids=[p.pid for p in processes])
-    return eventloop.run(_supervise(settings, processes), use_uvloop=settings.uvloop)
+    try:
+        return eventloop.run(_supervise(settings, processes), use_uvloop=settings.uvloop)
+    finally:
+        if directory is not None:
+            metrics.remove_multiprocess(directory)
 
 
 async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
@@ -131,6 +140,13 @@ async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
         loop.add_signal_handler(signum, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
 
+    exposition = metrics.serve_http(settings.metrics_listen) if settings.metrics_listen else None
+    if exposition is not None:
+        log.info(
+            "metrics",
+            metrics_port=exposition.port,
+            directory=os.environ.get(metrics.MULTIPROC_ENV, ""),
+        )
     app = App.build(settings) if settings.dispatcher_enabled else None
     stop_dispatcher = asyncio.Event()
     dispatcher = (
@@ -167,6 +183,11 @@ async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
         await rounds
     if app is not None:
         await app.close()
+    for process in processes:
+        if process.pid is not None:
+            metrics.process_exited(process.pid)
+    if exposition is not None:
+        exposition.close()
     codes = [process.exitcode for process in processes]
     log.info("stopped", exit_codes=codes)
     return 0 if not crashed and all(code == 0 for code in codes) else 1

@@ -21,6 +21,14 @@ two medians taken in this run on this machine. Nothing here passes or fails: it 
    pass/fail property, one argon2 verification and the same statements, is
    tests/api/test_timing.py).
 
+7. Metrics on against off: Verify and ValidateSession of one server process with
+   AUTHSVC_METRICS_LISTEN set (recording, /metrics served and scraped once a second by a
+   thread here, as Prometheus would) and unset, interleaved in the same run: throughput and
+   server CPU per call, and their ratio (target: no more than a few percent). Also the cost of
+   one RPC's metric updates (in-flight up and down, a histogram observation, a counter) in
+   process and in prometheus-client's multiprocess mode (memory-mapped files, as under
+   `serve --workers N`), timed in a subprocess each.
+
 `--quick`: a smoke run (SQLite, one repeat of 1 s, sections 3 and 6).
 
 The load comes from client processes on the same machine (grpc.aio, `--concurrency` calls in
@@ -438,7 +446,12 @@ def prepare(db: Database, workdir: Path, accounts: int) -> None:
 
 @contextlib.contextmanager
 def served(
-    db: Database | None, workdir: Path, *, workers: int = 1, hash_threads: int = 0
+    db: Database | None,
+    workdir: Path,
+    *,
+    workers: int = 1,
+    hash_threads: int = 0,
+    metrics_port: int | None = None,
 ) -> Iterator[tuple[str, int]]:
     """(target, pid) of `authsvc serve`, or of the no-op server when `db` is None."""
     port = free_port()
@@ -449,6 +462,8 @@ def served(
         command = [PY, "-m", "authsvc", "serve", "--listen", f"127.0.0.1:{port}"]
         command += ["--workers", str(workers)]
         extra = {"AUTHSVC_PASSWORD_HASH_THREADS": str(hash_threads)} if hash_threads else {}
+        if metrics_port is not None:
+            extra["AUTHSVC_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
         env = server_env(db, workdir, **extra)
     log = (workdir / f"serve-{port}.log").open("wb")  # round_trips() reads it
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
@@ -722,6 +737,83 @@ class Bench:
                 f"{rate / noop_rate:.2f} (target >= 0.50); CPU x{cpu / noop_cpu:.1f}",
             )
 
+    # 7 --------------------------------------------------------------------------------------
+
+    def metrics_cost(self, kind: str) -> None:
+        args = self.args
+        print(f"Verify and ValidateSession with metrics on vs off ({kind})", flush=True)
+        c = args.concurrency
+        with database(kind, self.workdir) as db:
+            prepare(db, self.workdir, 5000)
+            flows = pending_flows(db, args.flows)
+            runs: dict[tuple[str, bool], list[dict[str, Any]]] = {
+                (name, on): [] for name in ("Verify", "ValidateSession") for on in (False, True)
+            }
+            per_run = len(flows) // (2 * args.repeats)
+            batches = iter(range(2 * args.repeats))
+            tokens: dict[bool, list[str]] = {False: [], True: []}
+            for run in range(args.repeats):
+                for on in (False, True) if run % 2 == 0 else (True, False):  # each first in turn
+                    port = free_port() if on else None
+                    with (
+                        served(db, self.workdir, workers=1, metrics_port=port) as (target, pid),
+                        scraping(port),
+                    ):
+                        index = next(batches)
+                        batch = flows[index * per_run : (index + 1) * per_run]
+                        result = self.measured(pid, Load(target, "verify", batch, c, args.duration))
+                        runs[("Verify", on)].append(result)
+                        tokens[on] += result["outputs"]
+                        items: list[tuple[str, ...]] = [(t,) for t in tokens[on][-5000:]]
+                        runs[("ValidateSession", on)].append(
+                            self.measured(pid, Load(target, "validate", items, c, args.duration))
+                        )
+        for name in ("Verify", "ValidateSession"):
+
+            def figure(on: bool, key: str, name: str = name) -> float:
+                return median([result[key] for result in runs[(name, on)]])
+
+            on_rate, off_rate = figure(True, "rate"), figure(False, "rate")
+            on_cpu, off_cpu = figure(True, "cpu_ms"), figure(False, "cpu_ms")
+            self.report(
+                f"{name} with metrics on vs off (one process) [{kind}]",
+                f"{on_rate:.0f}/s, server CPU {on_cpu:.3f} ms/call",
+                f"{off_rate:.0f}/s, {off_cpu:.3f} ms/call",
+                f"throughput {on_rate / off_rate:.3f}, CPU per call x{on_cpu / off_cpu:.3f} "
+                "(target: within a few percent)",
+            )
+
+    def metrics_updates(self) -> None:
+        """One RPC's metric updates, in process and in multiprocess mode (subprocesses)."""
+        print("one RPC's metric updates: in process vs multiprocess mode", flush=True)
+        costs: dict[str, list[float]] = {"in process": [], "multiprocess": []}
+        for _ in range(self.args.repeats):
+            for mode in costs:
+                env = {**os.environ, "PYTHONPATH": str(ROOT)}
+                directory = tempfile.mkdtemp(prefix="authsvc-bench-metrics-")
+                if mode == "multiprocess":
+                    env["AUTHSVC_BENCH_MULTIPROC"] = directory
+                try:
+                    done = subprocess.run(
+                        [PY, str(Path(__file__).resolve()), "--metric-updates"],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                    )
+                finally:
+                    shutil.rmtree(directory, ignore_errors=True)
+                costs[mode].append(float(done.stdout.strip()))
+        inproc, multi = median(costs["in process"]), median(costs["multiprocess"])
+        self.report(
+            "one RPC's metric updates (in-flight +1/-1, histogram, counter), multiprocess vs "
+            "in process",
+            f"{multi:.2f} µs",
+            f"{inproc:.2f} µs",
+            f"x{multi / inproc:.1f}",
+        )
+
     # 6 --------------------------------------------------------------------------------------
 
     def login_failure_timing(self, kind: str) -> None:
@@ -836,9 +928,62 @@ class Bench:
                 )
 
 
+@contextlib.contextmanager
+def scraping(port: int | None) -> Iterator[None]:
+    """Scrape http://127.0.0.1:port/metrics once a second meanwhile (as Prometheus would)."""
+    if port is None:
+        yield
+        return
+    import httpx
+
+    stop = threading.Event()
+    scrapes = [0]
+
+    def scrape() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                scrapes[0] += 1
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        if not scrapes[0]:
+            print("    (no scrape answered)", flush=True)
+
+
+def metric_updates() -> None:
+    """Print the µs one RPC's updates take (the wrapper's own calls), median of 5 x 20,000."""
+    if directory := os.environ.get("AUTHSVC_BENCH_MULTIPROC"):
+        from authsvc import metrics
+
+        os.environ["TMPDIR"] = directory
+        metrics.use_multiprocess()
+    from authsvc import metrics
+
+    metrics.state.on = True
+    children = metrics.rpc_children("Verify")
+    answered = children.answered("OK", "")
+    rounds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20_000):
+            children.in_flight.inc()
+            children.in_flight.dec()
+            children.latency.observe(0.0012)
+            answered.inc()
+        rounds.append((time.perf_counter() - started) / 20_000 * 1e6)
+    print(f"{statistics.median(rounds):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve-noop", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--metric-updates", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight")
@@ -847,7 +992,9 @@ def main() -> None:
         "--verify-rate", type=float, default=10.0, help="Verify/s in (4): the mix, 0.3 x logins"
     )
     parser.add_argument(
-        "--only", action="append", choices=["logins", "verify", "latency", "memory", "timing"]
+        "--only",
+        action="append",
+        choices=["logins", "verify", "latency", "memory", "timing", "metrics"],
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: SQLite, 1 x 1 s, verify and timing"
@@ -858,10 +1005,13 @@ def main() -> None:
     if args.serve_noop:
         asyncio.run(_serve_noop(args.serve_noop))
         return
+    if args.metric_updates:
+        metric_updates()
+        return
     if args.quick:
         args.repeats, args.duration, args.flows, args.skip_postgres = 1, 1.0, 1500, True
         args.only = args.only or ["verify", "timing"]
-    only = set(args.only or ["logins", "verify", "latency", "memory", "timing"])
+    only = set(args.only or ["logins", "verify", "latency", "memory", "timing", "metrics"])
     print(
         f"bench/service.py — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{machine()}, load average {os.getloadavg()[0]:.2f}; medians of {args.repeats} x "
@@ -895,6 +1045,10 @@ def main() -> None:
             if "timing" in only:
                 for kind in kinds:
                     bench.login_failure_timing(kind)
+            if "metrics" in only:
+                bench.metrics_updates()
+                for kind in kinds:
+                    bench.metrics_cost(kind)
         finally:
             bench.pool.shutdown(cancel_futures=True)
     print("\nsummary")

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from grpc.aio import ServicerContext
 
-from authsvc import sessions, validation
+from authsvc import metrics, sessions, validation
 from authsvc.api import convert
 from authsvc.api.callers import current_backend
 from authsvc.api.rpc import rpc
 from authsvc.app import App
-from authsvc.errors import invalid_field
+from authsvc.db import FlowPurpose
+from authsvc.errors import Failure, invalid_field
 from authsvc.federation.assertions import AssertionVerifier
 from authsvc.flows import challenge, federated, grants, login, stepup, verify
 from authsvc.flows.contact import ContactVerified
-from authsvc.flows.views import IssuedSession, PendingFlowView
+from authsvc.flows.views import IssuedSession, LoginVerified, PendingFlowView
 from authsvc.policies.permissions import OWN_ACTIONS, Action
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
@@ -44,6 +46,29 @@ def action_values(app: App, action: Action, values: pb.ActionValues) -> grants.A
     )
 
 
+# What a right code gave, as the Verify metric names it.
+_PURPOSE_OF: dict[type, str] = {
+    LoginVerified: FlowPurpose.LOGIN.value,
+    grants.IssuedGrant: FlowPurpose.STEP_UP.value,
+    ContactVerified: FlowPurpose.CONTACT_VERIFICATION.value,
+    federated.FederatedLinkResult: FlowPurpose.FEDERATED_LINK.value,
+}
+
+
+async def _first_factor(
+    method: str, checked: Awaitable[IssuedSession | PendingFlowView]
+) -> IssuedSession | PendingFlowView:
+    """A first factor's outcome, counted: a session (trusted device), a code needed, or the
+    refusal's reason."""
+    try:
+        result = await checked
+    except Failure as failure:
+        metrics.first_factor(method, failure.reason)
+        raise
+    metrics.first_factor(method, "session" if isinstance(result, IssuedSession) else "code_needed")
+    return result
+
+
 class AuthServicer(pb_grpc.AuthServiceServicer):
     def __init__(self, app: App, verifier: AssertionVerifier) -> None:
         self._app = app
@@ -65,27 +90,33 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
             if not request.federated.assertion:
                 raise invalid_field("federated.assertion", "the assertion is required")
             client = convert.client_info(request.client, ip_required=True)
-            result = await federated.login_with_assertion(
-                self._app,
-                self._verifier,
-                assertion=request.federated.assertion,
-                siret=siret,
-                login=account_login,
-                device_token=device_token,
-                client=client,
+            result = await _first_factor(
+                "federated",
+                federated.login_with_assertion(
+                    self._app,
+                    self._verifier,
+                    assertion=request.federated.assertion,
+                    siret=siret,
+                    login=account_login,
+                    device_token=device_token,
+                    client=client,
+                ),
             )
         else:
             siret = validation.siret(request.organization_siret)
             account_login = validation.login(request.login)
             password = validation.password(request.password.password, "password.password")
             client = convert.client_info(request.client, ip_required=True)
-            result = await login.login_with_password(
-                self._app,
-                siret=siret,
-                login=account_login,
-                password=password,
-                device_token=device_token,
-                client=client,
+            result = await _first_factor(
+                "password",
+                login.login_with_password(
+                    self._app,
+                    siret=siret,
+                    login=account_login,
+                    password=password,
+                    device_token=device_token,
+                    client=client,
+                ),
             )
         if isinstance(result, IssuedSession):
             return pb.LoginResponse(session=convert.session(result))
@@ -123,8 +154,17 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         flow_id = validation.flow_id(request.flow_id)
         code = validation.code(request.code, self._app.settings.code_digits)
         client = convert.client_info(request.client)
-        result = await verify.verify(self._app, verify.VerifyRequest(flow_id, code, client))
+        try:
+            result = await verify.verify(self._app, verify.VerifyRequest(flow_id, code, client))
+        except Failure as failure:
+            metrics.verify_refused(failure.reason)
+            raise
+        unlinked = isinstance(result, federated.FederatedLinkResult) and not result.linked
+        metrics.verified(
+            FlowPurpose.FEDERATED_UNLINK.value if unlinked else _PURPOSE_OF[type(result)]
+        )
         if isinstance(result, grants.IssuedGrant):
+            metrics.step_up("issued")
             return pb.VerifyResponse(
                 action_grant=pb.ActionGrant(
                     grant_token=result.token,
@@ -165,6 +205,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         values = action_values(self._app, action, request.new_values)
         client = convert.client_info(request.client)
         view = await stepup.authorize(self._app, caller, action, target, values, client)
+        metrics.step_up("requested")
         return pb.AuthorizeSensitiveActionResponse(pending_flow=convert.pending_flow(view))
 
     @rpc("RedeemActionGrant")
@@ -179,9 +220,14 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
             target = caller.account_id
         values = action_values(self._app, action, request.new_values)
         convert.client_info(request.client)
-        grant = await grants.redeem_now(
-            self._app, caller, token=token, action=action, target=target, values=values
-        )
+        try:
+            grant = await grants.redeem_now(
+                self._app, caller, token=token, action=action, target=target, values=values
+            )
+        except Failure as failure:
+            metrics.step_up("refused", failure.reason)
+            raise
+        metrics.step_up("redeemed")
         return pb.RedeemActionGrantResponse(
             account_id=str(grant.account_id),
             redeem_time=convert.timestamp(grant.redeemed_at or self._app.clock.now()),

@@ -25,7 +25,7 @@ import grpc
 import structlog
 from sqlalchemy import select
 
-from authsvc import tracing
+from authsvc import metrics, tracing
 from authsvc.api.decoding import Undecodable, tolerant
 from authsvc.api.status import to_grpc_status
 from authsvc.app import App
@@ -313,6 +313,9 @@ async def _refuse(
 ) -> None:
     started = time.perf_counter()
     request_id = current_request_id.get()
+    if metrics.state.on:  # refused before the RPC's own wrapper: counted here
+        short = method.rpartition("/")[2]
+        metrics.rpc_children(short).answered("PERMISSION_DENIED", "PERMISSION_DENIED").inc()
     log.info(
         "rpc",
         method=method.rpartition("/")[2],

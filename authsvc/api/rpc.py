@@ -1,7 +1,10 @@
-"""The wrapper every RPC handler goes through: request id, rich errors, one log line.
+"""The wrapper every RPC handler goes through: request id, rich errors, one log line, metrics.
 
 One canonical line per call: method, outcome (gRPC status name), ErrorInfo reason, latency and
-request id. The request itself is never logged: it holds passwords, codes and tokens.
+request id. The request itself is never logged: it holds passwords, codes and tokens. The same
+outcome, reason and latency feed the RPC metrics (authsvc/metrics.py) when they are recorded:
+the wrapper is built once per method, so grpc.aio servers get the RPC metrics that grpc's own
+OpenTelemetry plugin does not report for them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from google.protobuf.message import Message
 from grpc.aio import ServicerContext
 from sqlalchemy.exc import DBAPIError
 
-from authsvc import audit, tracing, validation
+from authsvc import audit, metrics, tracing, validation
 from authsvc.api.callers import current_backend, current_request_id, request_id
 from authsvc.api.decoding import Undecodable
 from authsvc.api.status import to_grpc_status
@@ -56,6 +59,9 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
             audit.set_request_id(request_id)
             started = time.perf_counter()
             outcome, reason = "OK", ""
+            metered_rpc = metrics.rpc_children(name) if metrics.state.on else None
+            if metered_rpc is not None:
+                metered_rpc.in_flight.inc()
             app = getattr(self, "_app", None)
             metered = app.db.round_trips.metered(name) if isinstance(app, App) else nullcontext([0])
             with metered as meter:
@@ -113,12 +119,20 @@ def rpc(name: str) -> Callable[[Handler[S, Req, Resp]], Handler[S, Req, Resp]]:
                 finally:
                     if tracing.enabled():
                         tracing.rpc_outcome(outcome, reason)
+                    elapsed = time.perf_counter() - started
+                    if metered_rpc is not None:
+                        metered_rpc.in_flight.dec()
+                        metered_rpc.latency.observe(elapsed)
+                        # A crash's exception name stays in the log line, not in a label.
+                        metered_rpc.answered(
+                            outcome, "INTERNAL" if outcome == "INTERNAL" else reason
+                        ).inc()
                     log.info(
                         "rpc",
                         method=name,
                         outcome=outcome,
                         reason=reason,
-                        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+                        latency_ms=round(elapsed * 1000, 2),
                         request_id=request_id,
                         backend=current_backend.get(),
                         db_round_trips=meter[0],

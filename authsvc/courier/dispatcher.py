@@ -26,18 +26,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, update
 
-from authsvc import tracing
+from authsvc import metrics, tracing
 from authsvc.app import App
 from authsvc.campaigns import campaign
 from authsvc.courier import outcomes
 from authsvc.courier.outbox import Payload
 from authsvc.courier.providers import (
+    CHANNELS,
     DeliveryError,
     MessageProvider,
     Outgoing,
@@ -46,6 +48,7 @@ from authsvc.courier.providers import (
 )
 from authsvc.courier.redaction import Redactor
 from authsvc.db import MessageStatus, OutboxMessage
+from authsvc.db.statements import outbox as outbox_statements
 from authsvc.db.statements import receipts
 
 log = structlog.get_logger("authsvc.dispatcher")
@@ -53,6 +56,8 @@ log = structlog.get_logger("authsvc.dispatcher")
 MAX_ATTEMPTS = 5
 BATCH = 32
 MAX_ERROR_CHARS = 400
+# The outbox gauges (depth, oldest age) are read at most this often, only while recording.
+OUTBOX_GAUGE_INTERVAL_S = 5.0
 
 
 def redact(error: Exception, payload: Payload) -> str:
@@ -67,6 +72,16 @@ def redact(error: Exception, payload: Payload) -> str:
         said = f"{type(error).__name__}: {redactor.excerpt(str(error))}"
     said = " ".join(said.split())
     return said if len(said) <= MAX_ERROR_CHARS else said[: MAX_ERROR_CHARS - 1] + "…"
+
+
+# The delivery metric's outcome of a failed attempt.
+_OUTCOME = {
+    MessageStatus.FAILED: "retry",
+    MessageStatus.ABANDONED: "abandoned",
+    MessageStatus.SENT: "sent",
+    MessageStatus.SENDING: "retry",
+    MessageStatus.QUEUED: "retry",
+}
 
 
 def backoff_s(attempt: int) -> float:
@@ -98,6 +113,13 @@ class Dispatcher:
         self._app = app
         self._providers = providers if providers is not None else build_providers(app.settings)
         self._owns_providers = providers is None
+        # The provider label of each channel: the configured kind (a test's own: "custom").
+        self._provider_names = {
+            channel: getattr(app.settings, f"{channel}_provider").value
+            if providers is None
+            else "custom"
+            for channel in CHANNELS
+        }
 
     # ---- claim ---------------------------------------------------------------------------------
 
@@ -147,6 +169,9 @@ class Dispatcher:
             self._app.keys.sealer.open(message.payload_sealed, message.id.bytes)
         )
         provider = self._providers[message.channel]
+        provider_name = self._provider_names.get(message.channel, "custom")
+        kind = "code" if message.flow_id is not None else "notice"
+        called = time.perf_counter()
         try:
             # Names only: the destination and the text stay out of the span.
             with tracing.span(
@@ -175,10 +200,22 @@ class Dispatcher:
                         created_at=message.created_at,
                     )
         except DeliveryError as error:
+            metrics.provider_call(
+                provider_name,
+                time.perf_counter() - called,
+                "permanent" if error.permanent else "transient",
+            )
             detail = redact(error, payload)
-            return await self._failed(message, detail, permanent=error.permanent)
+            status = await self._failed(message, detail, permanent=error.permanent)
+            metrics.delivery(message.channel, provider_name, kind, _OUTCOME[status])
+            return status
         except Exception as error:  # a provider bug must not kill the dispatcher
-            return await self._failed(message, redact(error, payload), permanent=False)
+            metrics.provider_call(provider_name, time.perf_counter() - called, "crash")
+            status = await self._failed(message, redact(error, payload), permanent=False)
+            metrics.delivery(message.channel, provider_name, kind, _OUTCOME[status])
+            return status
+        metrics.provider_call(provider_name, time.perf_counter() - called, None)
+        metrics.delivery(message.channel, provider_name, kind, "sent")
         # A gateway's id is its own words too: masked by value (an id has digits: no excerpt).
         provider_id = Redactor(payload).mask(provider_id)[:128]
         if not await self._finish(
@@ -304,8 +341,13 @@ class Dispatcher:
         settings = self._app.settings
         ready = self._app.outbox_ready
         in_flight: set[asyncio.Task[MessageStatus]] = set()
+        loop = asyncio.get_running_loop()
+        next_gauge = loop.time()
         try:
             while not stop.is_set():
+                if metrics.state.on and loop.time() >= next_gauge:
+                    next_gauge = loop.time() + OUTBOX_GAUGE_INTERVAL_S
+                    await self._gauge_outbox()
                 ready.clear()  # before claiming: a message queued meanwhile wakes the next wait
                 free = settings.dispatcher_concurrency - len(in_flight)
                 claimed: list[OutboxMessage] = []
@@ -330,6 +372,28 @@ class Dispatcher:
         finally:
             if self._owns_providers:
                 await self.close()
+
+    async def _gauge_outbox(self) -> None:
+        """Read the outbox's depth and oldest waiting message for the gauges (one grouped,
+        indexed read; every channel and status set, zero included)."""
+        try:
+            groups = await self._app.db.read(outbox_statements.waiting)
+        except Exception:  # a gauge must never stop deliveries
+            log.warning("outbox_gauge_failed")
+            return
+        now = self._app.clock.now()
+        depths = {(c, s): 0 for c in CHANNELS for s in outbox_statements.WAITING}
+        oldest = dict.fromkeys(CHANNELS, 0.0)
+        for channel, status, count, created_at in groups:
+            if channel not in oldest or status not in outbox_statements.WAITING:
+                continue
+            depths[(channel, status)] = count
+            if created_at is not None:
+                if created_at.tzinfo is None:
+                    created_at = created_at.replace(tzinfo=UTC)
+                age = max((now - created_at).total_seconds(), 0.0)
+                oldest[channel] = max(oldest[channel], age)
+        metrics.outbox(depths, oldest)
 
     async def _deliver_logged(self, message: OutboxMessage) -> MessageStatus:
         try:

@@ -18,7 +18,29 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from authsvc import metrics
 from authsvc.db.access import WRITER, begin_sqlite, sqlite_pragmas
+
+_METERED = "authsvc_metered"
+
+
+def _meter_pool(engine: AsyncEngine) -> AsyncEngine:
+    """The checked-out gauge follows the pool's own events; a connection taken while
+    recording was off is not given back to the gauge either."""
+    dialect = engine.dialect.name
+
+    def checkout(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        if metrics.state.on:
+            record.info[_METERED] = True
+            metrics.db_checkout(dialect, 1)
+
+    def checkin(_dbapi: Any, record: Any) -> None:
+        if record.info.pop(_METERED, False):
+            metrics.DB_CHECKED_OUT.labels(dialect).dec()
+
+    event.listen(engine.sync_engine.pool, "checkout", checkout)
+    event.listen(engine.sync_engine.pool, "checkin", checkin)
+    return engine
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -32,12 +54,14 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", begin_sqlite)
-        return engine
+        return _meter_pool(engine)
     # No pre-ping: with asyncpg it costs BEGIN, a ping and ROLLBACK (three round trips) on
     # every checkout. A connection that died is invalidated by the error it raises (the pool
     # then reconnects), and pool_recycle retires connections before a proxy's idle timeout.
-    return create_async_engine(
-        url, pool_size=10, max_overflow=20, pool_recycle=1800, hide_parameters=True, **kwargs
+    return _meter_pool(
+        create_async_engine(
+            url, pool_size=10, max_overflow=20, pool_recycle=1800, hide_parameters=True, **kwargs
+        )
     )
 
 

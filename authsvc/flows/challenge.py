@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from authsvc import audit
+from authsvc import audit, metrics
 from authsvc.app import App
 from authsvc.courier import outbox, outcomes, templates
 from authsvc.db import FlowStatus
@@ -131,6 +131,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     app.outbox_ready.set()
     # Waits up to delivery_wait_s for the in-process dispatcher (courier/outcomes.py).
     delivery = await outcomes.delivery_status(app, flow.id, challenge_id)
+    metrics.code_issued(channel, str(flow.purpose))
     return ChallengeView(
         challenge_id=challenge_id,
         channel=channel,

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authsvc import audit, sessions
+from authsvc import audit, metrics, sessions
 from authsvc.app import App
 from authsvc.db import Account, AccountStatus, Flow, FlowPurpose, FlowStatus
 from authsvc.db.base import new_id
@@ -162,6 +162,8 @@ async def _check_reserved(
         locked = await lockout.password_failure(
             app, account.id if account else None, siret, login, now, logged
         )
+        if locked is not None:
+            metrics.lockout("password")
         raise locked or failures.invalid_credentials()
     assert stored is not None
     try:

@@ -23,7 +23,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authsvc import audit, sessions
+from authsvc import audit, metrics, sessions
 from authsvc.app import App
 from authsvc.courier import notices
 from authsvc.db import Flow, FlowPurpose, FlowStatus
@@ -145,6 +145,7 @@ async def _wrong_code(app: App, flow: FlowRow, account: AccountRow, now: datetim
     if counted.notified:
         app.outbox_ready.set()
     if counted.locked:
+        metrics.lockout("code")
         return await _locked(app, flow.id)
     return failures.code_mismatch(max(app.settings.max_code_attempts - counted.attempts, 0))
 

@@ -26,6 +26,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from authsvc import metrics
 from authsvc.app import App
 from authsvc.db import SendBreaker
 from authsvc.db.statements import breakers
@@ -35,6 +36,8 @@ from authsvc.flows import failures
 log = structlog.get_logger("authsvc.pumping")
 
 PHONE_CHANNELS = ("sms", "voice")
+# The limit name an open breaker's refusal is counted under (metrics).
+BREAKER_LIMIT = "send.breaker"
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,12 @@ async def breaker_generation(app: App, prefix: str, now: datetime) -> int:
         return 0
     open_until, generation = breaker
     if open_until is not None and open_until > now:
+        metrics.rate_limited(BREAKER_LIMIT)
         raise rate_limited("phone_prefix", (open_until - now).total_seconds())
     return generation
 
 
-async def trip(app: App, prefix: str, now: datetime) -> float:
+async def trip(app: App, prefix: str, now: datetime, channel: str) -> float:
     """Open the prefix's breaker; returns how long it stays open."""
     open_s = float(app.settings.breaker_open_s)
     until = now + timedelta(seconds=open_s)
@@ -90,6 +94,7 @@ async def trip(app: App, prefix: str, now: datetime) -> float:
                     reset_at=None,
                 )
             )
+    metrics.breaker_tripped(channel)
     log.warning(
         "sms_pumping_breaker_tripped",
         prefix=prefix + "•" * app.settings.pumping_prefix_hidden_digits,
@@ -99,9 +104,9 @@ async def trip(app: App, prefix: str, now: datetime) -> float:
     return open_s
 
 
-async def trip_safely(app: App, prefix: str, now: datetime) -> float:
+async def trip_safely(app: App, prefix: str, now: datetime, channel: str) -> float:
     try:
-        return await trip(app, prefix, now)
+        return await trip(app, prefix, now, channel)
     except IntegrityError:  # a concurrent send tripped it first
         return float(app.settings.breaker_open_s)
 
@@ -165,6 +170,7 @@ async def check_send(
     if verdict.allowed:
         return
     if verdict.limit is policy.send_prefix and prefix is not None:
-        open_s = await trip_safely(app, prefix.partition("#")[0], now)
+        open_s = await trip_safely(app, prefix.partition("#")[0], now, channel)
+        metrics.rate_limited(policy.send_prefix.name)
         raise rate_limited("phone_prefix", open_s)
     policy.refuse(verdict)

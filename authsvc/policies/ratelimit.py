@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from authsvc import tracing
+from authsvc import metrics, tracing
 from authsvc.config import Rate, Settings
 from authsvc.errors import rate_limited
 from authsvc.policies import networks
@@ -222,6 +222,7 @@ class RateLimitPolicy:
             assert verdict.limit is not None
             # A cost that can never fit has no finite retry: say "a day" rather than infinity.
             retry = verdict.retry_after if math.isfinite(verdict.retry_after) else 86400.0
+            metrics.rate_limited(verdict.limit.name)
             raise rate_limited(verdict.limit.subject, retry)
 
     async def login(self, now: datetime, *, ip: str) -> None:
@@ -360,3 +361,9 @@ def build_backend(settings: Settings) -> Backend:
             cluster=settings.rate_limit_backend.value == "redis-cluster",
         )
     return MemoryBackend()
+
+
+def limit_names(policy: RateLimitPolicy) -> frozenset[str]:
+    """Every limit name `policy` may refuse under (its /48 tiers included)."""
+    names = {value.name for value in vars(policy).values() if isinstance(value, Limit)}
+    return frozenset(names | {limit.name for limit in policy._wide.values()})

@@ -37,6 +37,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from authsvc import metrics
 from authsvc.errors import LimiterUnavailable
 from authsvc.policies.memory import MemoryBackend
 from authsvc.policies.ratelimit import ALLOWED, Limit, Verdict
@@ -111,6 +112,7 @@ class RedisBackend:
         if available == self.available:
             return
         self.available = available
+        metrics.redis_fallback(self.name, not available)
         if available:
             log.warning("ratelimit_backend_recovered", backend=self.name)
         else:
@@ -140,6 +142,7 @@ class RedisBackend:
                 keys=[self._key(limit, key) for limit, key in checks], args=args
             )
         except _ERRORS as error:
+            metrics.redis_error(self.name, "consume")
             self._mark(False, error)
             if fail_closed:
                 raise LimiterUnavailable("the shared rate limiter is unreachable") from error
@@ -161,9 +164,13 @@ class RedisBackend:
             else:
                 await self._redis.ping()
         except _ERRORS as error:
+            metrics.redis_error(self.name, "health")
             self._mark(False, error)
+            metrics.redis_fallback(self.name, True)
             return False
         self._mark(True)
+        # Every probe (the server's, every 2 s) sets the state: a scrape reads 0 from the start.
+        metrics.redis_fallback(self.name, False)
         return True
 
     async def close(self) -> None:
