@@ -1,15 +1,16 @@
 """The service through PgBouncer (Debian's package) in front of PostgreSQL: a whole login,
 session checks and logout over gRPC.
 
-Session mode is the supported one. Transaction mode is kept here as a strict xfail, the
+Session mode is the supported one. Transaction mode is kept here as an xfail, the
 measurement behind that choice (README "Deployment"): asyncpg prepares every statement in a
 step of its own (Parse/Describe/Sync) before it binds and runs it, and the hot paths run their
 reads and single-statement writes in autocommit, one round trip each; in transaction mode
 PgBouncer may hand the next step to another server connection after that Sync, which has never
 seen the statement. Turning asyncpg's statement cache off (statement_cache_size=0, SQLAlchemy's
 prepared_statement_cache_size=0, unique statement names) does not change that: measured, the
-first login fails with `prepared statement "..." does not exist`. If this xfail starts passing,
-the choice can be revisited."""
+first login fails with `prepared statement "..." does not exist`. Not strict: whether a step
+lands on another server connection depends on timing (a CI run saw this login pass while the
+dispatcher beside it failed with that error), so a pass says nothing either way."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 TRANSACTION_MODE = pytest.param(
     "transaction",
     marks=pytest.mark.xfail(
-        strict=True, reason="asyncpg's separate prepare step in autocommit (module docstring)"
+        strict=False, reason="asyncpg's separate prepare step in autocommit (module docstring)"
     ),
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -51,9 +52,15 @@ class FileProvider:
         return message_id
 
     def _append(self, line: str) -> None:
+        """One write(2) of the whole line on an O_APPEND descriptor: lines of several
+        processes (dispatchers, workers) never interleave, and a reader sees whole lines
+        (a buffered text file may split a line into several writes)."""
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        with self._path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(descriptor, (line + "\n").encode("utf-8"))
+        finally:
+            os.close(descriptor)
 
     async def aclose(self) -> None:
         return None
