@@ -118,3 +118,45 @@ async def test_the_probes_ask_services_the_server_registers(tmp_path: Path) -> N
                 assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
     finally:
         await server.stop(grace=0)
+
+
+def _port_of(listen: str) -> int:
+    return int(listen.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize(
+    "name", ["authsvc-api", "authsvc-dispatcher"], ids=lambda name: name.removeprefix("authsvc-")
+)
+def test_prometheus_finds_metrics_where_the_settings_serve_them(name: str) -> None:
+    deployment = _kinds()[("Deployment", name)]
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    listen = _environment(container)["AUTHSVC_METRICS_LISTEN"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"] == _port_of(listen)
+    policy = _kinds()[("NetworkPolicy", "authsvc")]["spec"]["ingress"]
+    assert any({"protocol": "TCP", "port": ports["metrics"]} in rule["ports"] for rule in policy), (
+        "the monitoring namespace must reach /metrics"
+    )
+
+
+def test_the_receipt_listener_is_exposed_where_the_settings_listen() -> None:
+    api = _kinds()[("Deployment", "authsvc-api")]["spec"]["template"]["spec"]["containers"][0]
+    listen = _environment(api)["AUTHSVC_RECEIPTS_LISTEN"]
+    ports = {port["name"]: port["containerPort"] for port in api["ports"]}
+    assert ports["receipts"] == _port_of(listen)
+    service_ports = {
+        port["name"]: port["targetPort"]
+        for port in _kinds()[("Service", "authsvc")]["spec"]["ports"]
+    }
+    assert service_ports["receipts"] == "receipts"
+
+
+def test_liveness_and_readiness_ask_different_names() -> None:
+    api = _kinds()[("Deployment", "authsvc-api")]["spec"]["template"]["spec"]["containers"][0]
+    # Liveness must not depend on the database (a restart would not bring it back); readiness
+    # must (a replica without its database takes no calls).
+    assert api["livenessProbe"]["grpc"]["service"] == "authsvc.liveness"
+    assert api["readinessProbe"]["grpc"]["service"] == "authsvc.v1.AuthService"
