@@ -28,6 +28,9 @@ two medians taken in this run on this machine. Nothing here passes or fails: it 
    one RPC's metric updates (in-flight up and down, a histogram observation, a counter) in
    process and in prometheus-client's multiprocess mode (memory-mapped files, as under
    `serve --workers N`), timed in a subprocess each.
+8. Tracing on against off, the same way: AUTHSVC_TRACING=true with every call sampled
+   (OTEL_TRACES_SAMPLER=always_on, the worst case) and exported over OTLP/HTTP to a receiver in
+   this process, against tracing off (the default).
 
 `--quick`: a smoke run (SQLite, one repeat of 1 s, sections 3 and 6).
 
@@ -452,6 +455,7 @@ def served(
     workers: int = 1,
     hash_threads: int = 0,
     metrics_port: int | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, int]]:
     """(target, pid) of `authsvc serve`, or of the no-op server when `db` is None."""
     port = free_port()
@@ -464,7 +468,7 @@ def served(
         extra = {"AUTHSVC_PASSWORD_HASH_THREADS": str(hash_threads)} if hash_threads else {}
         if metrics_port is not None:
             extra["AUTHSVC_METRICS_LISTEN"] = f"127.0.0.1:{metrics_port}"
-        env = server_env(db, workdir, **extra)
+        env = server_env(db, workdir, **extra, **(env_extra or {}))
     log = (workdir / f"serve-{port}.log").open("wb")  # round_trips() reads it
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=ROOT)
     try:
@@ -739,11 +743,12 @@ class Bench:
 
     # 7 --------------------------------------------------------------------------------------
 
-    def metrics_cost(self, kind: str) -> None:
+    def feature_cost(self, kind: str, feature: str) -> None:
+        """Verify and ValidateSession with `feature` (metrics or tracing) on vs off."""
         args = self.args
-        print(f"Verify and ValidateSession with metrics on vs off ({kind})", flush=True)
+        print(f"Verify and ValidateSession with {feature} on vs off ({kind})", flush=True)
         c = args.concurrency
-        with database(kind, self.workdir) as db:
+        with database(kind, self.workdir) as db, otlp_receiver() as (traces, spans_received):
             prepare(db, self.workdir, 5000)
             flows = pending_flows(db, args.flows)
             runs: dict[tuple[str, bool], list[dict[str, Any]]] = {
@@ -754,9 +759,20 @@ class Bench:
             tokens: dict[bool, list[str]] = {False: [], True: []}
             for run in range(args.repeats):
                 for on in (False, True) if run % 2 == 0 else (True, False):  # each first in turn
-                    port = free_port() if on else None
+                    port = free_port() if on and feature == "metrics" else None
+                    env_extra = (
+                        {
+                            "AUTHSVC_TRACING": "true",
+                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces,
+                            "OTEL_TRACES_SAMPLER": "always_on",
+                        }
+                        if on and feature == "tracing"
+                        else None
+                    )
                     with (
-                        served(db, self.workdir, workers=1, metrics_port=port) as (target, pid),
+                        served(
+                            db, self.workdir, workers=1, metrics_port=port, env_extra=env_extra
+                        ) as (target, pid),
                         scraping(port),
                     ):
                         index = next(batches)
@@ -768,6 +784,10 @@ class Bench:
                         runs[("ValidateSession", on)].append(
                             self.measured(pid, Load(target, "validate", items, c, args.duration))
                         )
+            exported = spans_received()
+        if feature == "tracing":
+            # Proof that "on" measured real work: every call's spans reached the receiver.
+            print(f"    OTLP receiver got {exported} export requests", flush=True)
         for name in ("Verify", "ValidateSession"):
 
             def figure(on: bool, key: str, name: str = name) -> float:
@@ -776,11 +796,11 @@ class Bench:
             on_rate, off_rate = figure(True, "rate"), figure(False, "rate")
             on_cpu, off_cpu = figure(True, "cpu_ms"), figure(False, "cpu_ms")
             self.report(
-                f"{name} with metrics on vs off (one process) [{kind}]",
+                f"{name} with {feature} on vs off (one process) [{kind}]",
                 f"{on_rate:.0f}/s, server CPU {on_cpu:.3f} ms/call",
                 f"{off_rate:.0f}/s, {off_cpu:.3f} ms/call",
-                f"throughput {on_rate / off_rate:.3f}, CPU per call x{on_cpu / off_cpu:.3f} "
-                "(target: within a few percent)",
+                f"throughput {on_rate / off_rate:.3f}, CPU per call x{on_cpu / off_cpu:.3f}"
+                + (" (target: within a few percent)" if feature == "metrics" else ""),
             )
 
     def metrics_updates(self) -> None:
@@ -929,6 +949,36 @@ class Bench:
 
 
 @contextlib.contextmanager
+def otlp_receiver() -> Iterator[tuple[str, Any]]:
+    """An OTLP/HTTP traces endpoint on loopback that accepts every export (200, empty
+    protobuf answer): (its URL, a function giving how many export requests it took)."""
+    import http.server
+
+    received = [0]
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            received[0] += 1
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", lambda: received[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def scraping(port: int | None) -> Iterator[None]:
     """Scrape http://127.0.0.1:port/metrics once a second meanwhile (as Prometheus would)."""
     if port is None:
@@ -994,7 +1044,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["logins", "verify", "latency", "memory", "timing", "metrics"],
+        choices=["logins", "verify", "latency", "memory", "timing", "metrics", "tracing"],
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: SQLite, 1 x 1 s, verify and timing"
@@ -1011,7 +1061,9 @@ def main() -> None:
     if args.quick:
         args.repeats, args.duration, args.flows, args.skip_postgres = 1, 1.0, 1500, True
         args.only = args.only or ["verify", "timing"]
-    only = set(args.only or ["logins", "verify", "latency", "memory", "timing", "metrics"])
+    only = set(
+        args.only or ["logins", "verify", "latency", "memory", "timing", "metrics", "tracing"]
+    )
     print(
         f"bench/service.py — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{machine()}, load average {os.getloadavg()[0]:.2f}; medians of {args.repeats} x "
@@ -1048,7 +1100,10 @@ def main() -> None:
             if "metrics" in only:
                 bench.metrics_updates()
                 for kind in kinds:
-                    bench.metrics_cost(kind)
+                    bench.feature_cost(kind, "metrics")
+            if "tracing" in only:
+                for kind in kinds:
+                    bench.feature_cost(kind, "tracing")
         finally:
             bench.pool.shutdown(cancel_futures=True)
     print("\nsummary")

@@ -10,7 +10,8 @@
 4. Locust headless, bounded by the scenario's own end and by --run-time, optionally in several
    processes (--processes N);
 5. the server is stopped (SIGTERM, drained), then reports/<name>.html, reports/<name>_*.csv and
-   reports/<name>_summary.md (throughput, p50/p95/p99 per RPC, failures, server memory, SMS).
+   reports/<name>_summary.md (throughput, p50/p95/p99 per RPC, failures, server memory, SMS,
+   and the server's own figures from its /metrics scraped before and after the run).
 
 Exit status: 1 when Locust recorded more unexpected failures than --max-failures (default: any
 number; the smoke run in `make test` uses 0), 2 when the run itself could not happen.
@@ -38,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtests import server_metrics
 from loadtests.summary import write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,11 +333,14 @@ def main(argv: list[str] | None = None) -> int:
         sink_url = f"http://127.0.0.1:{sink_port_file.read_text().strip()}"
         gateway = json.dumps({"url": f"{sink_url}/sms", "hmac_secret": hmac_secret})
         port = free_port()
+        metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
         server_env = {
             **base_env,
             "AUTHSVC_DATABASE_URL": database_url,
             "AUTHSVC_SECRET_KEY": secrets.token_urlsafe(32),
             "AUTHSVC_LISTEN": f"127.0.0.1:{port}",
+            # The server's own counts and latency histograms, beside Locust's (summary).
+            "AUTHSVC_METRICS_LISTEN": metrics_url.removeprefix("http://").removesuffix("/metrics"),
             "AUTHSVC_SMS_PROVIDER": args.provider,
             "AUTHSVC_VOICE_PROVIDER": args.provider,
             "AUTHSVC_EMAIL_PROVIDER": "file",
@@ -416,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             before = backend_counters(database_url, args.redis_url)
+            scraped_before = server_metrics.scrape(metrics_url)
             cpu_before = server_cpu_seconds(server.pid)
             began = time.perf_counter()
             locust = subprocess.run(
@@ -425,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.perf_counter() - began
             server_cpu_s = server_cpu_seconds(server.pid) - cpu_before
             after = backend_counters(database_url, args.redis_url)
+            server_side = server_metrics.figures(
+                scraped_before, server_metrics.scrape(metrics_url), elapsed
+            )
             sampler.stop()
             with urllib.request.urlopen(f"{sink_url}/stats", timeout=5) as answer:
                 sink_stats = json.loads(answer.read())
@@ -446,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         server_exit=server_code,
         backends={k: after[k] - before[k] for k in after if k in before},
         locust_exit=locust.returncode,
+        server_side=server_side,
     )
     print(f"report: {prefix}.html, {prefix}_summary.md (unexpected failures: {failures})")
     print((prefix.parent / f"{prefix.name}_summary.md").read_text())

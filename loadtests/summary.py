@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from loadtests.server_metrics import ServerFigures, markdown
+
 # Calls that are a first factor (a "login" in the national figure).
 LOGIN_NAMES = ("Login", "enroll: Login")
 
@@ -86,6 +88,7 @@ def write_summary(
     server_exit: int | None,
     locust_exit: int,
     backends: dict[str, int] | None = None,
+    server_side: ServerFigures | None = None,
 ) -> int:
     """Write <prefix>_summary.md; return the number of unexpected failures."""
     stats = _rows(prefix.parent / f"{prefix.name}_stats.csv")
@@ -138,6 +141,16 @@ def write_summary(
             f"| {row['50%']} | {row['95%']} | {row['99%']} | {_num(row['Max Response Time']):.0f} "
             f"| {_num(row['Requests/s']):.1f} |"
         )
+    if server_side is not None:
+        server_calls = sum(method.calls for method in server_side.methods.values())
+        locust_calls = sum(int(_num(r["Request Count"])) for r in per_call if r["Type"] == "grpc")
+        lines += [
+            "",
+            *markdown(server_side),
+            f"- RPCs counted by the server **{server_calls}**, by Locust **{locust_calls}** "
+            "(calls in flight when Locust stops its users, and those of a Locust worker's "
+            "last report interval, count on the server's side only)",
+        ]
     lines += ["", "## Failures", ""]
     if failures_rows:
         lines += ["| call | error | occurrences |", "|---|---|---:|"]

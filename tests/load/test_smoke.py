@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -18,6 +19,8 @@ import pytest
 from loadtests import sms_sink
 
 ROOT = Path(__file__).resolve().parents[2]
+# loadtests/run.py --smoke: users at the peak.
+SMOKE_USERS = 8
 
 
 def _post(url: str, body: bytes, signature: str) -> int:
@@ -85,5 +88,14 @@ def test_national_peak_smoke_run_has_no_unexpected_failure(tmp_path: Path) -> No
     assert "unexpected failures: **0**" in text
     for journey in ("grpc Login", "grpc Verify", "AuthorizeSensitiveAction", "[CODE_MISMATCH]"):
         assert journey in text, text
+    # The server's own counts (its /metrics before and after) agree with Locust's: every call
+    # Locust recorded reached the server, and the server saw few more (calls in flight when
+    # Locust stopped, or in a Locust worker's last unreported interval).
+    counted = re.search(r"RPCs counted by the server \*\*(\d+)\*\*, by Locust \*\*(\d+)\*\*", text)
+    assert counted is not None, text
+    server_calls, locust_calls = int(counted[1]), int(counted[2])
+    assert locust_calls > 0
+    assert locust_calls <= server_calls <= locust_calls + max(2 * SMOKE_USERS, locust_calls // 20)
+    assert re.search(r"codes issued by channel: sms [1-9]", text), text
     assert (tmp_path / f"{name}.html").exists()
     assert (tmp_path / f"{name}_stats.csv").exists()
