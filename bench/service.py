@@ -30,7 +30,8 @@ two medians taken in this run on this machine. Nothing here passes or fails: it 
    `serve --workers N`), timed in a subprocess each.
 8. Tracing on against off, the same way: AUTHSVC_TRACING=true with every call sampled
    (OTEL_TRACES_SAMPLER=always_on, the worst case) and exported over OTLP/HTTP to a receiver in
-   this process, against tracing off (the default).
+   this process, against tracing off (the default); and `tracing-1pct`, one trace in a
+   hundred sampled (parentbased_traceidratio 0.01), a production setting.
 
 `--quick`: a smoke run (SQLite, one repeat of 1 s, sections 3 and 6).
 
@@ -760,15 +761,7 @@ class Bench:
             for run in range(args.repeats):
                 for on in (False, True) if run % 2 == 0 else (True, False):  # each first in turn
                     port = free_port() if on and feature == "metrics" else None
-                    env_extra = (
-                        {
-                            "AUTHSVC_TRACING": "true",
-                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces,
-                            "OTEL_TRACES_SAMPLER": "always_on",
-                        }
-                        if on and feature == "tracing"
-                        else None
-                    )
+                    env_extra = tracing_env(feature, traces) if on else None
                     with (
                         served(
                             db, self.workdir, workers=1, metrics_port=port, env_extra=env_extra
@@ -785,7 +778,7 @@ class Bench:
                             self.measured(pid, Load(target, "validate", items, c, args.duration))
                         )
             exported = spans_received()
-        if feature == "tracing":
+        if feature.startswith("tracing"):
             # Proof that "on" measured real work: every call's spans reached the receiver.
             print(f"    OTLP receiver got {exported} export requests", flush=True)
         for name in ("Verify", "ValidateSession"):
@@ -948,6 +941,19 @@ class Bench:
                 )
 
 
+def tracing_env(feature: str, traces: str) -> dict[str, str] | None:
+    """The server's settings for a tracing variant: every call sampled (the worst case), or
+    one trace in a hundred (a production choice: README "Tracing")."""
+    if not feature.startswith("tracing"):
+        return None
+    sampler = (
+        {"OTEL_TRACES_SAMPLER": "always_on"}
+        if feature == "tracing"
+        else {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+    )
+    return {"AUTHSVC_TRACING": "true", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces, **sampler}
+
+
 @contextlib.contextmanager
 def otlp_receiver() -> Iterator[tuple[str, Any]]:
     """An OTLP/HTTP traces endpoint on loopback that accepts every export (200, empty
@@ -1044,7 +1050,16 @@ def main() -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["logins", "verify", "latency", "memory", "timing", "metrics", "tracing"],
+        choices=[
+            "logins",
+            "verify",
+            "latency",
+            "memory",
+            "timing",
+            "metrics",
+            "tracing",
+            "tracing-1pct",
+        ],
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: SQLite, 1 x 1 s, verify and timing"
@@ -1062,7 +1077,8 @@ def main() -> None:
         args.repeats, args.duration, args.flows, args.skip_postgres = 1, 1.0, 1500, True
         args.only = args.only or ["verify", "timing"]
     only = set(
-        args.only or ["logins", "verify", "latency", "memory", "timing", "metrics", "tracing"]
+        args.only
+        or ["logins", "verify", "latency", "memory", "timing", "metrics", "tracing", "tracing-1pct"]
     )
     print(
         f"bench/service.py — {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
@@ -1101,9 +1117,10 @@ def main() -> None:
                 bench.metrics_updates()
                 for kind in kinds:
                     bench.feature_cost(kind, "metrics")
-            if "tracing" in only:
-                for kind in kinds:
-                    bench.feature_cost(kind, "tracing")
+            for variant in ("tracing", "tracing-1pct"):
+                if variant in only:
+                    for kind in kinds:
+                        bench.feature_cost(kind, variant)
         finally:
             bench.pool.shutdown(cancel_futures=True)
     print("\nsummary")
