@@ -2,7 +2,9 @@
 own fake SMSC (`fakesmsc`, package `kannel-extras`), all on free loopback ports.
 
 The `kannel` provider calls smsbox's sendsms interface; bearerbox routes the message to the SMSC
-link, where fakesmsc prints what it received. Skipped with the reason when Kannel is not installed,
+link, where fakesmsc prints what it received. With the service's receipt listener as the
+dlr-url, bearerbox reports the SMSC's acceptance then the delivery back to it, end to end from
+Login and Challenge over gRPC to DELIVERED (SQLite and PostgreSQL). Skipped with the reason when Kannel is not installed,
 except under CI=true, where .ci/run installs it and the test must run.
 """
 
@@ -16,18 +18,27 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from courier.gateways import free_port
 from pydantic import SecretStr
-from support import START
+from sqlalchemy import select
+from support import CLIENT, MOBILE, START, aio_channel, seed_account
+from support import PASSWORD as USER_PASSWORD
 
+from authsvc.clock import FrozenClock
 from authsvc.config import ProviderName, Settings
 from authsvc.courier import templates
 from authsvc.courier.providers import DeliveryError, KannelProvider, Outgoing
+from authsvc.db import MessageStatus, OutboxMessage, Receipt
+from authsvc.server import Server, create_server
+from authsvc.v1 import auth_service_pb2 as pb
+from authsvc.v1 import auth_service_pb2_grpc as pb_grpc
+from authsvc.v1 import common_pb2
 
 BEARERBOX = Path("/usr/sbin/bearerbox")
 SMSBOX = Path("/usr/sbin/smsbox")
@@ -222,3 +233,103 @@ async def test_kannel_down_is_a_retryable_failure(sqlite_only_settings: Settings
         await sender.deliver(sms("x"))
     await sender.aclose()
     assert not failed.value.permanent
+
+
+# ---- delivery reports: Kannel calls the service's receipt listener back ----------------------
+
+
+@pytest.fixture
+async def kannel_server(
+    kannel: Kannel, settings: Settings, clock: FrozenClock
+) -> AsyncIterator[Server]:
+    receipts = free_port()
+    configured = settings.model_copy(
+        update={
+            "sms_provider": ProviderName.KANNEL,
+            "kannel_url": kannel.url,
+            "kannel_password": SecretStr(PASSWORD),
+            "kannel_timeout_s": 2.0,
+            "receipts_listen": f"127.0.0.1:{receipts}",
+            "receipts_public_url": f"http://127.0.0.1:{receipts}",
+            "delivery_wait_s": 3.0,
+        }
+    )
+    server = await create_server(configured, clock=clock, listen="127.0.0.1:0")
+    await server.start()
+    yield server
+    await server.stop(grace=0)
+
+
+async def test_kannel_delivery_reports_reach_the_flow_through_the_dlr_url(
+    kannel: Kannel, kannel_server: Server
+) -> None:
+    """Login, Challenge: the code goes out through smsbox with dlr-mask and dlr-url; the fake
+    SMSC acknowledges it, bearerbox reports the SMSC's acceptance (8) then the delivery (1) to
+    the dlr-url, and Challenge asked again with the same key answers DELIVERED."""
+    before = len(kannel.received())
+    async with aio_channel(f"127.0.0.1:{kannel_server.port}") as channel:
+        stub = pb_grpc.AuthServiceStub(channel)
+        alice = await seed_account(kannel_server)
+        login = await stub.Login(
+            pb.LoginRequest(
+                organization_siret=alice.organization_siret,
+                login=alice.login,
+                password=pb.PasswordCredential(password=USER_PASSWORD),
+                client=CLIENT,
+            )
+        )
+        request = pb.ChallengeRequest(
+            flow_id=login.pending_flow.flow_id, idempotency_key="dlr-1", client=CLIENT
+        )
+        first = await stub.Challenge(request)
+        assert first.delivery_status in (
+            common_pb2.DELIVERY_STATUS_SENT,
+            common_pb2.DELIVERY_STATUS_DELIVERED,
+        )
+        [received] = (await wait_received(kannel, before + 1))[before:]
+        assert received.startswith(f"{MOBILE}|text|")
+        status = first.delivery_status
+        deadline = time.monotonic() + 15  # a bound on waiting, not an assertion on time
+        while status != common_pb2.DELIVERY_STATUS_DELIVERED and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            status = (await stub.Challenge(request)).delivery_status
+        assert status == common_pb2.DELIVERY_STATUS_DELIVERED
+    async with kannel_server.app.read() as db:
+        [message] = list(await db.scalars(select(OutboxMessage)))
+    assert (message.status, message.receipt) == (MessageStatus.DELIVERED, Receipt.DELIVERED)
+    assert message.provider == ProviderName.KANNEL.value
+
+
+async def test_a_forged_kannel_report_changes_nothing(
+    kannel: Kannel, kannel_server: Server
+) -> None:
+    """Kannel's callback carries our id and the message's own receipt token: a report with any
+    other token (or none) is refused and the message stays as it was."""
+    async with aio_channel(f"127.0.0.1:{kannel_server.port}") as channel:
+        stub = pb_grpc.AuthServiceStub(channel)
+        alice = await seed_account(kannel_server)
+        login = await stub.Login(
+            pb.LoginRequest(
+                organization_siret=alice.organization_siret,
+                login=alice.login,
+                password=pb.PasswordCredential(password=USER_PASSWORD),
+                client=CLIENT,
+            )
+        )
+        answer = await stub.Challenge(
+            pb.ChallengeRequest(
+                flow_id=login.pending_flow.flow_id, idempotency_key="forged", client=CLIENT
+            )
+        )
+    base = kannel_server.app.settings.receipts_public_url
+    assert base is not None
+    async with httpx.AsyncClient() as client:
+        for token in ("", "0" * 43, "forged"):
+            forged = await client.get(
+                f"{base}/receipts/kannel",
+                params={"id": answer.challenge_id, "token": token, "status": "2"},
+            )
+            assert forged.status_code in (400, 401, 403, 404), forged.text
+    async with kannel_server.app.read() as db:
+        [message] = list(await db.scalars(select(OutboxMessage)))
+    assert message.receipt != Receipt.UNDELIVERED
