@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtests import server_metrics
+from loadtests import failover, server_metrics
 from loadtests.summary import write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,7 +283,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int, default=-1, help="-1: any number")
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--smoke", action="store_true", help="~15 s, small, zero failures")
+    parser.add_argument(
+        "--fail-primary-at",
+        type=float,
+        metavar="S",
+        help="two SMS/voice gateways; the primary stops answering S s into the run",
+    )
+    parser.add_argument(
+        "--fail-primary-for", type=float, default=10.0, metavar="D", help="for D s (default 10)"
+    )
     args = parser.parse_args(argv)
+    if args.fail_primary_at is not None and args.provider != "http":
+        parser.error("--fail-primary-at needs --provider http (the gateways are the sink's)")
     if args.smoke:
         args.users, args.ramp, args.peak, args.rampdown = 8, 3.0, 10.0, 2.0
         args.pacing, args.accounts, args.orgs, args.mix = 1.0, 2_000, 20, "4,2,1,1"
@@ -321,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     hmac_secret = secrets.token_urlsafe(24)
     sink_cmd = [PY, "-m", "loadtests.sms_sink", "--port", "0", "--port-file", str(sink_port_file)]
     sink_cmd += ["--max-seconds", str(run_time + 600)]
+    sink_cmd += ["--stall-s", str(3 * failover.TIMEOUT_S)]
     sink_cmd += (
         ["--tail", str(outbox)] if args.provider == "file" else ["--hmac-secret", hmac_secret]
     )
@@ -354,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
             # per-number send limits and the breakers keep their defaults.
             "AUTHSVC_RATE_LIMITS": json.dumps(LOAD_RATE_LIMITS),
         }
-        if args.provider == "http":
+        if args.fail_primary_at is not None:
+            for channel in ("SMS", "VOICE"):  # the list replaces the one-provider form
+                server_env.pop(f"AUTHSVC_{channel}_PROVIDER")
+            server_env |= failover.server_env(sink_url, hmac_secret)
+        elif args.provider == "http":
             server_env["AUTHSVC_SMS_HTTP"] = gateway
             server_env["AUTHSVC_VOICE_HTTP"] = gateway
         if args.redis_url:
@@ -423,12 +439,25 @@ def main(argv: list[str] | None = None) -> int:
             before = backend_counters(database_url, args.redis_url)
             scraped_before = server_metrics.scrape(metrics_url)
             cpu_before = server_cpu_seconds(server.pid)
+            outage = (
+                failover.PrimaryOutage(sink_url, args.fail_primary_at, args.fail_primary_for)
+                if args.fail_primary_at is not None
+                else None
+            )
+            if outage is not None:
+                outage.start()
             began = time.perf_counter()
             locust = subprocess.run(
                 locust_cmd, env=locust_env, cwd=ROOT, timeout=run_time + 120,
                 stdout=(run_dir / "locust.log").open("wb"), stderr=subprocess.STDOUT,
             )  # fmt: skip
             elapsed = time.perf_counter() - began
+            if outage is not None:
+                outage.stop()
+                # Every code queued before Locust stopped must reach a gateway: count after
+                # the outbox is empty.
+                if not failover.wait_drained(metrics_url):
+                    print("the outbox did not drain within 60 s", file=sys.stderr)
             server_cpu_s = server_cpu_seconds(server.pid) - cpu_before
             after = backend_counters(database_url, args.redis_url)
             server_side = server_metrics.figures(
@@ -440,6 +469,10 @@ def main(argv: list[str] | None = None) -> int:
         server_code = server.returncode
         sink.send_signal(signal.SIGTERM)
 
+    failover_lines: list[str] = []
+    failover_failures = 0
+    if outage is not None:
+        failover_lines, failover_failures = failover.markdown(outage, sink_stats, server_side)
     failures = write_summary(
         prefix=prefix,
         args=vars(args)
@@ -456,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         backends={k: after[k] - before[k] for k in after if k in before},
         locust_exit=locust.returncode,
         server_side=server_side,
+        extra_sections=failover_lines,
     )
+    failures += failover_failures
     print(f"report: {prefix}.html, {prefix}_summary.md (unexpected failures: {failures})")
     print((prefix.parent / f"{prefix.name}_summary.md").read_text())
     if locust.returncode not in (0, 1) or not (prefix.parent / f"{prefix.name}_stats.csv").exists():

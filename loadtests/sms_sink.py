@@ -9,6 +9,13 @@ provider (--tail FILE: the JSON lines it appends). Users then ask for their code
     GET /stats                               -> {"received": n, "taken": n, "rejected": n, ...}
     GET /health                              -> 200
 
+Two gateways in one sink, for the failover run (loadtests/run.py --fail-primary-at): POST /sms
+is the primary, POST /backup/sms the backup, each counted apart. `POST /control?gateway=
+primary&state=down` makes a gateway stop answering (each request is held --stall-s, then
+closed unanswered and not delivered, as a hung aggregator behaves); `state=up` brings it
+back. Every accepted message's reference is counted: one accepted twice (by either gateway) is
+a code sent twice by the service.
+
 Each message is handed out once, oldest first, per number. The sink keeps nothing on disk and
 listens on the loopback only. Run: python -m loadtests.sms_sink --port 0 --port-file FILE
 """
@@ -22,7 +29,7 @@ import json
 import re
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -41,6 +48,29 @@ class Mailbox:
         self.taken = 0
         self.rejected = 0
         self.no_code = 0
+        # Per gateway: messages accepted, and requests held unanswered while it was down.
+        self.accepted: Counter[str] = Counter()
+        self.stalled: Counter[str] = Counter()
+        self.after_outage: Counter[str] = Counter()
+        self._references: Counter[str] = Counter()
+        self.down: set[str] = set()
+        self._came_back: set[str] = set()
+
+    def set_state(self, gateway: str, state: str) -> None:
+        with self._cond:
+            if state == "down":
+                self.down.add(gateway)
+            elif gateway in self.down:
+                self.down.discard(gateway)
+                self._came_back.add(gateway)
+
+    def accept(self, gateway: str, reference: str) -> None:
+        with self._cond:
+            self.accepted[gateway] += 1
+            if gateway in self._came_back:  # the service went back to it after its outage
+                self.after_outage[gateway] += 1
+            if reference:
+                self._references[reference] += 1
 
     def put(self, to: str, text: str) -> bool:
         match = _CODE.search(text)
@@ -70,16 +100,30 @@ class Mailbox:
     def stats(self) -> dict[str, int]:
         with self._cond:
             pending = sum(len(q) for q in self._codes.values())
-            return {
+            stats = {
                 "received": self.received,
                 "taken": self.taken,
                 "pending": pending,
                 "rejected": self.rejected,
                 "without_code": self.no_code,
             }
+            if self.accepted.get("backup") or self.stalled:
+                stats |= {
+                    "references": len(self._references),
+                    "accepted_twice": sum(1 for n in self._references.values() if n > 1),
+                    **{f"accepted_{name}": n for name, n in self.accepted.items()},
+                    **{f"stalled_{name}": n for name, n in self.stalled.items()},
+                    **{f"after_outage_{name}": n for name, n in self.after_outage.items()},
+                }
+            return stats
 
 
-def make_handler(mailbox: Mailbox, secret: bytes | None) -> type[BaseHTTPRequestHandler]:
+GATEWAYS = {"/sms": "primary", "/backup/sms": "backup"}
+
+
+def make_handler(
+    mailbox: Mailbox, secret: bytes | None, stall_s: float = 5.0
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -98,8 +142,24 @@ def make_handler(mailbox: Mailbox, secret: bytes | None) -> type[BaseHTTPRequest
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
-            if urlparse(self.path).path != "/sms":
+            url = urlparse(self.path)
+            if url.path == "/control":
+                query = parse_qs(url.query)
+                named, state = query.get("gateway", [""])[0], query.get("state", [""])[0]
+                if named not in GATEWAYS.values() or state not in ("up", "down"):
+                    return self._reply(400, {"error": "gateway=primary|backup&state=up|down"})
+                mailbox.set_state(named, state)
+                return self._reply(200, {"down": sorted(mailbox.down)})
+            found = GATEWAYS.get(url.path)
+            if found is None:
                 return self._reply(404)
+            gateway = found
+            if gateway in mailbox.down:
+                # A hung gateway: no answer within the provider's timeout, nothing delivered.
+                mailbox.stalled[gateway] += 1
+                time.sleep(stall_s)
+                self.close_connection = True
+                return None
             if secret is not None:
                 expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
                 given = self.headers.get("X-Authsvc-Signature", "")
@@ -108,11 +168,13 @@ def make_handler(mailbox: Mailbox, secret: bytes | None) -> type[BaseHTTPRequest
                     return self._reply(401, {"error": "bad signature"})
             try:
                 message = json.loads(body)
-                mailbox.put(str(message["to"]), str(message["text"]))
+                with_code = mailbox.put(str(message["to"]), str(message["text"]))
             except (ValueError, KeyError, TypeError):
                 mailbox.rejected += 1
                 return self._reply(400, {"error": "bad message"})
             reference = str(message.get("reference", ""))
+            if with_code:  # the books count codes: a notice is not one
+                mailbox.accept(gateway, reference)
             return self._reply(200, {"id": f"sink-{reference}"})
 
         def do_GET(self) -> None:
@@ -164,11 +226,15 @@ def tail(path: Path, mailbox: Mailbox, stop: threading.Event) -> None:
 
 
 def serve(
-    port: int, *, secret: bytes | None = None, tail_file: Path | None = None
+    port: int,
+    *,
+    secret: bytes | None = None,
+    tail_file: Path | None = None,
+    stall_s: float = 5.0,
 ) -> tuple[ThreadingHTTPServer, Mailbox, threading.Event]:
     """Start the sink in background threads; returns (server, mailbox, stop event)."""
     mailbox = Mailbox()
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(mailbox, secret))
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(mailbox, secret, stall_s))
     server.daemon_threads = True
     stop = threading.Event()
     threading.Thread(target=server.serve_forever, name="sms-sink", daemon=True).start()
@@ -186,11 +252,15 @@ def main() -> None:
     parser.add_argument("--hmac-secret", help="check the http provider's signature")
     parser.add_argument("--tail", type=Path, help="follow the file provider's outbox file")
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="exit after this")
+    parser.add_argument(
+        "--stall-s", type=float, default=5.0, help="how long a down gateway holds a request"
+    )
     args = parser.parse_args()
     server, _, stop = serve(
         args.port,
         secret=args.hmac_secret.encode() if args.hmac_secret else None,
         tail_file=args.tail,
+        stall_s=args.stall_s,
     )
     if args.port_file:
         args.port_file.write_text(str(server.server_address[1]))

@@ -89,6 +89,7 @@ def write_summary(
     locust_exit: int,
     backends: dict[str, int] | None = None,
     server_side: ServerFigures | None = None,
+    extra_sections: list[str] | None = None,
 ) -> int:
     """Write <prefix>_summary.md; return the number of unexpected failures."""
     stats = _rows(prefix.parent / f"{prefix.name}_stats.csv")
@@ -151,6 +152,8 @@ def write_summary(
             "(calls in flight when Locust stops its users, and those of a Locust worker's "
             "last report interval, count on the server's side only)",
         ]
+    if extra_sections:
+        lines += ["", *extra_sections]
     lines += ["", "## Failures", ""]
     if failures_rows:
         lines += ["| call | error | occurrences |", "|---|---|---:|"]
