@@ -81,10 +81,16 @@ async def change_password(
             target=account.id,
             values=grants.ActionValues(),
         )
+        # The account row first, with its security epoch raised: a login whose first factor
+        # was checked before this commits is refused by its verdict (statements/logins.py).
         await db.execute(
             update(Account)
             .where(Account.id == account.id)
-            .values(password_hash=new_hash, updated_at=now)
+            .values(
+                password_hash=new_hash,
+                updated_at=now,
+                security_epoch=Account.security_epoch + 1,
+            )
         )
         devices = await db.execute(
             update(TrustedDevice)

@@ -67,4 +67,9 @@ class Account(Base):
     # success resets: the hard bound. The last notice of wrong codes after a first factor.
     code_window_failures: Mapped[int] = mapped_column(default=0, server_default="0")
     code_window_started_at: Mapped[datetime | None]
+    # Raised by every change that ends the account's sessions and device trust (a new
+    # password, a new phone...), in the same transaction and on this row first. A login
+    # decided on credentials read before the change (its first factor checked meanwhile)
+    # compares it in its verdict and writes nothing: the rows it would have trusted are gone.
+    security_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
     code_failures_notified_at: Mapped[datetime | None]

@@ -120,6 +120,7 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> ContactVerified:
     if flow.contact_kind == "email":
         changes: dict[str, object] = {"email": new_value, "updated_at": now}
         what = "adresse électronique"
+        await db.execute(update(Account).where(Account.id == target.id).values(**changes))
     else:
         phone = parse_phone(new_value, default_region=app.settings.default_region)
         changes = {
@@ -132,6 +133,10 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> ContactVerified:
             "updated_at": now,
         }
         what = "numéro de téléphone"
+        # The device trust and sessions end: the account row first, its security epoch raised,
+        # so that a login checked before this commits is refused by its verdict.
+        changes["security_epoch"] = Account.security_epoch + 1
+        await db.execute(update(Account).where(Account.id == target.id).values(**changes))
         await db.execute(
             update(TrustedDevice)
             .where(TrustedDevice.account_id == target.id, TrustedDevice.revoked_at.is_(None))
@@ -147,7 +152,6 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> ContactVerified:
             )
             .values(revoked_at=now)
         )
-    await db.execute(update(Account).where(Account.id == target.id).values(**changes))
     notify(app, db, target, "contact_changed", to=old_email, what=what)
     audit.record(
         db,

@@ -50,6 +50,8 @@ class FirstFactorHolder(Protocol):
     def code_window_failures(self) -> int: ...
     @property
     def code_locked_until(self) -> datetime | None: ...
+    @property
+    def security_epoch(self) -> int: ...
 
 
 def pending_view_of(
@@ -229,6 +231,7 @@ async def after_first_factor(
             account_id=account.id,
             now=now,
             code_failure_hard_bound=app.settings.code_failure_hard_bound,
+            security_epoch=account.security_epoch,
             settles_password=settles_password,
             device_digest=cadence.presented_device(app, device_token),
             trust_may_stand=code_locked is None,
@@ -258,6 +261,11 @@ async def after_first_factor(
         refused = lockout.password_verdict(verdict.password_locked_until, now)
         if refused is not None:
             raise refused
+    if not verdict.current:
+        # The password or phone changed while this first factor was checked: what it proved
+        # (an old password, a device trust since revoked) opens nothing. The same answer as a
+        # wrong password, so the caller learns nothing of the change.
+        raise failures.invalid_credentials()
     if verdict.trusted_at is not None:
         if code_locked is not None:
             raise code_locked

@@ -447,3 +447,62 @@ async def test_a_code_lock_set_during_the_password_check_refuses_the_trusted_dev
         assert await count(slow, Session, Session.account_id == who.account_id) == sessions_before
         account = await account_row(slow, who)
         assert account.password_checks_pending == 0
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted device", "new device"])
+async def test_a_password_changed_during_the_login_check_opens_nothing(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    alice: Seeded,
+    server: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    trusted: bool,
+) -> None:
+    """Attack review (session 5): the thief's Login with the old password (and, on a trusted
+    device, the device token) has its argon2 check running when the holder's ChangePassword
+    commits, which revokes every session and device. Before, the verdict trusted what it had
+    read before the change: the thief got a session (trusted device: after the revocation, so
+    it stayed valid) or a code flow (the old password still worked). Now the verdict compares
+    the account's security epoch, raised by the change: INVALID_CREDENTIALS, nothing written."""
+    signed_in = await sign_in(stub, inbox, alice)
+    holder_session = signed_in.session.token
+    grant = await step_up(stub, inbox, holder_session, A.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD)
+    passwords = server.app.passwords
+    verify = passwords.verify
+    held, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def held_first(stored: str | None, password: str) -> bool:
+        # The first check is the thief's login: it finishes only after the change committed.
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            right = await verify(stored, password)
+            held.set()
+            await release.wait()
+            return right
+        return await verify(stored, password)
+
+    monkeypatch.setattr(passwords, "verify", held_first)
+    sessions_before = await count(server, Session, Session.account_id == alice.account_id)
+    flows_before = await count(server, Flow, Flow.account_id == alice.account_id)
+    thief = asyncio.ensure_future(
+        outcome(login(stub, alice, PASSWORD, device=signed_in.device_token if trusted else ""))
+    )
+    await asyncio.wait_for(held.wait(), 30)
+    changed = await change_password(accounts, holder_session, grant.grant_token, PASSWORD)
+    assert changed.revoked_devices == 1
+    release.set()
+    assert await thief == "INVALID_CREDENTIALS"
+    # Nothing written for the thief: no session beside the holder's, no flow.
+    assert await count(server, Session, Session.account_id == alice.account_id) == sessions_before
+    assert await count(server, Flow, Flow.account_id == alice.account_id) == flows_before
+    live = await count(
+        server, Session, Session.account_id == alice.account_id, Session.revoked_at.is_(None)
+    )
+    assert live == 1  # the holder's own
+    # The check was released, not counted as a wrong password: the holder is not locked out.
+    account = await account_row(server, alice)
+    assert (account.password_checks_pending, account.failed_password_count) == (0, 0)
+    assert await outcome(login(stub, alice, NEW_PASSWORD)) == "pending_flow"

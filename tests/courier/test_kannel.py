@@ -4,8 +4,9 @@ own fake SMSC (`fakesmsc`, package `kannel-extras`), all on free loopback ports.
 The `kannel` provider calls smsbox's sendsms interface; bearerbox routes the message to the SMSC
 link, where fakesmsc prints what it received. With the service's receipt listener as the
 dlr-url, bearerbox reports the SMSC's acceptance then the delivery back to it, end to end from
-Login and Challenge over gRPC to DELIVERED (SQLite and PostgreSQL). Skipped with the reason when Kannel is not installed,
-except under CI=true, where .ci/run installs it and the test must run.
+Login and Challenge over gRPC to DELIVERED (SQLite and PostgreSQL). Skipped with the reason
+when Kannel is not installed, except under CI=true, where .ci/run installs it and the test
+must run.
 """
 
 from __future__ import annotations

@@ -31,6 +31,13 @@ FLOWS = table(Flow)
 _NOW = bindparam("l_now", type_=UTCDateTime())
 _CODE_BOUND = bindparam("l_code_bound", type_=ACCOUNTS.c.failed_code_count.type)
 _ACCOUNT = ACCOUNTS.c.id == bindparam("l_account", type_=ACCOUNTS.c.id.type)
+_EPOCH = bindparam("l_epoch", type_=ACCOUNTS.c.security_epoch.type)
+# The credentials the first factor was checked against are still the account's: no password
+# or phone change (which end the sessions and device trust) committed since they were read.
+# On PostgreSQL the verdict reads the row under its lock (the UPDATE, or FOR SHARE for a
+# federated login), so a change committing meanwhile is seen, and one that comes after finds
+# the session to revoke.
+_CURRENT = (ACCOUNTS.c.security_epoch == _EPOCH).label("credentials_current")
 
 # A trusted device stands for the code, so not while the code factor is locked: the verdict
 # re-reads the code's counters in its own statement (on PostgreSQL under the row lock its
@@ -71,6 +78,8 @@ class FirstFactorPassed:
     account_id: uuid.UUID
     now: datetime
     code_failure_hard_bound: int
+    # accounts.security_epoch as read before the first factor was checked.
+    security_epoch: int
     # The password's check was reserved: release it (this reads the lock) and, on a trusted
     # device, restart the password's escalation. False for a federated first factor.
     settles_password: bool
@@ -85,6 +94,7 @@ class FirstFactorPassed:
         values = {
             "l_account": self.account_id,
             "l_now": self.now,
+            "l_epoch": self.security_epoch,
             "l_code_bound": self.code_failure_hard_bound,
             **devices_trust.parameters(self.account_id, self.device_digest, self.now),
             **{f"s_{name}": self.session.get(name) for name in _SESSION},
@@ -111,29 +121,44 @@ class Verdict:
     found: bool  # False: the account vanished meanwhile
     password_locked_until: datetime | None
     trusted_at: datetime | None
+    # False: the password or phone changed since the first factor's credentials were read;
+    # nothing was written.
+    current: bool = True
     # A trusted device got its session only if this was unlocked (None: account gone).
     code: CodeFactor | None = None
 
 
 def _source(settles_password: bool, trust_may_stand: bool) -> Any:
-    """The statement whose one row the rest hangs on: (the lock, the trust, the code
-    factor); no row when the account is gone."""
+    """The statement whose one row the rest hangs on: (the lock, the trust, whether the
+    credentials are current, the code factor); no row when the account is gone."""
     trusted_at = devices_trust.VERIFIED_AT
     if not settles_password:
         no_lock = literal(None, type_=UTCDateTime()).label("password_locked_until")
-        return select(no_lock, trusted_at.label("trusted_at"), *_CODE).where(_ACCOUNT)
+        return (
+            select(no_lock, trusted_at.label("trusted_at"), _CURRENT, *_CODE)
+            .where(_ACCOUNT)
+            # PostgreSQL: wait for a change holding the row, then read it as committed.
+            .with_for_update(read=True, of=ACCOUNTS)
+        )
     values: dict[str, Any] = {"password_checks_pending": passwords.released(ACCOUNTS)}
     if trust_may_stand:
         # ONE update of the row: PostgreSQL must not see it changed twice in one statement.
         # A trusted login refused because the code locked meanwhile is no success: no reset.
-        reset = and_(passwords.unlocked(ACCOUNTS), trusted_at.is_not(None), _CODE_UNLOCKED)
+        reset = and_(
+            passwords.unlocked(ACCOUNTS),
+            trusted_at.is_not(None),
+            _CODE_UNLOCKED,
+            ACCOUNTS.c.security_epoch == _EPOCH,
+        )
         for name in ("failed_password_count", "password_lock_count"):
             values[name] = case((reset, 0), else_=ACCOUNTS.c[name])
     return (
         update(ACCOUNTS)
         .where(_ACCOUNT)
         .values(values)
-        .returning(ACCOUNTS.c.password_locked_until, trusted_at.label("trusted_at"), *_CODE)
+        .returning(
+            ACCOUNTS.c.password_locked_until, trusted_at.label("trusted_at"), _CURRENT, *_CODE
+        )
     )
 
 
@@ -148,7 +173,12 @@ def _statements(settles_password: bool, trust_may_stand: bool, with_flow: bool) 
     if trust_may_stand:
         granted = (
             select(verdict)
-            .where(unlocked, verdict.c.trusted_at.is_not(None), verdict.c.code_unlocked)
+            .where(
+                unlocked,
+                verdict.c.credentials_current,
+                verdict.c.trusted_at.is_not(None),
+                verdict.c.code_unlocked,
+            )
             .subquery()
         )
         writes += [
@@ -158,20 +188,28 @@ def _statements(settles_password: bool, trust_may_stand: bool, with_flow: bool) 
             audit.insert_from(audit.PARAMETERS, granted).cte("trusted_logged"),
         ]
     if with_flow:
-        opened = select(verdict).where(unlocked, verdict.c.trusted_at.is_(None)).subquery()
+        opened = (
+            select(verdict)
+            .where(unlocked, verdict.c.credentials_current, verdict.c.trusted_at.is_(None))
+            .subquery()
+        )
         writes += [
             returning.insert_from(FLOWS, _FLOW, opened).cte("flow"),
             audit.insert_from(_FLOW_AUDIT, opened).cte("flow_logged"),
         ]
-    returned = [verdict.c.password_locked_until, verdict.c.trusted_at]
+    returned = [
+        verdict.c.password_locked_until,
+        verdict.c.trusted_at,
+        verdict.c.credentials_current,
+    ]
     in_one = select(*returned, *(verdict.c[column.key] for column in _CODE)).add_cte(*writes)
     return source, in_one
 
 
 def _verdict(row: Any) -> Verdict:
-    locked_until, trusted_at, code_unlocked, failed, in_window, code_until = row
+    locked_until, trusted_at, current, code_unlocked, failed, in_window, code_until = row
     code = CodeFactor(bool(code_unlocked), failed, in_window, code_until)
-    return Verdict(True, locked_until, trusted_at, code)
+    return Verdict(True, locked_until, trusted_at, bool(current), code)
 
 
 def first_factor_passed(connection: Connection, passed: FirstFactorPassed) -> Verdict:
@@ -186,7 +224,7 @@ def first_factor_passed(connection: Connection, passed: FirstFactorPassed) -> Ve
         return Verdict(False, None, None)
     verdict = _verdict(row)
     locked_until, trusted_at = verdict.password_locked_until, verdict.trusted_at
-    if locked_until is not None and locked_until > passed.now:
+    if (locked_until is not None and locked_until > passed.now) or not verdict.current:
         return verdict
     if trusted_at is not None:
         assert verdict.code is not None

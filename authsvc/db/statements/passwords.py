@@ -94,6 +94,8 @@ class LoginAccount:
     failed_code_count: int
     code_window_failures: int
     code_locked_until: datetime | None
+    # The account's security state when read (statements.logins compares it in the verdict).
+    security_epoch: int
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ _ACCOUNT_COLUMNS = (
     ACCOUNTS.c.failed_code_count,
     ACCOUNTS.c.code_window_failures,
     ACCOUNTS.c.code_locked_until,
+    ACCOUNTS.c.security_epoch,
     ACCOUNTS.c.password_locked_until,
     ACCOUNTS.c.password_lock_count,
 )
