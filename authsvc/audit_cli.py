@@ -17,7 +17,7 @@ import asyncio
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from authsvc.config import Settings
 
@@ -67,32 +67,30 @@ def run(settings: Settings, args: argparse.Namespace) -> int | None:
         print(f"audit export refused: --batch from 1 to {MAX_BATCH}", file=sys.stderr)
         return 2
 
-    async def work() -> Any:
+    async def work(out: TextIO) -> Any:
         app = App.build(settings)
         try:
             organization = (
                 await _organization_id(app, args.organization) if args.organization else None
             )
-            if args.output is None:
-                return await _export(app, sys.stdout, organization)
-            with open(args.output, "a", encoding="utf-8") as out:
-                return await _export(app, out, organization)
+            return await export(
+                app,
+                out,
+                after=args.after,
+                cursor_file=args.cursor_file,
+                organization_id=organization,
+                of_organization=organization is not None,
+                batch=args.batch,
+            )
         finally:
             await app.close()
 
-    async def _export(app: Any, out: Any, organization: uuid.UUID | None) -> Any:
-        return await export(
-            app,
-            out,
-            after=args.after,
-            cursor_file=args.cursor_file,
-            organization_id=organization,
-            of_organization=organization is not None,
-            batch=args.batch,
-        )
-
     try:
-        report = asyncio.run(work())
+        if args.output is None:
+            report = asyncio.run(work(sys.stdout))
+        else:
+            with open(args.output, "a", encoding="utf-8") as out:
+                report = asyncio.run(work(out))
     except ExportRefused as refused:
         print(f"audit export refused: {refused}", file=sys.stderr)
         return 2

@@ -159,7 +159,8 @@ def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Drain the outbox until SIGTERM/SIGINT (or `stop`): the dispatcher without the API."""
+    """Drain the outbox until SIGTERM/SIGINT (or `stop`): the dispatcher without the API, and
+    the audit webhook sink beside it when AUTHSVC_AUDIT_WEBHOOK_URL is set."""
     import signal
 
     import structlog
@@ -181,8 +182,14 @@ async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> No
             "dispatching",
             environment=settings.environment.value,
             metrics_port=exposition.port if exposition else None,
+            audit_webhook=settings.audit_webhook_url is not None,
         )
-        await Dispatcher(app).run(stop)
+        loops = [Dispatcher(app).run(stop)]
+        if settings.audit_webhook_url is not None:
+            from authsvc.courier.audit_webhook import AuditWebhook
+
+            loops.append(AuditWebhook(app).run(stop))
+        await asyncio.gather(*loops)
         logger.info("stopped")
     finally:
         if exposition is not None:
