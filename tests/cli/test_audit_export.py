@@ -36,13 +36,14 @@ from authsvc.audit_export import WITHHELD, scrub
 from authsvc.cli import main
 from authsvc.config import Settings
 from authsvc.db import AuditEvent
+from authsvc.db.statements import table
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
 
 if TYPE_CHECKING:
     from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub
 
-AUDIT = AuditEvent.__table__
+AUDIT = table(AuditEvent)
 
 
 @pytest.fixture

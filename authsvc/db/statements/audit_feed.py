@@ -144,9 +144,9 @@ def read(
 
 # ---- the sinks' cursors ----------------------------------------------------------------------
 
-_SINK = bindparam("sink", type_=_C.sink.type)
-_NOW = bindparam("now", type_=_C.leased_until.type)
-_OWNER = bindparam("owner", type_=_C.lease_owner.type)
+_SINK = bindparam("cursor_sink", type_=_C.sink.type)
+_NOW = bindparam("cursor_now", type_=_C.leased_until.type)
+_OWNER = bindparam("cursor_owner", type_=_C.lease_owner.type)
 _ORG = bindparam("cursor_organization", type_=_C.organization_id.type)
 
 
@@ -174,7 +174,7 @@ _OPEN = {
 def open_cursors(connection: Connection, sink: str) -> int:
     """A cursor at the start for every organisation that has none (concurrent dispatchers:
     the first insert wins, the others do nothing). The number made."""
-    result = connection.execute(_OPEN[connection.dialect.name], {"sink": sink})
+    result = connection.execute(_OPEN[connection.dialect.name], {"cursor_sink": sink})
     return int(result.rowcount or 0)
 
 
@@ -204,7 +204,7 @@ _DUE = {
 def due(connection: Connection, sink: str, now: datetime, limit: int) -> list[uuid.UUID]:
     """Organisations whose next events the sink may deliver now (not leased, not backing off)."""
     rows = connection.execute(
-        _DUE[connection.dialect.name], {"sink": sink, "now": now, "limit": limit}
+        _DUE[connection.dialect.name], {"cursor_sink": sink, "cursor_now": now, "limit": limit}
     )
     return [row.organization_id for row in rows]
 
@@ -239,10 +239,10 @@ def take_lease(
     row = connection.execute(
         _TAKE,
         {
-            "sink": sink,
+            "cursor_sink": sink,
             "cursor_organization": organization_id,
-            "owner": owner,
-            "now": now,
+            "cursor_owner": owner,
+            "cursor_now": now,
             "until": until,
         },
     ).first()
@@ -286,9 +286,9 @@ _RELEASE = update(CURSORS).where(_STILL_MINE).values(lease_owner=None, leased_un
 
 def _held(sink: str, lease: Lease) -> dict[str, Any]:
     return {
-        "sink": sink,
+        "cursor_sink": sink,
         "cursor_organization": lease.organization_id,
-        "owner": lease.owner,
+        "cursor_owner": lease.owner,
         "read_txid": lease.position.txid,
         "read_sequence": lease.position.sequence,
     }
