@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -89,7 +90,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int | None:
         if args.output is None:
             report = asyncio.run(work(sys.stdout))
         else:
-            with open(args.output, "a", encoding="utf-8") as out:
+            # The trail holds IP addresses and account ids: a new file is the owner's alone.
+            descriptor = os.open(args.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(descriptor, "a", encoding="utf-8") as out:
                 report = asyncio.run(work(out))
     except ExportRefused as refused:
         print(f"audit export refused: {refused}", file=sys.stderr)

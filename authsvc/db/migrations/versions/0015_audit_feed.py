@@ -28,6 +28,24 @@ depends_on: str | Sequence[str] | None = None
 PG_TXID = "(pg_current_xact_id()::text::bigint)"
 
 
+_INDEXES = {
+    "ix_audit_events_feed": ["txid", "sequence"],
+    "ix_audit_events_org_feed": ["organization_id", "txid", "sequence"],
+}
+
+
+def _feed_indexes() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        for name, columns in _INDEXES.items():
+            op.create_index(name, "audit_events", columns)
+        return
+    # CONCURRENTLY, outside the migration's transaction: a long audit trail is indexed while
+    # the hot paths go on appending to it (a plain CREATE INDEX would block their INSERTs).
+    with op.get_context().autocommit_block():
+        for name, columns in _INDEXES.items():
+            op.create_index(name, "audit_events", columns, postgresql_concurrently=True)
+
+
 def upgrade() -> None:
     # op.add_column, not batch mode: SQLite adds a column in place, keeping the table's
     # append-only triggers (a batch "move and copy" would drop them).
@@ -38,10 +56,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         # Existing rows keep 0 (all committed); new ones get their transaction's id.
         op.execute(f"ALTER TABLE audit_events ALTER COLUMN txid SET DEFAULT {PG_TXID}")
-    op.create_index("ix_audit_events_feed", "audit_events", ["txid", "sequence"])
-    op.create_index(
-        "ix_audit_events_org_feed", "audit_events", ["organization_id", "txid", "sequence"]
-    )
+    _feed_indexes()
     op.create_table(
         "audit_sink_cursors",
         sa.Column("sink", sa.String(length=64), nullable=False),
