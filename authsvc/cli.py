@@ -1,4 +1,4 @@
-"""The `authsvc` command: serve, migrate, bootstrap, client, dev-run."""
+"""The `authsvc` command: serve, migrate, bootstrap, client, dev-run, audit export, ..."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from grpc_status import rpc_status
 from pydantic import ValidationError
 
-from authsvc import campaign_cli, log, security_cli
+from authsvc import audit_cli, campaign_cli, log, security_cli
 from authsvc.config import ProviderName, Settings, describe_refusal
 from authsvc.errors import Failure
 
@@ -159,7 +159,8 @@ def cmd_seed(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Drain the outbox until SIGTERM/SIGINT (or `stop`): the dispatcher without the API."""
+    """Drain the outbox until SIGTERM/SIGINT (or `stop`): the dispatcher without the API, and
+    the audit webhook sink beside it when AUTHSVC_AUDIT_WEBHOOK_URL is set."""
     import signal
 
     import structlog
@@ -181,8 +182,14 @@ async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> No
             "dispatching",
             environment=settings.environment.value,
             metrics_port=exposition.port if exposition else None,
+            audit_webhook=settings.audit_webhook_url is not None,
         )
-        await Dispatcher(app).run(stop)
+        loops = [Dispatcher(app).run(stop)]
+        if settings.audit_webhook_url is not None:
+            from authsvc.courier.audit_webhook import AuditWebhook
+
+            loops.append(AuditWebhook(app).run(stop))
+        await asyncio.gather(*loops)
         logger.info("stopped")
     finally:
         if exposition is not None:
@@ -615,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     security_cli.add_parsers(commands)  # backend, breaker, unlock
     campaign_cli.add_parsers(commands)  # relay, campaign
+    audit_cli.add_parsers(commands)  # audit export
     dev_run = commands.add_parser("dev-run", help="migrate, create the demo org, serve (make run)")
     dev_run.add_argument("--listen")
 
@@ -671,4 +679,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     done = security_cli.run(settings, args)
     if done is None:
         done = campaign_cli.run(settings, args)
+    if done is None:
+        done = audit_cli.run(settings, args)
     raise SystemExit(2 if done is None else done)

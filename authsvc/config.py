@@ -155,6 +155,8 @@ FRANCE_AND_OVERSEAS = ("FR", "GP", "MQ", "GF", "RE", "YT", "PM", "BL", "MF", "WF
 # to these countries at most, and a tripped pumping breaker stays open at least this long.
 PRODUCTION_COUNTRIES = frozenset(FRANCE_AND_OVERSEAS)
 PRODUCTION_MIN_BREAKER_OPEN_S = 3600
+# The audit webhook's HMAC key in production: at least 256 bits, HMAC-SHA-256's strength.
+AUDIT_WEBHOOK_MIN_SECRET = 32
 # Settings that production may move only in the tightening direction from their documented
 # default (besides the Rate fields and the breaker, checked apart): "at most" the default, or
 # "at least" it. A longer flow, skew or key-cache life, or a wider pumping prefix, loosens a rule.
@@ -306,6 +308,23 @@ class Settings(BaseSettings):
     receipts_public_url: str | None = Field(default=None, pattern=r"^https?://[^?#]+$")
     # A signed receipt older (or further in the future) than this is refused: replay window.
     receipts_max_age_s: int = Field(default=300, ge=30, le=900)
+    # The audit webhook sink (courier/audit_webhook.py), run beside the dispatcher (`authsvc
+    # dispatch`, or `serve` with its in-process dispatcher): each organisation's audit events
+    # POSTed in order, in signed JSON batches, at least once. Off while the URL is unset; the
+    # secret signs every batch (X-Authsvc-Signature, as receipts are signed) and is required
+    # with the URL (in production: an https URL and a secret of at least 32 bytes).
+    audit_webhook_url: str | None = Field(default=None, pattern=r"^https?://[^\s?#]+(\?[^\s#]*)?$")
+    audit_webhook_secret: SecretStr | None = None
+    # One POST may take this long; the lease on an organisation's cursor lasts at least twice
+    # as long, so that no other dispatcher takes it over while a POST is still in flight.
+    audit_webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    audit_webhook_lease_s: float = Field(default=30.0, ge=1, le=600)
+    # Events per POST, organisations delivered at once, and how often to look for new events.
+    audit_webhook_batch: int = Field(default=100, ge=1, le=1000)
+    audit_webhook_concurrency: int = Field(default=4, ge=1, le=64)
+    audit_webhook_poll_s: float = Field(default=1.0, gt=0, le=60)
+    # A failed POST is retried after 1, 2, 4, ... seconds (with jitter), at most this long.
+    audit_webhook_max_backoff_s: float = Field(default=300.0, ge=1, le=3600)
     # Kannel's dlr-mask: 1 delivered, 2 undelivered, 4 buffered, 8 SMSC accepted, 16 SMSC refused.
     kannel_dlr_mask: int = Field(default=31, ge=1, le=31)
     # Switch a code's SMS to a voice call by itself when no final receipt came this long after
@@ -452,6 +471,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _audit_webhook_fits(self) -> Settings:
+        if (self.audit_webhook_url is None) != (self.audit_webhook_secret is None):
+            raise ValueError(
+                "AUTHSVC_AUDIT_WEBHOOK_URL and AUTHSVC_AUDIT_WEBHOOK_SECRET go together "
+                "(the receiver must be able to tell our batches from anyone's)"
+            )
+        if self.audit_webhook_lease_s < 2 * self.audit_webhook_timeout_s:
+            raise ValueError(
+                "AUTHSVC_AUDIT_WEBHOOK_LEASE_S: at least twice AUTHSVC_AUDIT_WEBHOOK_TIMEOUT_S"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _voice_fallback_waits_for_the_cooldown(self) -> Settings:
         # The switch is a resend on the flow: before the cooldown it would always be refused.
         if 0 < self.voice_fallback_after_s < self.resend_cooldown_s:
@@ -479,6 +511,15 @@ class Settings(BaseSettings):
         for setting, url in self._urls_in_use():
             if urlsplit(url).scheme.lower() != "https":
                 raise ValueError(f"{setting}: production needs an https:// URL")
+        secret = self.audit_webhook_secret
+        if (
+            secret is not None
+            and len(secret.get_secret_value().encode()) < AUDIT_WEBHOOK_MIN_SECRET
+        ):
+            raise ValueError(
+                f"AUTHSVC_AUDIT_WEBHOOK_SECRET: at least {AUDIT_WEBHOOK_MIN_SECRET} bytes in "
+                "production"
+            )
         if self.tls_cert_file is None and not self.tls_terminated_upstream:
             raise ValueError(
                 "production needs TLS: AUTHSVC_TLS_CERT_FILE and AUTHSVC_TLS_KEY_FILE, or "
@@ -506,6 +547,8 @@ class Settings(BaseSettings):
                 urls.append((f"AUTHSVC_{channel.upper()}_HTTP url", gateway.url))
         if self.sms_provider is ProviderName.KANNEL:
             urls.append(("AUTHSVC_KANNEL_URL", self.kannel_url))
+        if self.audit_webhook_url is not None:  # audit events, signed with the secret
+            urls.append(("AUTHSVC_AUDIT_WEBHOOK_URL", self.audit_webhook_url))
         if self.receipts_public_url is not None:  # Kannel sends our receipt token to it
             urls.append(("AUTHSVC_RECEIPTS_PUBLIC_URL", self.receipts_public_url))
         return urls

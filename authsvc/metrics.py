@@ -117,6 +117,13 @@ BREAKER_TRIPS = Counter(
     "Pumping breakers tripped (a number prefix's sends stopped), by channel.",
     ("channel",),
 )
+AUDIT_WEBHOOK_BATCHES = Counter(
+    "authsvc_audit_webhook_batches",
+    "Batches of audit events POSTed to the audit webhook, by result: delivered (a 2xx), "
+    "rejected (another answer), unreachable (timeout or connection error), superseded "
+    "(answered 2xx, but another dispatcher had taken the organisation over meanwhile).",
+    ("result",),
+)
 OUTBOX_DEPTH = Gauge(
     "authsvc_outbox_messages",
     "Messages waiting in the outbox (read by the dispatcher), by channel and status.",
@@ -174,6 +181,7 @@ ALL = (
     LOCKOUTS,
     RATE_LIMITED,
     BREAKER_TRIPS,
+    AUDIT_WEBHOOK_BATCHES,
     OUTBOX_DEPTH,
     OUTBOX_OLDEST,
     HASH_QUEUE,
@@ -225,8 +233,12 @@ def label_values() -> dict[str, frozenset[str]]:
         "operation": frozenset({"verify", "hash", "consume", "health"}),
         "dialect": frozenset({"sqlite", "postgresql"}),
         "backend": frozenset({"redis", "redis-cluster"}),
+        "result": frozenset(AUDIT_WEBHOOK_RESULTS),
     }
 
+
+#: What became of one audit webhook batch (courier/audit_webhook.py).
+AUDIT_WEBHOOK_RESULTS = ("delivered", "rejected", "unreachable", "superseded")
 
 #: Reasons the RPC wrapper answers besides the ErrorInfo reasons of common.proto.
 EXTRA_REASONS = ("RATE_LIMITER_UNAVAILABLE", "DATABASE_UNAVAILABLE", "INTERNAL")
@@ -322,6 +334,12 @@ def provider_call(provider: str, seconds: float, error: str | None) -> None:
         SEND_LATENCY.labels(provider).observe(seconds)
         if error is not None:
             SEND_ERRORS.labels(provider, error).inc()
+
+
+def audit_webhook_batch(result: str) -> None:
+    """One POST of the audit webhook: `result` one of AUDIT_WEBHOOK_RESULTS."""
+    if state.on:
+        AUDIT_WEBHOOK_BATCHES.labels(result).inc()
 
 
 def outbox(depths: dict[tuple[str, str], int], oldest: dict[str, float]) -> None:

@@ -30,6 +30,7 @@ from authsvc.app import App
 from authsvc.campaigns import campaign
 from authsvc.clock import Clock
 from authsvc.config import Settings
+from authsvc.courier.audit_webhook import AuditWebhook
 from authsvc.courier.dispatcher import Dispatcher
 from authsvc.courier.receipt_listener import ReceiptListener
 from authsvc.federation.assertions import AssertionVerifier
@@ -94,6 +95,9 @@ class Server:
             self._watchers.append(
                 asyncio.create_task(campaign.run_forever(self.app, self._stop_watchers))
             )
+            if self.app.settings.audit_webhook_url is not None:
+                webhook = AuditWebhook(self.app)
+                self._watchers.append(asyncio.create_task(webhook.run(self._stop_watchers)))
         for name in ("", health_names.LIVENESS):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         # The first probe before start() returns: readiness is known from the first call on.

@@ -132,6 +132,7 @@ def serve_workers(settings: Settings, listen: str | None, workers: int) -> int:
 async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
     from authsvc.app import App
     from authsvc.campaigns import campaign
+    from authsvc.courier.audit_webhook import AuditWebhook
     from authsvc.courier.dispatcher import Dispatcher
 
     stop = asyncio.Event()
@@ -155,6 +156,12 @@ async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
     # Campaign rounds run beside the one dispatcher (workers run neither).
     rounds = (
         asyncio.create_task(campaign.run_forever(app, stop_dispatcher)) if app is not None else None
+    )
+    # The audit webhook sink too, when configured (its leases would allow several anyway).
+    webhook = (
+        asyncio.create_task(AuditWebhook(app).run(stop_dispatcher))
+        if app is not None and settings.audit_webhook_url is not None
+        else None
     )
     crashed = False
     while not stop.is_set():
@@ -181,6 +188,8 @@ async def _supervise(settings: Settings, processes: list[BaseProcess]) -> int:
         await dispatcher
     if rounds is not None:
         await rounds
+    if webhook is not None:
+        await webhook
     if app is not None:
         await app.close()
     for process in processes:

@@ -1,7 +1,7 @@
 """Persistence: typed SQLAlchemy 2.0 models (one module per aggregate), engine, migrations."""
 
 from authsvc.db.account import Account, AccountStatus, Role
-from authsvc.db.audit import AuditEvent
+from authsvc.db.audit import AuditEvent, AuditSinkCursor
 from authsvc.db.base import Base
 from authsvc.db.campaign import (
     Campaign,
@@ -27,6 +27,7 @@ __all__ = [
     "AccountStatus",
     "ActionGrant",
     "AuditEvent",
+    "AuditSinkCursor",
     "Backend",
     "Base",
     "Campaign",

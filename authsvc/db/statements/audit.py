@@ -14,9 +14,10 @@ AUDIT = table(AuditEvent)
 
 _ADD = insert(AUDIT)
 
-# Every column of an audit row but its sequence, as named parameters "audit_<column>" (the
-# prebuilt INSERT ... SELECT statements of PostgreSQL's CTEs take them).
-COLUMNS = tuple(column.name for column in AUDIT.c if column.name != "sequence")
+# Every column of an audit row but its sequence and txid (the database fills both), as named
+# parameters "audit_<column>" (the prebuilt INSERT ... SELECT statements of PostgreSQL's CTEs
+# take them).
+COLUMNS = tuple(column.name for column in AUDIT.c if column.name not in ("sequence", "txid"))
 PARAMETERS = returning.bound(AUDIT, COLUMNS, "audit_")
 
 
