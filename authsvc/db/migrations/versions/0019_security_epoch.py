@@ -6,7 +6,7 @@ checked against the state before the change compares it in its verdict and write
 session nor a flow (statements/logins.py).
 
 Revision ID: 0019
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-03
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0019"
-down_revision: str | None = "0014"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
