@@ -34,10 +34,13 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from loadtests import ledger
+from loadtests.fleet import Fleet
 from loadtests.summary import write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,6 +258,94 @@ def backend_counters(database_url: str, redis_url: str | None) -> dict[str, int]
     return counters
 
 
+class Serving:
+    """`serving(...)`: the service under load, one server or a --topology fleet; yields the
+    address Locust calls, the pid whose memory is sampled, a CPU-seconds reader, the fleet."""
+
+    exit_code: int | None = None
+
+    @contextlib.contextmanager
+    def __call__(
+        self, args: argparse.Namespace, env: dict[str, str], run_dir: Path
+    ) -> Iterator[tuple[str, int, Callable[[], float], Fleet | None]]:
+        if not args.topology:
+            serve_cmd = [PY, "-m", "authsvc", "serve", "--workers", str(args.workers)]
+            with process(serve_cmd, env=env, log=run_dir / "serve.log") as server:
+                target = env["AUTHSVC_LISTEN"]
+                wait_for(lambda: server.poll() is None and health_ok(target), "the server", 60)
+                yield target, server.pid, lambda: server_cpu_seconds(server.pid), None
+            self.exit_code = server.returncode
+            return
+        fleet = Fleet(run_dir, env, args.topology, args.workers)
+        try:
+            fleet.start()
+            # The last replica is never the one killed: its memory is the one sampled.
+            yield fleet.lb_address, fleet.replicas[-1].pid, fleet.cpu_seconds, fleet
+        finally:
+            fleet.stop()
+        # A replica stopped by SIGTERM exits 0; the killed one's -9 is the fault, not a failure.
+        codes = [p.returncode for p in fleet.replicas if p.returncode != -signal.SIGKILL]
+        self.exit_code = next((code for code in codes if code != 0), 0)
+
+
+serving = Serving()
+
+
+@dataclass
+class Kill:
+    """SIGKILL to replica 1 at `at_s` seconds into the Locust run (a timer thread); what
+    HAProxy saw of it afterwards."""
+
+    fleet: Fleet | None
+    at_s: float | None
+    killed_after_s: float | None = None
+    _timer: threading.Timer | None = None
+    _began: float = 0.0
+
+    def start(self) -> None:
+        self._began = time.monotonic()
+        if self.fleet is not None and self.at_s is not None:
+            self._timer = threading.Timer(self.at_s, self._kill)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _kill(self) -> None:
+        assert self.fleet is not None
+        self.fleet.kill(0)
+        self.killed_after_s = round(time.monotonic() - self._began, 1)
+        print(f"replica1 killed (SIGKILL) {self.killed_after_s} s into the run", file=sys.stderr)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def report(self) -> dict[str, Any]:
+        states = self.fleet.lb_states() if self.fleet is not None else {}
+        return {
+            "replicas": self.fleet.count if self.fleet is not None else 1,
+            "killed_after_s": self.killed_after_s,
+            "lb_states_at_end": states,
+        }
+
+
+def consistency_scan(env: dict[str, str]) -> dict[str, Any]:
+    """`authsvc check-consistency --json` on the run's database, once the load is over."""
+    done = subprocess.run(
+        [PY, "-m", "authsvc", "check-consistency", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+    try:
+        found: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        return {"violations": -1, "counts": {}, "error": done.stderr[-2000:]}
+    return found
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="run a load-test scenario end to end")
     parser.add_argument("--scenario", default="national_peak")
@@ -281,7 +372,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int, default=-1, help="-1: any number")
     parser.add_argument("--out", type=Path, default=ROOT / "reports")
     parser.add_argument("--smoke", action="store_true", help="~15 s, small, zero failures")
+    parser.add_argument(
+        "--topology",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N replicas (1-3, each --workers) + 2 dispatchers behind HAProxy (PostgreSQL, Redis)",
+    )
+    parser.add_argument(
+        "--kill-replica-at",
+        type=float,
+        metavar="S",
+        help="with --topology >= 2: SIGKILL replica 1 (and its workers) S s into the run",
+    )
     args = parser.parse_args(argv)
+    if args.topology:
+        if not (args.database_url or "").startswith("postgresql"):
+            parser.error("--topology: replicas share a PostgreSQL database (--database-url)")
+        if not args.redis_url:
+            parser.error("--topology: replicas share their limits in Redis (--redis-url)")
+    if args.kill_replica_at is not None and args.topology < 2:
+        parser.error("--kill-replica-at needs --topology 2 or 3 (a replica left to serve)")
     if args.smoke:
         args.users, args.ramp, args.peak, args.rampdown = 8, 3.0, 10.0, 2.0
         args.pacing, args.accounts, args.orgs, args.mix = 1.0, 2_000, 20, "4,2,1,1"
@@ -379,11 +490,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"authsvc {step[0]} failed")
             print(f"authsvc {' '.join(step)}: {time.perf_counter() - began:.1f} s", file=sys.stderr)
 
-        serve_cmd = [*authsvc, "serve", "--workers", str(args.workers)]
-        with process(serve_cmd, env=server_env, log=run_dir / "serve.log") as server:
-            target = f"127.0.0.1:{port}"
-            wait_for(lambda: server.poll() is None and health_ok(target), "the server", 60)
-            sampler = MemorySampler(server.pid)
+        ledger_dir = run_dir / "ledger"
+        ledger_dir.mkdir(exist_ok=True)
+        for stale in ledger_dir.glob("*.json"):
+            stale.unlink()
+        with serving(args, server_env, run_dir) as (target, server_pid, cpu, fleet):
+            sampler = MemorySampler(server_pid)
             sampler.start()
             prefix = args.out / name
             locust_env = {
@@ -401,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
                 "LOADTEST_PROCESSES": str(
                     (os.cpu_count() or 1) if args.processes == -1 else max(args.processes, 1)
                 ),
+                "LOADTEST_LEDGER_DIR": str(ledger_dir),
+                # With a fault to survive, sessions are checked again once it is over.
+                "LOADTEST_KEEP_SESSIONS": "1" if args.kill_replica_at is not None else "0",
             }
             locust_cmd = [
                 PY, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
@@ -416,19 +531,28 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             before = backend_counters(database_url, args.redis_url)
-            cpu_before = server_cpu_seconds(server.pid)
+            cpu_before = cpu()
             began = time.perf_counter()
+            kill = Kill(fleet, args.kill_replica_at)
+            kill.start()
             locust = subprocess.run(
                 locust_cmd, env=locust_env, cwd=ROOT, timeout=run_time + 120,
                 stdout=(run_dir / "locust.log").open("wb"), stderr=subprocess.STDOUT,
             )  # fmt: skip
             elapsed = time.perf_counter() - began
-            server_cpu_s = server_cpu_seconds(server.pid) - cpu_before
+            kill.cancel()
+            server_cpu_s = cpu() - cpu_before
             after = backend_counters(database_url, args.redis_url)
             sampler.stop()
             with urllib.request.urlopen(f"{sink_url}/stats", timeout=5) as answer:
                 sink_stats = json.loads(answer.read())
-        server_code = server.returncode
+            faults: dict[str, Any] | None = (
+                dict(ledger.total(ledger_dir)) if args.topology else None
+            )
+            if faults is not None:
+                faults |= kill.report()
+                faults["consistency"] = consistency_scan(server_env)
+        server_code = serving.exit_code
         sink.send_signal(signal.SIGTERM)
 
     failures = write_summary(
@@ -446,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         server_exit=server_code,
         backends={k: after[k] - before[k] for k in after if k in before},
         locust_exit=locust.returncode,
+        faults=faults,
     )
     print(f"report: {prefix}.html, {prefix}_summary.md (unexpected failures: {failures})")
     print((prefix.parent / f"{prefix.name}_summary.md").read_text())
@@ -456,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server exited {server_code}: see {run_dir / 'serve.log'}", file=sys.stderr)
         return 2
     if args.max_failures >= 0 and failures > args.max_failures:
+        return 1
+    if faults is not None and (
+        faults["codes_lost"] or faults["sessions_lost"] or faults["consistency"]["violations"]
+    ):
         return 1
     return 0
 
