@@ -572,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         locust_exit=locust.returncode,
         faults=faults,
     )
+    if faults is not None:  # the kill run's counts, for tests and scripts
+        (prefix.parent / f"{prefix.name}_faults.json").write_text(json.dumps(faults, indent=1))
     print(f"report: {prefix}.html, {prefix}_summary.md (unexpected failures: {failures})")
     print((prefix.parent / f"{prefix.name}_summary.md").read_text())
     if locust.returncode not in (0, 1) or not (prefix.parent / f"{prefix.name}_stats.csv").exists():

@@ -93,8 +93,9 @@ def fault_lines(faults: dict[str, Any]) -> list[str]:
         f"{faults.get('codes_verified', 0)}, **lost {faults.get('codes_lost', 0)}**; decided "
         f"by the dead replica but unanswered (flow completed, user logs in again): "
         f"{faults.get('verify_unanswered', 0)}",
-        f"- sessions: issued {faults.get('sessions_issued', 0)}, validated again after the "
-        f"fault {faults.get('sessions_revalidated', 0)}, **lost {faults.get('sessions_lost', 0)}**",
+        f"- sessions: issued {faults.get('sessions_issued', 0)}, of which kept through the "
+        f"fault and validated again at the end {faults.get('sessions_revalidated', 0)} (the "
+        f"others were logged out by their journey), **lost {faults.get('sessions_lost', 0)}**",
         f"- consistency scan (`authsvc check-consistency`) after the run: "
         f"**{scan.get('violations', 'not run')} invariants broken**"
         + (f" {broken}" if broken else ""),
