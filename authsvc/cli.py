@@ -45,6 +45,38 @@ def cmd_migrate(settings: Settings) -> int:
     return 0
 
 
+def cmd_check_consistency(settings: Settings, as_json: bool) -> int:
+    """Every invariant of authsvc/db/consistency.py counted; 1 when any row breaks one."""
+    from authsvc.db import consistency
+    from authsvc.db.engine import create_engine
+
+    caps = consistency.Caps(
+        max_code_attempts=settings.max_code_attempts,
+        max_sends_per_flow=settings.max_sends_per_flow,
+    )
+
+    async def run() -> list[consistency.Finding]:
+        engine = create_engine(settings.database_url)
+        try:
+            return await consistency.scan(engine, caps)
+        finally:
+            await engine.dispose()
+
+    findings = asyncio.run(run())
+    broken = consistency.violations(findings)
+    if as_json:
+        counts = {finding.invariant.name: finding.count for finding in findings}
+        print(json.dumps({"violations": len(broken), "counts": counts}))
+    else:
+        for finding in findings:
+            mark = "FAIL" if finding.count else "ok"
+            print(
+                f"{mark:4}  {finding.count:>8}  {finding.invariant.name}: {finding.invariant.says}"
+            )
+        print(f"{len(broken)} of {len(findings)} invariants broken", file=sys.stderr)
+    return 1 if broken else 0
+
+
 async def _bootstrap(
     settings: Settings,
     *,
@@ -587,6 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", help="create or upgrade the database schema")
 
+    check = commands.add_parser(
+        "check-consistency",
+        help="count rows that a half-written decision would leave (exit 1 if any)",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
     commands.add_parser(
         "dispatch", help="deliver queued messages without serving the API (scale delivery apart)"
     )
@@ -670,6 +708,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(cmd_migrate(settings))
     if args.command == "dispatch":
         raise SystemExit(cmd_dispatch(settings))
+    if args.command == "check-consistency":
+        raise SystemExit(cmd_check_consistency(settings, args.json))
     if args.command == "bootstrap":
         raise SystemExit(cmd_bootstrap(settings, args))
     if args.command == "readiness":

@@ -230,7 +230,7 @@ def label_values() -> dict[str, frozenset[str]]:
         "status": frozenset(
             s.value for s in (MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.FAILED)
         ),
-        "operation": frozenset({"verify", "hash", "consume", "health"}),
+        "operation": frozenset({"verify", "hash", "consume", "health", "connect"}),
         "dialect": frozenset({"sqlite", "postgresql"}),
         "backend": frozenset({"redis", "redis-cluster"}),
         "result": frozenset(AUDIT_WEBHOOK_RESULTS),

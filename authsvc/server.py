@@ -83,6 +83,10 @@ class Server:
             self._watchers.append(asyncio.create_task(self.callers.run(self._stop_watchers)))
         if self.app.settings.metrics_listen:
             self.metrics_http = metrics.serve_http(self.app.settings.metrics_listen)
+        # Before the port opens: the limiter's first connection (a Redis Cluster's slot map,
+        # the script on every node) is not paid inside the first decision's timeout, where it
+        # made that decision fall back to the in-process limiter (or a send fail closed).
+        await self.app.limits.backend.connect()
         await self.grpc_server.start()
         if self.app.settings.receipts_listen is not None:
             self.receipts = ReceiptListener(

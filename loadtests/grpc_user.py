@@ -73,6 +73,8 @@ def reason_of(error: grpc.RpcError) -> str:
 
 class GrpcUser(User):
     abstract = True
+    # Calls of this process answered UNAVAILABLE (a replica killed with calls in flight).
+    unavailable: int = 0
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
@@ -82,6 +84,9 @@ class GrpcUser(User):
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {key}"),) if key else ()
         )
+        # The last call's status code name and ErrorInfo reason ("OK", ""): what a retry reads.
+        self.last_code = "OK"
+        self.last_reason = ""
 
     def on_stop(self) -> None:
         self._channel.close()
@@ -106,6 +111,9 @@ class GrpcUser(User):
             elapsed = (time.perf_counter() - started) * 1000.0
             code = error.code().name if error.code() is not None else "UNKNOWN"
             reason = reason_of(error)
+            self.last_code, self.last_reason = code, reason
+            if code == "UNAVAILABLE":
+                GrpcUser.unavailable += 1
             if reason in expected or code in expected:
                 self.environment.events.request.fire(
                     request_type="grpc",
@@ -126,6 +134,7 @@ class GrpcUser(User):
                 )
             return None
         elapsed = (time.perf_counter() - started) * 1000.0
+        self.last_code, self.last_reason = "OK", ""
         self.environment.events.request.fire(
             request_type="grpc",
             name=name,

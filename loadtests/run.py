@@ -35,11 +35,13 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from loadtests import failover, server_metrics
+from loadtests import failover, ledger, server_metrics
+from loadtests.fleet import Fleet
 from loadtests.summary import write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,6 +259,94 @@ def backend_counters(database_url: str, redis_url: str | None) -> dict[str, int]
     return counters
 
 
+class Serving:
+    """`serving(...)`: the service under load, one server or a --topology fleet; yields the
+    address Locust calls, the pid whose memory is sampled, a CPU-seconds reader, the fleet."""
+
+    exit_code: int | None = None
+
+    @contextlib.contextmanager
+    def __call__(
+        self, args: argparse.Namespace, env: dict[str, str], run_dir: Path
+    ) -> Iterator[tuple[str, int, Callable[[], float], Fleet | None]]:
+        if not args.topology:
+            serve_cmd = [PY, "-m", "authsvc", "serve", "--workers", str(args.workers)]
+            with process(serve_cmd, env=env, log=run_dir / "serve.log") as server:
+                target = env["AUTHSVC_LISTEN"]
+                wait_for(lambda: server.poll() is None and health_ok(target), "the server", 60)
+                yield target, server.pid, lambda: server_cpu_seconds(server.pid), None
+            self.exit_code = server.returncode
+            return
+        fleet = Fleet(run_dir, env, args.topology, args.workers)
+        try:
+            fleet.start()
+            # The last replica is never the one killed: its memory is the one sampled.
+            yield fleet.lb_address, fleet.replicas[-1].pid, fleet.cpu_seconds, fleet
+        finally:
+            fleet.stop()
+        # A replica stopped by SIGTERM exits 0; the killed one's -9 is the fault, not a failure.
+        codes = [p.returncode for p in fleet.replicas if p.returncode != -signal.SIGKILL]
+        self.exit_code = next((code for code in codes if code != 0), 0)
+
+
+serving = Serving()
+
+
+@dataclass
+class Kill:
+    """SIGKILL to replica 1 at `at_s` seconds into the Locust run (a timer thread); what
+    HAProxy saw of it afterwards."""
+
+    fleet: Fleet | None
+    at_s: float | None
+    killed_after_s: float | None = None
+    _timer: threading.Timer | None = None
+    _began: float = 0.0
+
+    def start(self) -> None:
+        self._began = time.monotonic()
+        if self.fleet is not None and self.at_s is not None:
+            self._timer = threading.Timer(self.at_s, self._kill)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _kill(self) -> None:
+        assert self.fleet is not None
+        self.fleet.kill(0)
+        self.killed_after_s = round(time.monotonic() - self._began, 1)
+        print(f"replica1 killed (SIGKILL) {self.killed_after_s} s into the run", file=sys.stderr)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def report(self) -> dict[str, Any]:
+        states = self.fleet.lb_states() if self.fleet is not None else {}
+        return {
+            "replicas": self.fleet.count if self.fleet is not None else 1,
+            "killed_after_s": self.killed_after_s,
+            "lb_states_at_end": states,
+        }
+
+
+def consistency_scan(env: dict[str, str]) -> dict[str, Any]:
+    """`authsvc check-consistency --json` on the run's database, once the load is over."""
+    done = subprocess.run(
+        [PY, "-m", "authsvc", "check-consistency", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+    try:
+        found: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        return {"violations": -1, "counts": {}, "error": done.stderr[-2000:]}
+    return found
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="run a load-test scenario end to end")
     parser.add_argument("--scenario", default="national_peak")
@@ -292,9 +382,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fail-primary-for", type=float, default=10.0, metavar="D", help="for D s (default 10)"
     )
+    parser.add_argument(
+        "--topology",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N replicas (1-3, each --workers) + 2 dispatchers behind HAProxy (PostgreSQL, Redis)",
+    )
+    parser.add_argument(
+        "--kill-replica-at",
+        type=float,
+        metavar="S",
+        help="with --topology >= 2: SIGKILL replica 1 (and its workers) S s into the run",
+    )
     args = parser.parse_args(argv)
     if args.fail_primary_at is not None and args.provider != "http":
         parser.error("--fail-primary-at needs --provider http (the gateways are the sink's)")
+    if args.topology:
+        if not (args.database_url or "").startswith("postgresql"):
+            parser.error("--topology: replicas share a PostgreSQL database (--database-url)")
+        if not args.redis_url:
+            parser.error("--topology: replicas share their limits in Redis (--redis-url)")
+    if args.kill_replica_at is not None and args.topology < 2:
+        parser.error("--kill-replica-at needs --topology 2 or 3 (a replica left to serve)")
+    if args.fail_primary_at is not None and args.topology:
+        parser.error("--fail-primary-at runs against one server (its /metrics), not --topology")
     if args.smoke:
         args.users, args.ramp, args.peak, args.rampdown = 8, 3.0, 10.0, 2.0
         args.pacing, args.accounts, args.orgs, args.mix = 1.0, 2_000, 20, "4,2,1,1"
@@ -345,14 +457,14 @@ def main(argv: list[str] | None = None) -> int:
         sink_url = f"http://127.0.0.1:{sink_port_file.read_text().strip()}"
         gateway = json.dumps({"url": f"{sink_url}/sms", "hmac_secret": hmac_secret})
         port = free_port()
-        metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+        # One server: its /metrics is scraped around the run (the summary's server side). The
+        # topology's replicas would share the port: their figures are the fleet's logs.
+        metrics_url = None if args.topology else f"http://127.0.0.1:{free_port()}/metrics"
         server_env = {
             **base_env,
             "AUTHSVC_DATABASE_URL": database_url,
             "AUTHSVC_SECRET_KEY": secrets.token_urlsafe(32),
             "AUTHSVC_LISTEN": f"127.0.0.1:{port}",
-            # The server's own counts and latency histograms, beside Locust's (summary).
-            "AUTHSVC_METRICS_LISTEN": metrics_url.removeprefix("http://").removesuffix("/metrics"),
             "AUTHSVC_SMS_PROVIDER": args.provider,
             "AUTHSVC_VOICE_PROVIDER": args.provider,
             "AUTHSVC_EMAIL_PROVIDER": "file",
@@ -366,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
             # per-number send limits and the breakers keep their defaults.
             "AUTHSVC_RATE_LIMITS": json.dumps(LOAD_RATE_LIMITS),
         }
+        if metrics_url:  # the server's own counts and latency histograms, beside Locust's
+            server_env["AUTHSVC_METRICS_LISTEN"] = metrics_url.removeprefix("http://").removesuffix(
+                "/metrics"
+            )
         if args.fail_primary_at is not None:
             for channel in ("SMS", "VOICE"):  # the list replaces the one-provider form
                 server_env.pop(f"AUTHSVC_{channel}_PROVIDER")
@@ -400,11 +516,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"authsvc {step[0]} failed")
             print(f"authsvc {' '.join(step)}: {time.perf_counter() - began:.1f} s", file=sys.stderr)
 
-        serve_cmd = [*authsvc, "serve", "--workers", str(args.workers)]
-        with process(serve_cmd, env=server_env, log=run_dir / "serve.log") as server:
-            target = f"127.0.0.1:{port}"
-            wait_for(lambda: server.poll() is None and health_ok(target), "the server", 60)
-            sampler = MemorySampler(server.pid)
+        ledger_dir = run_dir / "ledger"
+        ledger_dir.mkdir(exist_ok=True)
+        for stale in ledger_dir.glob("*.json"):
+            stale.unlink()
+        with serving(args, server_env, run_dir) as (target, server_pid, cpu, fleet):
+            sampler = MemorySampler(server_pid)
             sampler.start()
             prefix = args.out / name
             locust_env = {
@@ -422,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
                 "LOADTEST_PROCESSES": str(
                     (os.cpu_count() or 1) if args.processes == -1 else max(args.processes, 1)
                 ),
+                "LOADTEST_LEDGER_DIR": str(ledger_dir),
+                # With a fault to survive, sessions are checked again once it is over.
+                "LOADTEST_KEEP_SESSIONS": "1" if args.kill_replica_at is not None else "0",
             }
             locust_cmd = [
                 PY, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
@@ -437,8 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             before = backend_counters(database_url, args.redis_url)
-            scraped_before = server_metrics.scrape(metrics_url)
-            cpu_before = server_cpu_seconds(server.pid)
+            scraped_before = server_metrics.scrape(metrics_url) if metrics_url else None
+            cpu_before = cpu()
             outage = (
                 failover.PrimaryOutage(sink_url, args.fail_primary_at, args.fail_primary_for)
                 if args.fail_primary_at is not None
@@ -447,31 +567,42 @@ def main(argv: list[str] | None = None) -> int:
             if outage is not None:
                 outage.start()
             began = time.perf_counter()
+            kill = Kill(fleet, args.kill_replica_at)
+            kill.start()
             locust = subprocess.run(
                 locust_cmd, env=locust_env, cwd=ROOT, timeout=run_time + 120,
                 stdout=(run_dir / "locust.log").open("wb"), stderr=subprocess.STDOUT,
             )  # fmt: skip
             elapsed = time.perf_counter() - began
+            kill.cancel()
             if outage is not None:
                 outage.stop()
                 # Every code queued before Locust stopped must reach a gateway: count after
                 # the outbox is empty.
-                if not failover.wait_drained(metrics_url):
+                if metrics_url and not failover.wait_drained(metrics_url):
                     print("the outbox did not drain within 60 s", file=sys.stderr)
-            server_cpu_s = server_cpu_seconds(server.pid) - cpu_before
+            server_cpu_s = cpu() - cpu_before
             after = backend_counters(database_url, args.redis_url)
-            server_side = server_metrics.figures(
-                scraped_before, server_metrics.scrape(metrics_url), elapsed
+            server_side = (
+                server_metrics.figures(scraped_before, server_metrics.scrape(metrics_url), elapsed)
+                if metrics_url and scraped_before is not None
+                else None
             )
             sampler.stop()
             with urllib.request.urlopen(f"{sink_url}/stats", timeout=5) as answer:
                 sink_stats = json.loads(answer.read())
-        server_code = server.returncode
+            faults: dict[str, Any] | None = (
+                dict(ledger.total(ledger_dir)) if args.topology else None
+            )
+            if faults is not None:
+                faults |= kill.report()
+                faults["consistency"] = consistency_scan(server_env)
+        server_code = serving.exit_code
         sink.send_signal(signal.SIGTERM)
 
     failover_lines: list[str] = []
     failover_failures = 0
-    if outage is not None:
+    if outage is not None and server_side is not None:
         failover_lines, failover_failures = failover.markdown(outage, sink_stats, server_side)
     failures = write_summary(
         prefix=prefix,
@@ -490,8 +621,11 @@ def main(argv: list[str] | None = None) -> int:
         locust_exit=locust.returncode,
         server_side=server_side,
         extra_sections=failover_lines,
+        faults=faults,
     )
     failures += failover_failures
+    if faults is not None:  # the kill run's counts, for tests and scripts
+        (prefix.parent / f"{prefix.name}_faults.json").write_text(json.dumps(faults, indent=1))
     print(f"report: {prefix}.html, {prefix}_summary.md (unexpected failures: {failures})")
     print((prefix.parent / f"{prefix.name}_summary.md").read_text())
     if locust.returncode not in (0, 1) or not (prefix.parent / f"{prefix.name}_stats.csv").exists():
@@ -501,6 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server exited {server_code}: see {run_dir / 'serve.log'}", file=sys.stderr)
         return 2
     if args.max_failures >= 0 and failures > args.max_failures:
+        return 1
+    if faults is not None and (
+        faults["codes_lost"] or faults["sessions_lost"] or faults["consistency"]["violations"]
+    ):
         return 1
     return 0
 

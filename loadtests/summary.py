@@ -78,6 +78,32 @@ def peak_rates(history: list[dict[str, str]]) -> tuple[float, float, int]:
     )
 
 
+def fault_lines(faults: dict[str, Any]) -> list[str]:
+    """The topology run's section: what the kill cost (loadtests/ledger.py says each count)."""
+    scan = faults.get("consistency", {})
+    broken = {k: v for k, v in scan.get("counts", {}).items() if v}
+    killed = faults.get("killed_after_s")
+    fault = f"replica1 killed (SIGKILL, with its workers) {killed} s in" if killed else "none"
+    return [
+        "",
+        f"## Topology: {faults.get('replicas')} replicas behind HAProxy",
+        "",
+        f"- fault: {fault}; HAProxy at the end: {faults.get('lb_states_at_end')}",
+        f"- calls answered UNAVAILABLE (retried on another replica): "
+        f"**{faults.get('unavailable', 0)}**",
+        f"- codes: received from the sink {faults.get('codes_received', 0)}, verified "
+        f"{faults.get('codes_verified', 0)}, **lost {faults.get('codes_lost', 0)}**; decided "
+        f"by the dead replica but unanswered (flow completed, user logs in again): "
+        f"{faults.get('verify_unanswered', 0)}",
+        f"- sessions: issued {faults.get('sessions_issued', 0)}, of which kept through the "
+        f"fault and validated again at the end {faults.get('sessions_revalidated', 0)} (the "
+        f"others were logged out by their journey), **lost {faults.get('sessions_lost', 0)}**",
+        f"- consistency scan (`authsvc check-consistency`) after the run: "
+        f"**{scan.get('violations', 'not run')} invariants broken**"
+        + (f" {broken}" if broken else ""),
+    ]
+
+
 def write_summary(
     *,
     prefix: Path,
@@ -90,6 +116,7 @@ def write_summary(
     backends: dict[str, int] | None = None,
     server_side: ServerFigures | None = None,
     extra_sections: list[str] | None = None,
+    faults: dict[str, Any] | None = None,
 ) -> int:
     """Write <prefix>_summary.md; return the number of unexpected failures."""
     stats = _rows(prefix.parent / f"{prefix.name}_stats.csv")
@@ -188,6 +215,8 @@ def write_summary(
                 f"- Redis: {backends['redis_commands'] / duration:.0f} commands/s, "
                 f"{backends['redis_commands'] / per:.1f} per login"
             )
+    if faults is not None:
+        lines += fault_lines(faults)
     sends = sink.get("received", 0)
     lines += [
         "",

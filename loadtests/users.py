@@ -27,6 +27,7 @@ LOADTEST_PASSWORD (default: the seed password).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -38,12 +39,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from locust import constant_pacing, task
+import gevent  # type: ignore[import-untyped]
+import grpc
+from locust import constant_pacing, events, task
 
 from authsvc.seeding import account_login, account_org, account_phone, org_siret, seed_password
 from authsvc.v1 import auth_service_pb2 as pb
-from authsvc.v1 import common_pb2
-from loadtests.grpc_user import GrpcUser
+from authsvc.v1 import auth_service_pb2_grpc, common_pb2
+from loadtests.grpc_user import CALL_TIMEOUT_S, GrpcUser, api_key
+from loadtests.ledger import ALREADY_COMPLETED, KEEP_SESSIONS, LEDGER, RETRIES, RETRY_PAUSE_S
 
 ACCOUNTS = int(os.environ.get("LOADTEST_ACCOUNTS", "10000"))
 ORGS = int(os.environ.get("LOADTEST_ORGS", "100"))
@@ -139,6 +143,18 @@ class PeakUser(GrpcUser):
 
     # ---- building blocks -------------------------------------------------------------------
 
+    def retried(self, name: str, method: Any, request: Any, **kwargs: Any) -> Any:
+        """`call`, tried again while the answer is UNAVAILABLE (a replica died with the call in
+        flight: the balancer sends the next try to another one). Only for calls that a retry
+        cannot make happen twice: reads, Login (a new flow), Challenge under one idempotency
+        key, Logout; Verify has its own loop (answer_code)."""
+        for attempt in range(RETRIES + 1):
+            response = self.call(name, method, request, **kwargs)
+            if response is not None or self.last_code != "UNAVAILABLE" or attempt == RETRIES:
+                return response
+            gevent.sleep(RETRY_PAUSE_S)
+        return None
+
     def sms_code(self, person: Person) -> str | None:
         """The code the sink received for this person's phone, timed as 'sms / delivery'."""
         started = time.perf_counter()
@@ -166,7 +182,7 @@ class PeakUser(GrpcUser):
     def password_login(
         self, person: Person, *, device_token: str = "", name: str = "Login"
     ) -> pb.LoginResponse | None:
-        return self.call(
+        login: pb.LoginResponse | None = self.retried(
             name,
             self.auth.Login,
             pb.LoginRequest(
@@ -177,11 +193,14 @@ class PeakUser(GrpcUser):
                 client=person.client,
             ),
         )
+        if login is not None and login.HasField("session"):
+            LEDGER.sessions_issued += 1
+        return login
 
     def answer_code(
         self, person: Person, flow_id: str, prefix: str = ""
     ) -> pb.VerifyResponse | None:
-        challenge = self.call(
+        challenge = self.retried(
             f"{prefix}Challenge",
             self.auth.Challenge,
             pb.ChallengeRequest(
@@ -196,11 +215,28 @@ class PeakUser(GrpcUser):
         code = self.sms_code(person)
         if code is None:
             return None
-        return self.call(
-            f"{prefix}Verify",
-            self.auth.Verify,
-            pb.VerifyRequest(flow_id=flow_id, code=code, client=person.client),
-        )
+        LEDGER.codes_received += 1
+        retried = False
+        for _ in range(RETRIES + 1):
+            verified: pb.VerifyResponse | None = self.call(
+                f"{prefix}Verify",
+                self.auth.Verify,
+                pb.VerifyRequest(flow_id=flow_id, code=code, client=person.client),
+            )
+            if verified is not None:
+                LEDGER.codes_verified += 1
+                if verified.HasField("login"):
+                    LEDGER.sessions_issued += 1
+                return verified
+            if self.last_code != "UNAVAILABLE":
+                break
+            retried = True
+            gevent.sleep(RETRY_PAUSE_S)
+        if retried and self.last_reason == ALREADY_COMPLETED:
+            LEDGER.verify_unanswered += 1
+        else:
+            LEDGER.codes_lost += 1
+        return None
 
     def code_login(self, person: Person, prefix: str = "") -> pb.LoginVerification | None:
         login = self.password_login(person, name=f"{prefix}Login")
@@ -218,12 +254,17 @@ class PeakUser(GrpcUser):
         return verified.login
 
     def session_round(self, person: Person, token: str) -> None:
-        self.call(
+        valid = self.retried(
             "ValidateSession",
             self.auth.ValidateSession,
             pb.ValidateSessionRequest(session_token=token, client=person.client),
         )
-        self.call(
+        if valid is None:
+            LEDGER.sessions_lost += 1
+        if KEEP_SESSIONS:  # checked again when the run ends, then logged out
+            LEDGER.kept.append((token, person.client.ip_address))
+            return
+        self.retried(
             "Logout",
             self.auth.Logout,
             pb.LogoutRequest(session_token=token, client=person.client),
@@ -370,6 +411,48 @@ class AbusiveUser(PeakUser):
             )
             if verified is not None:
                 self.unexpected("abuse: Verify (wrong code)", "a wrong code was accepted")
+
+
+def _revalidate_and_write_ledger(environment: Any, **_: Any) -> None:
+    """The kept sessions, validated once more after the fault (through the balancer, so on
+    whichever replica it picks), then logged out; the counts written for run.py."""
+    if LEDGER.kept:
+        metadata = (("authorization", f"Bearer {key}"),) if (key := api_key()) else ()
+        with grpc.insecure_channel(environment.host or "127.0.0.1:50051") as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            for token, ip in LEDGER.kept:
+                client = common_pb2.ClientContext(ip_address=ip, user_agent="authsvc loadtest")
+                if not _still_valid(stub, token, client, metadata):
+                    LEDGER.sessions_lost += 1
+                LEDGER.sessions_revalidated += 1
+                with contextlib.suppress(grpc.RpcError):
+                    stub.Logout(
+                        pb.LogoutRequest(session_token=token, client=client),
+                        metadata=metadata,
+                        timeout=CALL_TIMEOUT_S,
+                    )
+        LEDGER.kept.clear()
+    LEDGER.unavailable = GrpcUser.unavailable
+    LEDGER.write()
+
+
+events.test_stop.add_listener(_revalidate_and_write_ledger)  # type: ignore[no-untyped-call]
+
+
+def _still_valid(stub: Any, token: str, client: Any, metadata: Any) -> bool:
+    for _ in range(RETRIES + 1):
+        try:
+            stub.ValidateSession(
+                pb.ValidateSessionRequest(session_token=token, client=client),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT_S,
+            )
+            return True
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                return False
+            gevent.sleep(RETRY_PAUSE_S)
+    return False
 
 
 def apply_mix() -> list[type[PeakUser]]:

@@ -55,5 +55,8 @@ class MemoryBackend:
     async def healthy(self) -> bool:
         return True
 
+    async def connect(self) -> bool:
+        return True  # nothing to reach
+
     async def close(self) -> None:
         return None

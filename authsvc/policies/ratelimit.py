@@ -108,6 +108,11 @@ class Backend(Protocol):
 
     async def healthy(self) -> bool: ...
 
+    async def connect(self) -> bool:
+        """Before the first decision (Server.start, before SERVING): whatever the store's
+        first call would otherwise do inside a decision's timeout. Whether it answered."""
+        ...
+
     async def close(self) -> None: ...
 
 

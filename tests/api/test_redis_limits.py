@@ -11,10 +11,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import CLIENT, PASSWORD, aio_channel, failure_of, seed_account
-from topology.redis_cluster import RedisClusterNodes
+from topology.redis_cluster import RedisClusterNodes, redis_cli
 
 from authsvc.clock import FrozenClock
 from authsvc.config import Rate, RateLimitBackend, Settings
+from authsvc.policies.redis_backend import RedisBackend
 from authsvc.server import SENDS_HEALTH, Server, create_server
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import auth_service_pb2_grpc
@@ -103,6 +104,50 @@ async def test_limits_live_in_a_redis_cluster(
         await server.stop(grace=0)
 
 
+def _commands(nodes: RedisClusterNodes) -> dict[str, int]:
+    """Calls per command summed over the cluster's nodes (INFO commandstats): work counted."""
+    calls: dict[str, int] = {}
+    for port in nodes.live():
+        for line in redis_cli(port, "info", "commandstats").splitlines():
+            name, _, stats = line.partition(":")
+            if name.startswith("cmdstat_"):
+                count = int(stats.split(",")[0].removeprefix("calls="))
+                calls[name.removeprefix("cmdstat_")] = (
+                    calls.get(name.removeprefix("cmdstat_"), 0) + count
+                )
+    return calls
+
+
+async def test_first_decision_after_start_is_one_script_call_on_a_cluster(
+    settings: Settings, clock: FrozenClock, redis_cluster: RedisClusterNodes, database_url: str
+) -> None:
+    """start() loads the slot map and the script before SERVING: each decision of the first
+    call (a Login) sends one EVALSHA and nothing else (no CLUSTER SLOTS, COMMAND or SCRIPT
+    LOAD inside its timeout), and is decided in Redis, not by the in-process fallback."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the limiter's backend does not depend on the database")
+    server = await _server(settings, clock, redis_cluster.url, backend="redis-cluster")
+    try:
+        backend = server.app.limits.backend
+        assert isinstance(backend, RedisBackend)
+        who = await seed_account(server)
+        before = _commands(redis_cluster)
+        async with aio_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = auth_service_pb2_grpc.AuthServiceStub(channel)
+            assert (await stub.Login(_login(who))).HasField("pending_flow")
+        after = _commands(redis_cluster)
+        spent = {name: after[name] - before.get(name, 0) for name in after}
+        # INFO itself is counted, and the readiness probe may PING meanwhile. A Login makes
+        # two decisions (its IP before the password, then the account's limits): one EVALSHA
+        # each, and the script's own GETs and SETs.
+        sent = {name for name, n in spent.items() if n and name not in ("info", "ping")}
+        assert sent == {"evalsha", "get", "set"}
+        assert spent["evalsha"] == 2
+        assert backend.fallbacks == 0 and backend.available
+    finally:
+        await server.stop(grace=0)
+
+
 async def test_redis_unreachable_fails_closed_for_sends(
     settings: Settings, clock: FrozenClock, redis_url: str, database_url: str
 ) -> None:
@@ -114,6 +159,8 @@ async def test_redis_unreachable_fails_closed_for_sends(
         async with aio_channel(f"127.0.0.1:{server.port}") as channel:
             stub = auth_service_pb2_grpc.AuthServiceStub(channel)
             pending = (await stub.Login(_login(who))).pending_flow  # in-process fallback
+            backend = server.app.limits.backend
+            assert isinstance(backend, RedisBackend) and backend.fallbacks == 2  # two decisions
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Challenge(pb.ChallengeRequest(flow_id=pending.flow_id, client=CLIENT))
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

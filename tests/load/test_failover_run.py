@@ -30,7 +30,6 @@ def test_a_failing_primary_gateway_loses_no_code(tmp_path: Path) -> None:
         [
             sys.executable, "-m", "loadtests.run", "--smoke", "--name", name,
             "--out", str(tmp_path), "--fail-primary-at", "3", "--fail-primary-for", "5",
-            "--mix", "0,1,0,0",  # every journey needs a code
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=230,
     )  # fmt: skip
