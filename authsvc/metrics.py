@@ -117,6 +117,15 @@ BREAKER_TRIPS = Counter(
     "Pumping breakers tripped (a number prefix's sends stopped), by channel.",
     ("channel",),
 )
+# Labelled by the provider's configured name (AUTHSVC_<CHANNEL>_PROVIDERS: bounded by the
+# configuration; the one-provider form is named after its kind).
+PROVIDER_BREAKER = Gauge(
+    "authsvc_provider_breaker_state",
+    "A provider's circuit breaker in the dispatcher: 0 closed, 1 half-open (probing), 2 open.",
+    ("channel", "provider"),
+    multiprocess_mode="livemax",
+)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 OUTBOX_DEPTH = Gauge(
     "authsvc_outbox_messages",
     "Messages waiting in the outbox (read by the dispatcher), by channel and status.",
@@ -174,6 +183,7 @@ ALL = (
     LOCKOUTS,
     RATE_LIMITED,
     BREAKER_TRIPS,
+    PROVIDER_BREAKER,
     OUTBOX_DEPTH,
     OUTBOX_OLDEST,
     HASH_QUEUE,
@@ -322,6 +332,12 @@ def provider_call(provider: str, seconds: float, error: str | None) -> None:
         SEND_LATENCY.labels(provider).observe(seconds)
         if error is not None:
             SEND_ERRORS.labels(provider, error).inc()
+
+
+def provider_breaker(channel: str, provider: str, breaker: str) -> None:
+    """A provider breaker's state (closed, half_open, open) as the dispatcher holds it."""
+    if state.on:
+        PROVIDER_BREAKER.labels(channel, provider).set(BREAKER_STATES[breaker])
 
 
 def outbox(depths: dict[tuple[str, str], int], oldest: dict[str, float]) -> None:
