@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from grpc_status import rpc_status
 from pydantic import ValidationError
 
-from authsvc import campaign_cli, log, security_cli
+from authsvc import campaign_cli, log, providers_cli, security_cli
 from authsvc.config import ProviderName, Settings, describe_refusal
 from authsvc.errors import Failure
 
@@ -615,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     security_cli.add_parsers(commands)  # backend, breaker, unlock
     campaign_cli.add_parsers(commands)  # relay, campaign
+    providers_cli.add_parsers(commands)  # providers status
     dev_run = commands.add_parser("dev-run", help="migrate, create the demo org, serve (make run)")
     dev_run.add_argument("--listen")
 
@@ -671,4 +672,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     done = security_cli.run(settings, args)
     if done is None:
         done = campaign_cli.run(settings, args)
+    if done is None:
+        done = providers_cli.run(settings, args)
     raise SystemExit(2 if done is None else done)

@@ -31,6 +31,7 @@ from authsvc.campaigns import campaign
 from authsvc.clock import Clock
 from authsvc.config import Settings
 from authsvc.courier.dispatcher import Dispatcher
+from authsvc.courier.providers import CHANNELS
 from authsvc.courier.receipt_listener import ReceiptListener
 from authsvc.federation.assertions import AssertionVerifier
 from authsvc.v1 import (
@@ -75,6 +76,7 @@ class Server:
     # /metrics of this process (AUTHSVC_METRICS_LISTEN; a worker of `serve --workers` has
     # none: the parent serves every process's sums).
     metrics_http: metrics.Exposition | None = None
+    _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
         if self.callers is not None:
@@ -89,7 +91,11 @@ class Server:
             )
             await self.receipts.start()
         if self.app.settings.dispatcher_enabled:
-            dispatcher = Dispatcher(self.app)
+            for channel in CHANNELS:
+                await self.health.set(
+                    health_names.PROVIDER_PREFIX + channel, health_pb2.HealthCheckResponse.SERVING
+                )
+            dispatcher = Dispatcher(self.app, on_channel=self._provider_health)
             self._dispatcher_task = asyncio.create_task(dispatcher.run(self._stop_dispatcher))
             self._watchers.append(
                 asyncio.create_task(campaign.run_forever(self.app, self._stop_watchers))
@@ -104,6 +110,17 @@ class Server:
         self.readiness = health_names.Readiness(self.app, self.health, API_SERVICES)
         await self.readiness.update()
         self._watchers.append(asyncio.create_task(self.readiness.run(self._stop_watchers)))
+
+    def _provider_health(self, channel: str, serving: bool) -> None:
+        """A channel's providers changed health (the dispatcher's breakers): its health name."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.create_task(self.health.set(health_names.PROVIDER_PREFIX + channel, status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()

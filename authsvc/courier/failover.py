@@ -125,6 +125,8 @@ class Failover:
     def choose(self, channel: str, last_tried: str | None, now: datetime) -> Route:
         """The route of this attempt (see the module's docstring)."""
         routes = self.routes[channel]
+        for route in routes:  # an open breaker whose time ran out turns half-open: published
+            self._change(channel, route, lambda breaker: None, now)
         start = 0
         for index, route in enumerate(routes):
             if last_tried is not None and route.recorded_as == last_tried:
@@ -155,8 +157,8 @@ class Failover:
         self, channel: str, route: Route, step: Callable[[Breaker], None], now: datetime
     ) -> None:
         breaker = self.breaker(channel, route)
-        breaker.refresh(now)
         before = breaker.state
+        breaker.refresh(now)
         step(breaker)
         if breaker.state is before:
             return
