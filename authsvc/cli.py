@@ -182,7 +182,12 @@ async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> No
             environment=settings.environment.value,
             metrics_port=exposition.port if exposition else None,
         )
-        await Dispatcher(app).run(stop)
+        if settings.voice_fallback_after_s > 0:
+            from authsvc.flows.voice_fallback import VoiceFallback
+
+            await asyncio.gather(Dispatcher(app).run(stop), VoiceFallback(app).run(stop))
+        else:
+            await Dispatcher(app).run(stop)
         logger.info("stopped")
     finally:
         if exposition is not None:

@@ -34,6 +34,7 @@ from authsvc.courier.dispatcher import Dispatcher
 from authsvc.courier.providers import CHANNELS
 from authsvc.courier.receipt_listener import ReceiptListener
 from authsvc.federation.assertions import AssertionVerifier
+from authsvc.flows.voice_fallback import VoiceFallback
 from authsvc.v1 import (
     account_service_pb2,
     account_service_pb2_grpc,
@@ -100,6 +101,9 @@ class Server:
             self._watchers.append(
                 asyncio.create_task(campaign.run_forever(self.app, self._stop_watchers))
             )
+            if self.app.settings.voice_fallback_after_s > 0:  # beside the dispatcher
+                fallback = VoiceFallback(self.app)
+                self._watchers.append(asyncio.create_task(fallback.run(self._stop_watchers)))
         for name in ("", health_names.LIVENESS):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         # The first probe before start() returns: readiness is known from the first call on.
