@@ -16,24 +16,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
+from courier.gateways import free_port
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 from support import CLIENT, PASSWORD, aio_channel, seed_account
 
+from authsvc.app import App
 from authsvc.clock import FrozenClock
 from authsvc.config import HttpGateway, ProviderEntry, ProviderName, Settings
 from authsvc.courier import receipts
 from authsvc.courier.dispatcher import Dispatcher
 from authsvc.courier.failover import BreakerState
+from authsvc.courier.outbox import enqueue
+from authsvc.courier.templates import Rendered
 from authsvc.db import MessageStatus, OutboxMessage
+from authsvc.db.migrate import upgrade
 from authsvc.providers_cli import breaker_states
 from authsvc.server import Server, create_server
 from authsvc.v1 import auth_service_pb2 as pb
@@ -425,3 +434,90 @@ def test_production_checks_every_listed_gateway() -> None:
         Settings(sms_providers=[entry("a"), entry("b", "http://plain.example")], **production)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="development provider"):
         Settings(sms_providers=[entry("a"), {"name": "f", "kind": "file"}], **production)  # type: ignore[arg-type]
+
+
+# ---- the commands, as an operator runs them ------------------------------------------------------
+
+
+async def test_dispatch_publishes_its_breakers_to_providers_status(
+    tmp_path: Path, gateways: tuple[Gateway, Gateway]
+) -> None:
+    """`authsvc dispatch` (its own process) fails over from a silent gateway, logs the change
+    without the gateway's URL (which carries a key here), and `authsvc providers status` reads
+    the breakers off its /metrics."""
+    a, b = gateways
+    a.mode = "hang"
+    database = f"sqlite+aiosqlite:///{tmp_path / 'authsvc.db'}"
+    await asyncio.to_thread(upgrade, database)
+    listen = f"127.0.0.1:{free_port()}"
+    providers = [
+        {
+            "name": "a",
+            "kind": "http",
+            "http": {"url": f"{a.url}?api_key=TOPSECRET", "timeout_s": 0.5},
+        },
+        {"name": "b", "kind": "http", "http": {"url": b.url}},
+    ]
+    env = {
+        **os.environ,
+        "AUTHSVC_DATABASE_URL": database,
+        "AUTHSVC_SECRET_KEY_FILE": str(tmp_path / "secret.key"),
+        "AUTHSVC_SMS_PROVIDERS": json.dumps(providers),
+        "AUTHSVC_PROVIDER_BREAKER_FAILURES": "1",
+        "AUTHSVC_PROVIDER_BREAKER_OPEN_S": "3600",
+        "AUTHSVC_METRICS_LISTEN": listen,
+        "AUTHSVC_DISPATCHER_POLL_S": "0.05",
+        "AUTHSVC_LOG_FORMAT": "json",
+    }
+    app = App.build(Settings(database_url=database, secret_key_file=tmp_path / "secret.key"))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "authsvc",
+        "dispatch",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with app.write() as db:
+            message_id = enqueue(
+                app,
+                db,
+                channel="sms",
+                template="test",
+                to="+33612345678",
+                masked_to="+33 •••••••78",
+                message=Rendered(text="code 135790", summary="code ••••", secrets=("135790",)),
+                flow_id=None,
+            )
+        deadline = asyncio.get_running_loop().time() + 30  # a guard, not what is tested
+        while not b.accepted:
+            assert process.returncode is None, "the dispatcher exited"
+            assert asyncio.get_running_loop().time() < deadline, "nothing delivered"
+            await asyncio.sleep(0.05)
+        assert b.accepted == [str(message_id)] and a.received == [str(message_id)]
+        status = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "authsvc",
+            "providers",
+            "status",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(status.communicate(), 30)
+        assert status.returncode == 0  # sms still has a provider that takes messages
+        rows = [line.split() for line in out.decode().splitlines()[1:]]
+        assert ["sms", "1", "a", "http", "open"] in rows
+        assert ["sms", "2", "b", "http", "closed"] in rows
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        await app.close()
+    assert process.returncode == 0, err.decode()
+    events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    [change] = [event for event in events if event.get("event") == "provider_breaker"]
+    assert (change["provider"], change["state"], change["was"]) == ("a", "open", "closed")
+    assert "TOPSECRET" not in err.decode() and "135790" not in err.decode()
