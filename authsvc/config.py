@@ -351,6 +351,7 @@ class Settings(BaseSettings):
     kannel_dlr_mask: int = Field(default=31, ge=1, le=31)
     # Switch a code's SMS to a voice call by itself when no final receipt came this long after
     # the send (0: never; the backend may still ask for voice). At least the resend cooldown.
+    # The call is a counted send of a new code under every cap (flows/voice_fallback.py).
     voice_fallback_after_s: float = Field(default=0, ge=0, le=300)
     service_name: str = "PEP's"
     webotp_domain: str = "peps.cnracl.example"
