@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiohttp import web
 from courier.gateways import free_port
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 from support import CLIENT, PASSWORD, aio_channel, seed_account
@@ -521,3 +522,37 @@ async def test_dispatch_publishes_its_breakers_to_providers_status(
     [change] = [event for event in events if event.get("event") == "provider_breaker"]
     assert (change["provider"], change["state"], change["was"]) == ("a", "open", "closed")
     assert "TOPSECRET" not in err.decode() and "135790" not in err.decode()
+
+
+async def test_serve_tells_a_channel_whose_providers_are_all_open_on_its_health_name(
+    settings: Settings, clock: FrozenClock, gateways: tuple[Gateway, Gateway]
+) -> None:
+    a, b = gateways
+    configured = failover_settings(settings, a, b).model_copy(
+        update={"dispatcher_enabled": True}  # serve's own dispatcher sets the names
+    )
+    server = await create_server(configured, clock=clock, listen="127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def sms_health() -> int:
+                request = health_pb2.HealthCheckRequest(service="authsvc.provider.sms")
+                return (await health.Check(request, timeout=5)).status
+
+            assert await sms_health() == health_pb2.HealthCheckResponse.SERVING
+            a.mode = b.mode = "hang"
+            await Codes(pb_grpc.AuthServiceStub(channel), server).issue(THRESHOLD)
+            deadline = asyncio.get_running_loop().time() + 30  # a guard, not what is tested
+            while await sms_health() != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert asyncio.get_running_loop().time() < deadline, "still serving"
+                await asyncio.sleep(0.05)
+            # Both breakers opened on their own failures: each gateway got the threshold's worth.
+            assert len(a.received) >= THRESHOLD and len(b.received) >= THRESHOLD
+            voice = health_pb2.HealthCheckRequest(service="authsvc.provider.voice")
+            assert (await health.Check(voice, timeout=5)).status == (
+                health_pb2.HealthCheckResponse.SERVING
+            )
+    finally:
+        await server.stop(grace=0)
