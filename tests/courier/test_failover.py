@@ -539,7 +539,8 @@ async def test_serve_tells_a_channel_whose_providers_are_all_open_on_its_health_
 
             async def sms_health() -> int:
                 request = health_pb2.HealthCheckRequest(service="authsvc.provider.sms")
-                return (await health.Check(request, timeout=5)).status
+                status: int = (await health.Check(request, timeout=5)).status
+                return status
 
             assert await sms_health() == health_pb2.HealthCheckResponse.SERVING
             a.mode = b.mode = "hang"
