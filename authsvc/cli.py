@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from grpc_status import rpc_status
 from pydantic import ValidationError
 
-from authsvc import audit_cli, campaign_cli, log, security_cli
+from authsvc import audit_cli, campaign_cli, log, providers_cli, security_cli
 from authsvc.config import ProviderName, Settings, describe_refusal
 from authsvc.errors import Failure
 
@@ -221,6 +221,10 @@ async def _dispatch(settings: Settings, stop: asyncio.Event | None = None) -> No
             from authsvc.courier.audit_webhook import AuditWebhook
 
             loops.append(AuditWebhook(app).run(stop))
+        if settings.voice_fallback_after_s > 0:
+            from authsvc.flows.voice_fallback import VoiceFallback
+
+            loops.append(VoiceFallback(app).run(stop))
         await asyncio.gather(*loops)
         logger.info("stopped")
     finally:
@@ -661,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     security_cli.add_parsers(commands)  # backend, breaker, unlock
     campaign_cli.add_parsers(commands)  # relay, campaign
     audit_cli.add_parsers(commands)  # audit export
+    providers_cli.add_parsers(commands)  # providers status
     dev_run = commands.add_parser("dev-run", help="migrate, create the demo org, serve (make run)")
     dev_run.add_argument("--listen")
 
@@ -721,4 +726,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         done = campaign_cli.run(settings, args)
     if done is None:
         done = audit_cli.run(settings, args)
+    if done is None:
+        done = providers_cli.run(settings, args)
     raise SystemExit(2 if done is None else done)

@@ -64,6 +64,34 @@ class HttpGateway(BaseModel):
     message_id_field: str = "id"
 
 
+class ProviderEntry(BaseModel):
+    """One provider of a channel's ordered list (AUTHSVC_SMS_PROVIDERS and the like): the first
+    whose breaker is closed takes a message; a timeout or retryable failure sends the message's
+    next attempt to the next one (courier/failover.py). `http` is the entry's own gateway (its
+    url, secret, template); kannel, smtp, console and file use their AUTHSVC_KANNEL_* / SMTP_*
+    / OUTBOX_FILE settings, so each of them appears at most once in a list."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # A label of logs, metrics and `authsvc providers status`: bounded by the configuration.
+    name: str = Field(min_length=1, max_length=32, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    kind: ProviderName
+    http: HttpGateway | None = None
+
+    @model_validator(mode="after")
+    def _gateway_fits_kind(self) -> ProviderEntry:
+        if (self.kind is ProviderName.HTTP) != (self.http is not None):
+            raise ValueError(f"provider {self.name}: an http entry takes `http`, others do not")
+        return self
+
+    @property
+    def recorded_as(self) -> str:
+        """What outbox.provider records for a message this entry took: the kind alone for the
+        one-provider form (named after its kind), else "kind:name" (receipts match on it)."""
+        kind = self.kind.value
+        return kind if self.name == kind else f"{kind}:{self.name}"
+
+
 class LogFormat(StrEnum):
     AUTO = "auto"
     JSON = "json"
@@ -284,9 +312,22 @@ class Settings(BaseSettings):
     # How long Challenge waits for the in-process dispatcher's outcome before answering
     # "queued" (0: never wait). Bounded: the API must never hang on a gateway.
     delivery_wait_s: float = Field(default=1.0, ge=0, le=5)
+    # The one-provider form of a channel: AUTHSVC_<CHANNEL>_PROVIDER (and _HTTP for http).
     sms_http: HttpGateway | None = None
     voice_http: HttpGateway | None = None
     email_http: HttpGateway | None = None
+    # Failover (README "Provider failover"): a channel's ordered list of providers, e.g.
+    # AUTHSVC_SMS_PROVIDERS='[{"name": "primary", "kind": "http", "http": {"url": ...}},
+    # {"name": "backup", "kind": "kannel"}]'. Empty: the one-provider form above (a list of one).
+    # Give one form or the other for a channel, never both.
+    sms_providers: tuple[ProviderEntry, ...] = ()
+    voice_providers: tuple[ProviderEntry, ...] = ()
+    email_providers: tuple[ProviderEntry, ...] = ()
+    # A provider's breaker opens after this many consecutive timeouts or retryable failures
+    # (a permanent refusal of a number is not one), stays open this long, then lets one probe
+    # message through: its success closes the breaker, its failure opens it again.
+    provider_breaker_failures: int = Field(default=3, ge=1, le=100)
+    provider_breaker_open_s: float = Field(default=30.0, ge=1, le=3600)
     smtp_host: str = "localhost"
     smtp_port: int = Field(default=587, ge=1, le=65535)
     smtp_security: SmtpSecurity = SmtpSecurity.STARTTLS
@@ -329,6 +370,7 @@ class Settings(BaseSettings):
     kannel_dlr_mask: int = Field(default=31, ge=1, le=31)
     # Switch a code's SMS to a voice call by itself when no final receipt came this long after
     # the send (0: never; the backend may still ask for voice). At least the resend cooldown.
+    # The call is a counted send of a new code under every cap (flows/voice_fallback.py).
     voice_fallback_after_s: float = Field(default=0, ge=0, le=300)
     service_name: str = "PEP's"
     webotp_domain: str = "peps.cnracl.example"
@@ -431,27 +473,60 @@ class Settings(BaseSettings):
     # loop); false falls back to asyncio's loop, e.g. to rule uvloop out when chasing a bug.
     uvloop: bool = True
 
+    def channel_providers(self, channel: str) -> tuple[ProviderEntry, ...]:
+        """The channel's providers in order: its list, or the one-provider form as a list of one
+        named after its kind."""
+        listed: tuple[ProviderEntry, ...] = getattr(self, f"{channel}_providers")
+        if listed:
+            return listed
+        kind: ProviderName = getattr(self, f"{channel}_provider")
+        gateway = getattr(self, f"{channel}_http") if kind is ProviderName.HTTP else None
+        if kind is ProviderName.HTTP and gateway is None:
+            raise ValueError(f"AUTHSVC_{channel.upper()}_HTTP is required by the http provider")
+        return (ProviderEntry(name=kind.value, kind=kind, http=gateway),)
+
     @model_validator(mode="after")
     def _providers_fit_channels(self) -> Settings:
         for channel in ("sms", "voice", "email"):
-            name = getattr(self, f"{channel}_provider")
-            if name is ProviderName.SMTP and channel != "email":
-                raise ValueError(f"AUTHSVC_{channel.upper()}_PROVIDER: smtp sends email only")
-            if name is ProviderName.KANNEL and channel != "sms":
-                raise ValueError(f"AUTHSVC_{channel.upper()}_PROVIDER: kannel sends SMS only")
-            gateway = getattr(self, f"{channel}_http")
-            if name is ProviderName.HTTP and gateway is None:
-                raise ValueError(f"AUTHSVC_{channel.upper()}_HTTP is required by the http provider")
-            timeout = {
-                ProviderName.HTTP: gateway.timeout_s if gateway else 0.0,
-                ProviderName.SMTP: self.smtp_timeout_s,
-                ProviderName.KANNEL: self.kannel_timeout_s,
-            }.get(name, 0.0)
-            if self.dispatcher_lease_s < 2 * timeout:
+            variable = f"AUTHSVC_{channel.upper()}"
+            if getattr(self, f"{channel}_providers") and (
+                {f"{channel}_provider", f"{channel}_http"} & self.model_fields_set
+            ):
                 raise ValueError(
-                    "AUTHSVC_DISPATCHER_LEASE_S must be at least twice every provider timeout"
+                    f"{variable}_PROVIDERS: give either the list or {variable}_PROVIDER/_HTTP"
                 )
+            entries = self.channel_providers(channel)
+            names = [entry.name for entry in entries]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{variable}_PROVIDERS: provider names must differ")
+            kinds = [entry.kind for entry in entries if entry.kind is not ProviderName.HTTP]
+            if len(set(kinds)) != len(kinds):
+                raise ValueError(
+                    f"{variable}_PROVIDERS: only http entries may repeat (each has its gateway)"
+                )
+            for entry in entries:
+                if entry.kind is ProviderName.SMTP and channel != "email":
+                    raise ValueError(f"{variable}_PROVIDER: smtp sends email only")
+                if entry.kind is ProviderName.KANNEL and channel != "sms":
+                    raise ValueError(f"{variable}_PROVIDER: kannel sends SMS only")
+                timeout = {
+                    ProviderName.HTTP: entry.http.timeout_s if entry.http else 0.0,
+                    ProviderName.SMTP: self.smtp_timeout_s,
+                    ProviderName.KANNEL: self.kannel_timeout_s,
+                }.get(entry.kind, 0.0)
+                if self.dispatcher_lease_s < 2 * timeout:
+                    raise ValueError(
+                        "AUTHSVC_DISPATCHER_LEASE_S must be at least twice every provider timeout"
+                    )
         return self
+
+    def uses(self, kind: ProviderName) -> bool:
+        """Whether any channel has a provider of this kind."""
+        return any(
+            entry.kind is kind
+            for channel in ("sms", "voice", "email")
+            for entry in self.channel_providers(channel)
+        )
 
     @model_validator(mode="after")
     def _security_settings_fit(self) -> Settings:
@@ -500,13 +575,13 @@ class Settings(BaseSettings):
             trusted.issuer == DEV_ISSUER for trusted in self.federation_issuers
         ):
             raise ValueError("the development issuer is refused in production")
-        if self.email_provider is ProviderName.SMTP and self.smtp_security is SmtpSecurity.NONE:
+        if self.uses(ProviderName.SMTP) and self.smtp_security is SmtpSecurity.NONE:
             raise ValueError("AUTHSVC_SMTP_SECURITY: none is for development")
         if self.secret_key is None:
             raise ValueError("AUTHSVC_SECRET_KEY is required in production")
         # console and file providers write codes in clear: development only.
         for channel in ("sms", "voice", "email"):
-            if getattr(self, f"{channel}_provider") in _DEVELOPMENT_PROVIDERS:
+            if any(e.kind in _DEVELOPMENT_PROVIDERS for e in self.channel_providers(channel)):
                 raise ValueError(f"AUTHSVC_{channel.upper()}_PROVIDER: a development provider")
         for setting, url in self._urls_in_use():
             if urlsplit(url).scheme.lower() != "https":
@@ -545,7 +620,11 @@ class Settings(BaseSettings):
             gateway: HttpGateway | None = getattr(self, f"{channel}_http")
             if gateway is not None:
                 urls.append((f"AUTHSVC_{channel.upper()}_HTTP url", gateway.url))
-        if self.sms_provider is ProviderName.KANNEL:
+            for entry in getattr(self, f"{channel}_providers"):
+                if entry.http is not None:
+                    setting = f"AUTHSVC_{channel.upper()}_PROVIDERS ({entry.name}) url"
+                    urls.append((setting, entry.http.url))
+        if self.uses(ProviderName.KANNEL):
             urls.append(("AUTHSVC_KANNEL_URL", self.kannel_url))
         if self.audit_webhook_url is not None:  # audit events, signed with the secret
             urls.append(("AUTHSVC_AUDIT_WEBHOOK_URL", self.audit_webhook_url))

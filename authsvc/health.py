@@ -5,6 +5,8 @@
   would not bring the database back.
 - "authsvc.readiness": this replica can serve every RPC: the database answers, its schema is at
   the migrations' head, and Redis answers when a Redis rate-limit backend is configured.
+- "authsvc.provider.<channel>" (sms, voice, email): NOT_SERVING while every provider of the
+  channel has its circuit breaker open (the in-process dispatcher's view, courier/failover.py).
 - The API services' own names ("authsvc.v1.AuthService", "authsvc.v1.AccountService",
   "authsvc.v1.ReadinessService"): the database answers and its schema is at head. Redis is not
   part of them: without it logins and verifications go on (per-process limits) while code sends
@@ -35,6 +37,9 @@ LIVENESS = "authsvc.liveness"
 READINESS = "authsvc.readiness"
 # NOT_SERVING while the shared rate limiter (Redis) is unreachable, since sends then fail closed.
 SENDS = "authsvc.sends"
+# Per channel, "authsvc.provider.sms" and so on: NOT_SERVING while every provider of the channel
+# has its breaker open (courier/failover.py); set by the dispatcher that `serve` runs.
+PROVIDER_PREFIX = "authsvc.provider."
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -124,6 +124,15 @@ AUDIT_WEBHOOK_BATCHES = Counter(
     "(answered 2xx, but another dispatcher had taken the organisation over meanwhile).",
     ("result",),
 )
+# Labelled by the provider's configured name (AUTHSVC_<CHANNEL>_PROVIDERS: bounded by the
+# configuration; the one-provider form is named after its kind).
+PROVIDER_BREAKER = Gauge(
+    "authsvc_provider_breaker_state",
+    "A provider's circuit breaker in the dispatcher: 0 closed, 1 half-open (probing), 2 open.",
+    ("channel", "provider"),
+    multiprocess_mode="livemax",
+)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 OUTBOX_DEPTH = Gauge(
     "authsvc_outbox_messages",
     "Messages waiting in the outbox (read by the dispatcher), by channel and status.",
@@ -182,6 +191,7 @@ ALL = (
     RATE_LIMITED,
     BREAKER_TRIPS,
     AUDIT_WEBHOOK_BATCHES,
+    PROVIDER_BREAKER,
     OUTBOX_DEPTH,
     OUTBOX_OLDEST,
     HASH_QUEUE,
@@ -340,6 +350,12 @@ def audit_webhook_batch(result: str) -> None:
     """One POST of the audit webhook: `result` one of AUDIT_WEBHOOK_RESULTS."""
     if state.on:
         AUDIT_WEBHOOK_BATCHES.labels(result).inc()
+
+
+def provider_breaker(channel: str, provider: str, breaker: str) -> None:
+    """A provider breaker's state (closed, half_open, open) as the dispatcher holds it."""
+    if state.on:
+        PROVIDER_BREAKER.labels(channel, provider).set(BREAKER_STATES[breaker])
 
 
 def outbox(depths: dict[tuple[str, str], int], oldest: dict[str, float]) -> None:

@@ -32,8 +32,10 @@ from authsvc.clock import Clock
 from authsvc.config import Settings
 from authsvc.courier.audit_webhook import AuditWebhook
 from authsvc.courier.dispatcher import Dispatcher
+from authsvc.courier.providers import CHANNELS
 from authsvc.courier.receipt_listener import ReceiptListener
 from authsvc.federation.assertions import AssertionVerifier
+from authsvc.flows.voice_fallback import VoiceFallback
 from authsvc.v1 import (
     account_service_pb2,
     account_service_pb2_grpc,
@@ -76,6 +78,7 @@ class Server:
     # /metrics of this process (AUTHSVC_METRICS_LISTEN; a worker of `serve --workers` has
     # none: the parent serves every process's sums).
     metrics_http: metrics.Exposition | None = None
+    _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
         if self.callers is not None:
@@ -94,7 +97,11 @@ class Server:
             )
             await self.receipts.start()
         if self.app.settings.dispatcher_enabled:
-            dispatcher = Dispatcher(self.app)
+            for channel in CHANNELS:
+                await self.health.set(
+                    health_names.PROVIDER_PREFIX + channel, health_pb2.HealthCheckResponse.SERVING
+                )
+            dispatcher = Dispatcher(self.app, on_channel=self._provider_health)
             self._dispatcher_task = asyncio.create_task(dispatcher.run(self._stop_dispatcher))
             self._watchers.append(
                 asyncio.create_task(campaign.run_forever(self.app, self._stop_watchers))
@@ -102,6 +109,9 @@ class Server:
             if self.app.settings.audit_webhook_url is not None:
                 webhook = AuditWebhook(self.app)
                 self._watchers.append(asyncio.create_task(webhook.run(self._stop_watchers)))
+            if self.app.settings.voice_fallback_after_s > 0:  # beside the dispatcher
+                fallback = VoiceFallback(self.app)
+                self._watchers.append(asyncio.create_task(fallback.run(self._stop_watchers)))
         for name in ("", health_names.LIVENESS):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         # The first probe before start() returns: readiness is known from the first call on.
@@ -112,6 +122,17 @@ class Server:
         self.readiness = health_names.Readiness(self.app, self.health, API_SERVICES)
         await self.readiness.update()
         self._watchers.append(asyncio.create_task(self.readiness.run(self._stop_watchers)))
+
+    def _provider_health(self, channel: str, serving: bool) -> None:
+        """A channel's providers changed health (the dispatcher's breakers): its health name."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.create_task(self.health.set(health_names.PROVIDER_PREFIX + channel, status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def stop(self, grace: float | None = None) -> None:
         await self.health.enter_graceful_shutdown()

@@ -16,6 +16,13 @@ writers, which makes the same statement atomic there. Every outcome is written o
 still the one this dispatcher claimed (status sending and the same attempt number): a dispatcher
 whose lease ran out cannot overwrite the outcome of the one that took over.
 
+Each channel has an ordered list of providers, each with its circuit breaker (courier/failover.py):
+an attempt goes to the provider the breakers choose; after a timeout or retryable failure the
+message's next attempt is due at once when another provider would take it (backoff only when
+none would), with the same message id, so a gateway can deduplicate. The code's lifetime is
+checked before every attempt, on whichever provider. outbox.provider records the provider of the
+last attempt: the one that accepted, once sent.
+
 Provider calls run as tasks, at most `dispatcher_concurrency` at once, so a slow gateway never
 holds back a message queued meanwhile; the API never waits on a provider (Challenge waits at most
 `delivery_wait_s` for a notice, see outcomes.py).
@@ -27,7 +34,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -37,6 +44,7 @@ from authsvc import metrics, tracing
 from authsvc.app import App
 from authsvc.campaigns import campaign
 from authsvc.courier import outcomes
+from authsvc.courier.failover import Failover
 from authsvc.courier.outbox import Payload
 from authsvc.courier.providers import (
     CHANNELS,
@@ -44,7 +52,8 @@ from authsvc.courier.providers import (
     MessageProvider,
     Outgoing,
     Provider,
-    build_providers,
+    Route,
+    build_routes,
 )
 from authsvc.courier.redaction import Redactor
 from authsvc.db import MessageStatus, OutboxMessage
@@ -109,17 +118,43 @@ def _anything_due(connection: Connection, now: datetime) -> bool:
 
 
 class Dispatcher:
-    def __init__(self, app: App, providers: Mapping[str, Provider] | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        providers: Mapping[str, Provider | Sequence[Route]] | None = None,
+        *,
+        on_channel: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        """`providers`: a test's own, per channel (one provider, or its ordered routes);
+        otherwise the configured ones. `on_channel(channel, serving)` hears each change of a
+        channel's health (serve's gRPC health names)."""
         self._app = app
-        self._providers = providers if providers is not None else build_providers(app.settings)
+        if providers is None:
+            self._routes = build_routes(app.settings)
+        else:
+            self._routes = {
+                channel: tuple(given)
+                if isinstance(given, Sequence)
+                else (self._custom_route(channel, given),)
+                for channel, given in providers.items()
+            }
         self._owns_providers = providers is None
-        # The provider label of each channel: the configured kind (a test's own: "custom").
-        self._provider_names = {
-            channel: getattr(app.settings, f"{channel}_provider").value
-            if providers is None
-            else "custom"
-            for channel in CHANNELS
-        }
+        self.failover = Failover(
+            self._routes,
+            threshold=app.settings.provider_breaker_failures,
+            open_s=app.settings.provider_breaker_open_s,
+            on_channel=on_channel,
+        )
+
+    def _custom_route(self, channel: str, provider: Provider) -> Route:
+        """A test's single provider: recorded under its own name, else the channel's kind
+        (receipts are matched against it: courier/receipts.py)."""
+        name = getattr(provider, "name", None)
+        if isinstance(name, str) and name:
+            recorded = name[:64]
+        else:
+            recorded = str(getattr(self._app.settings, f"{channel}_provider"))
+        return Route(name="custom", recorded_as=recorded, kind="custom", provider=provider)
 
     # ---- claim ---------------------------------------------------------------------------------
 
@@ -165,18 +200,26 @@ class Dispatcher:
             self._app, message.id
         ):  # a reminder stops the moment its account is ready, even once queued
             return await self._abandon(message, "no longer needed: the account is ready")
+        now = self._app.clock.now()
+        # The provider of the last attempt (outbox.provider): the failover moves past it.
+        last_tried = message.provider if message.attempts > 1 else None
+        route = self.failover.choose(message.channel, last_tried, now)
         payload = Payload.loads(
             self._app.keys.sealer.open(message.payload_sealed, message.id.bytes)
         )
-        provider = self._providers[message.channel]
-        provider_name = self._provider_names.get(message.channel, "custom")
+        provider = route.provider
         kind = "code" if message.flow_id is not None else "notice"
+        self.failover.started(message.channel, route, now)
         called = time.perf_counter()
         try:
             # Names only: the destination and the text stay out of the span.
             with tracing.span(
                 "provider.send",
-                **{"authsvc.channel": message.channel, "authsvc.provider": type(provider).__name__},
+                **{
+                    "authsvc.channel": message.channel,
+                    "authsvc.provider": type(provider).__name__,
+                    "authsvc.provider_name": route.name,
+                },
             ):
                 if isinstance(provider, MessageProvider):
                     provider_id = await provider.deliver(
@@ -201,28 +244,35 @@ class Dispatcher:
                     )
         except DeliveryError as error:
             metrics.provider_call(
-                provider_name,
+                route.kind,
                 time.perf_counter() - called,
                 "permanent" if error.permanent else "transient",
             )
+            # A permanent refusal (a bad number) is an answer: the provider is up.
+            if error.permanent:
+                self.failover.answered(message.channel, route, self._app.clock.now())
+            else:
+                self.failover.failed(message.channel, route, self._app.clock.now())
             detail = redact(error, payload)
-            status = await self._failed(message, detail, permanent=error.permanent)
-            metrics.delivery(message.channel, provider_name, kind, _OUTCOME[status])
+            status = await self._failed(message, detail, route, permanent=error.permanent)
+            metrics.delivery(message.channel, route.kind, kind, _OUTCOME[status])
             return status
         except Exception as error:  # a provider bug must not kill the dispatcher
-            metrics.provider_call(provider_name, time.perf_counter() - called, "crash")
-            status = await self._failed(message, redact(error, payload), permanent=False)
-            metrics.delivery(message.channel, provider_name, kind, _OUTCOME[status])
+            metrics.provider_call(route.kind, time.perf_counter() - called, "crash")
+            self.failover.failed(message.channel, route, self._app.clock.now())
+            status = await self._failed(message, redact(error, payload), route, permanent=False)
+            metrics.delivery(message.channel, route.kind, kind, _OUTCOME[status])
             return status
-        metrics.provider_call(provider_name, time.perf_counter() - called, None)
-        metrics.delivery(message.channel, provider_name, kind, "sent")
+        metrics.provider_call(route.kind, time.perf_counter() - called, None)
+        metrics.delivery(message.channel, route.kind, kind, "sent")
+        self.failover.answered(message.channel, route, self._app.clock.now())
         # A gateway's id is its own words too: masked by value (an id has digits: no excerpt).
         provider_id = Redactor(payload).mask(provider_id)[:128]
         if not await self._finish(
             message,
             MessageStatus.SENT,
             provider_id=provider_id,
-            provider_name=self._provider_name(message.channel, provider),
+            provider_name=route.recorded_as,
         ):
             return MessageStatus.SENT
         log.info(
@@ -232,23 +282,20 @@ class Dispatcher:
             template=message.template,
             to=message.destination_masked,
             attempt=message.attempts,
+            provider=route.name,
         )
         return MessageStatus.SENT
-
-    def _provider_name(self, channel: str, provider: Provider) -> str:
-        """Which provider accepted a message: its own name, else the channel's configured one
-        (receipts are matched against it: courier/receipts.py)."""
-        name = getattr(provider, "name", None)
-        if isinstance(name, str) and name:
-            return name[:64]
-        return str(getattr(self._app.settings, f"{channel}_provider"))
 
     def _code_expired(self, message: OutboxMessage) -> bool:
         lifetime = timedelta(seconds=self._app.settings.code_ttl_s)
         return message.created_at + lifetime <= self._app.clock.now()
 
-    async def _abandon(self, message: OutboxMessage, error: str) -> MessageStatus:
-        await self._finish(message, MessageStatus.ABANDONED, error=error)
+    async def _abandon(
+        self, message: OutboxMessage, error: str, provider_name: str | None = None
+    ) -> MessageStatus:
+        await self._finish(
+            message, MessageStatus.ABANDONED, error=error, provider_name=provider_name
+        )
         log.warning(
             "message_abandoned",
             message_id=str(message.id),
@@ -261,29 +308,36 @@ class Dispatcher:
         return MessageStatus.ABANDONED
 
     async def _failed(
-        self, message: OutboxMessage, error: str, *, permanent: bool
+        self, message: OutboxMessage, error: str, route: Route, *, permanent: bool
     ) -> MessageStatus:
         if permanent or message.attempts >= MAX_ATTEMPTS:
-            return await self._abandon(message, error)
-        retry_in = backoff_s(message.attempts)
+            return await self._abandon(message, error, route.recorded_as)
+        now = self._app.clock.now()
+        # Another provider would take it now: no reason to wait (the failover's point).
+        switch = self.failover.other_available(message.channel, route, now)
+        retry_in = 0.0 if switch else backoff_s(message.attempts)
         async with self._app.write() as db:
             await db.execute(
                 update(OutboxMessage)
                 .where(self._still_ours(message))
                 .values(
                     status=MessageStatus.FAILED,
-                    next_attempt_at=self._app.clock.now() + timedelta(seconds=retry_in),
+                    next_attempt_at=now + timedelta(seconds=retry_in),
                     lease_until=None,
                     last_error=error,
+                    provider=route.recorded_as,  # the next attempt moves past it
                 )
             )
         outcomes.notify(message.flow_id)
+        if switch:
+            self._app.outbox_ready.set()  # wake the loop: the message is due now
         log.info(
             "message_retry",
             message_id=str(message.id),
             channel=message.channel,
             attempt=message.attempts,
             retry_in_s=round(retry_in, 1),
+            provider=route.name,
             error=error,
         )
         return MessageStatus.FAILED
@@ -424,7 +478,8 @@ class Dispatcher:
 
     async def close(self) -> None:
         """Release the providers' connections."""
-        for provider in {id(p): p for p in self._providers.values()}.values():
+        every = [route.provider for routes in self._routes.values() for route in routes]
+        for provider in {id(p): p for p in every}.values():
             if isinstance(provider, MessageProvider):
                 with contextlib.suppress(Exception):
                     await provider.aclose()

@@ -78,17 +78,16 @@ def webhook_signature(secret: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
 
 
-def http_gateway(app: App, channel: str) -> HttpGateway | None:
-    """The channel's HTTP gateway when it can sign receipts (an http provider with a secret)."""
-    settings = app.settings
+def signing_gateways(app: App, channel: str) -> list[tuple[str, HttpGateway]]:
+    """The channel's HTTP gateways that can sign receipts (http providers with a secret), each
+    with what outbox.provider records for the messages it accepted."""
     if channel not in ("sms", "voice", "email"):
-        return None
-    if getattr(settings, f"{channel}_provider") is not ProviderName.HTTP:
-        return None
-    gateway: HttpGateway | None = getattr(settings, f"{channel}_http")
-    if gateway is None or gateway.hmac_secret is None:
-        return None
-    return gateway
+        return []
+    return [
+        (entry.recorded_as, entry.http)
+        for entry in app.settings.channel_providers(channel)
+        if entry.http is not None and entry.http.hmac_secret is not None
+    ]
 
 
 def _message_id(value: object) -> uuid.UUID:
@@ -104,16 +103,24 @@ def check_webhook(
     app: App, channel: str, headers: dict[str, str], body: bytes, now_s: float
 ) -> Claim:
     """Believe and read one signed webhook receipt, or raise Refused."""
-    gateway = http_gateway(app, channel)
-    if gateway is None:
+    gateways = signing_gateways(app, channel)
+    if not gateways:
         raise Refused(404, "no signed HTTP gateway on this channel")
-    assert gateway.hmac_secret is not None
     timestamp = headers.get(TIMESTAMP_HEADER.lower(), "")
-    signature = headers.get(gateway.signature_header.lower(), "")
-    if not timestamp.isdigit() or len(timestamp) > 12 or not signature:
+    if not timestamp.isdigit() or len(timestamp) > 12:
         raise Refused(401, "missing or malformed signature or timestamp")
-    expected = webhook_signature(gateway.hmac_secret.get_secret_value().encode(), timestamp, body)
-    if not constant_time_eq(expected.encode(), signature.encode()):
+    # With failover a channel may have several gateways: the secret that signed the receipt
+    # says which one speaks, and it speaks only for the messages it accepted (statements/
+    # receipts.py matches outbox.provider), not for one it timed out on before another took it.
+    speaker: str | None = None
+    for recorded_as, gateway in gateways:
+        assert gateway.hmac_secret is not None
+        signature = headers.get(gateway.signature_header.lower(), "")
+        secret = gateway.hmac_secret.get_secret_value().encode()
+        expected = webhook_signature(secret, timestamp, body)
+        if signature and constant_time_eq(expected.encode(), signature.encode()):
+            speaker = recorded_as
+    if speaker is None:
         raise Refused(401, "bad signature")
     # Checked after the signature: an unsigned caller learns nothing about the window.
     if abs(now_s - int(timestamp)) > app.settings.receipts_max_age_s:
@@ -134,7 +141,7 @@ def check_webhook(
     return Claim(
         message_id=_message_id(data.get("message_id")),
         channel=channel,
-        provider_prefix=ProviderName.HTTP.value,
+        provider_prefix=speaker,
         receipt=receipt,
         provider_message_id=provider_id,
     )
@@ -142,8 +149,13 @@ def check_webhook(
 
 def check_kannel(app: App, query: dict[str, str]) -> Claim:
     """Believe and read one Kannel DLR callback, or raise Refused."""
-    if app.settings.sms_provider is not ProviderName.KANNEL:
-        raise Refused(404, "Kannel is not this service's SMS provider")
+    kannel = [
+        entry
+        for entry in app.settings.channel_providers("sms")
+        if entry.kind is ProviderName.KANNEL
+    ]
+    if not kannel:
+        raise Refused(404, "Kannel is not one of this service's SMS providers")
     message_id = _message_id(query.get("id"))
     token = query.get("token", "")
     expected = app.keys.receipt_token(message_id.bytes)
@@ -155,7 +167,7 @@ def check_kannel(app: App, query: dict[str, str]) -> Claim:
     return Claim(
         message_id=message_id,
         channel="sms",
-        provider_prefix=ProviderName.KANNEL.value,
+        provider_prefix=kannel[0].recorded_as,
         receipt=KANNEL_TYPES[int(status)],
     )
 

@@ -32,6 +32,9 @@ class ChallengeRequest:
     channel: str | None  # None: the account's default
     idempotency_key: str | None
     ip_address: str = ""  # the end user's, for the per-IP send limit
+    # The automatic voice switch (flows/voice_fallback.py): the backend's idempotency key moves
+    # to the call; nothing is replayed and nobody waits for the outcome.
+    switch_from_sms: bool = False
 
 
 async def load_flow(app: App, flow_id: uuid.UUID) -> tuple[FlowRow, AccountRow]:
@@ -66,9 +69,10 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     now = app.clock.now()
     ensure_open(flow, now)
     channel = _pick_channel(flow, account, request.channel)
-    replay = await _idempotent_replay(app, flow, account, request, channel, now)
-    if replay is not None:
-        return replay
+    if not request.switch_from_sms:
+        replay = await _idempotent_replay(app, flow, account, request, channel, now)
+        if replay is not None:
+            return replay
     lockout.check_code_lock(app, account, now)
     # The cooldown protects against sending twice; it does not apply when the last message
     # could not be delivered (abandoned, or undelivered by its receipt): the user would
@@ -130,7 +134,11 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         raise failures.resend_too_soon(float(settings.resend_cooldown_s))
     app.outbox_ready.set()
     # Waits up to delivery_wait_s for the in-process dispatcher (courier/outcomes.py).
-    delivery = await outcomes.delivery_status(app, flow.id, challenge_id)
+    delivery = (
+        "queued"
+        if request.switch_from_sms
+        else await outcomes.delivery_status(app, flow.id, challenge_id)
+    )
     metrics.code_issued(channel, str(flow.purpose))
     return ChallengeView(
         challenge_id=challenge_id,
@@ -229,6 +237,8 @@ async def _idempotent_replay(
         or flow.code_expires_at <= now
     ):
         return None
+    if request.channel is None and flow.channel is not None:
+        channel = flow.channel  # the key's challenge, on the channel it went (a voice switch)
     if flow.channel != channel:
         raise Failure(
             "FAILED_PRECONDITION",

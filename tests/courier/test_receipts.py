@@ -48,7 +48,7 @@ SECRET = "shared-with-the-gateway"
 class Gateway:
     """A provider that fails the first `failures` calls, or waits for `release` to answer."""
 
-    name = "http sms"
+    name = "http"  # what outbox.provider records for the channel's one http gateway
 
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
@@ -115,7 +115,7 @@ async def test_a_receipt_after_the_send_moves_sent_to_final_once(app: App) -> No
     message_id = await queue(app)
     await Dispatcher(app, providers(Gateway())).run_once()
     sent = await row(app, message_id)
-    assert (sent.status, sent.provider, sent.provider_message_id) == ("sent", "http sms", "gw-1")
+    assert (sent.status, sent.provider, sent.provider_message_id) == ("sent", "http", "gw-1")
 
     buffered = await receipts.apply(app, claim(message_id, Receipt.BUFFERED), source="t")
     assert buffered == MessageStatus.SENT  # on its way: noted, still sent

@@ -9,8 +9,9 @@ Whatever the order of a receipt and the send's own answer, and however often a r
   ends the message: the retry would send the code twice; other words wait for the retry;
 - a final receipt is final: nothing changes a message once delivered or undelivered, nor a
   queued or abandoned one (never handed over, or given up and purged).
-The row must also be of the receipt's channel and provider family, and of its provider message
-id when the receipt names one: a receipt cannot touch another gateway's message.
+The row must also be of the receipt's channel, of the provider it speaks for (outbox.provider:
+the last one tried, the one that accepted once sent), and of its provider message id when the
+receipt names one: a receipt cannot touch another gateway's message.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ _FINAL = (Receipt.DELIVERED.value, Receipt.UNDELIVERED.value)
 class ReceiptUpdate:
     message_id: uuid.UUID
     channel: str
-    provider_prefix: str  # "kannel", "http": the family the endpoint speaks for
+    # What outbox.provider records for the provider the receipt speaks for ("http", "kannel",
+    # "http:backup" with failover): it changes only the messages that provider accepted.
+    provider_prefix: str
     receipt: Receipt
     provider_message_id: str | None
     now: datetime
@@ -71,7 +74,7 @@ def record(connection: Connection, update_: ReceiptUpdate) -> Applied | None:
     owner = [
         _C.id == update_.message_id,
         _C.channel == update_.channel,
-        or_(_C.provider.is_(None), _C.provider.startswith(update_.provider_prefix)),
+        or_(_C.provider.is_(None), _C.provider == update_.provider_prefix),
     ]
     if update_.provider_message_id is not None:
         owner.append(

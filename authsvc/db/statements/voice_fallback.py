@@ -1,0 +1,49 @@
+"""Which flows' SMS codes wait for a receipt too long (the voice switch: flows/voice_fallback.py).
+
+One indexed read: the flow's current challenge is an SMS that was sent (no final receipt:
+delivered and undelivered are statuses of their own) before `sent_before`, and the flow could
+still take a send (pending, neither it nor its code expired, sends left). Whether the send is
+allowed is decided again, atomically, by the Challenge it triggers (statements/flows.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, select
+
+from authsvc.db import Flow, FlowStatus, MessageStatus, OutboxMessage
+
+BATCH = 100
+
+
+@dataclass(frozen=True)
+class Awaiting:
+    flow_id: uuid.UUID
+    challenge_id: uuid.UUID
+    ip_address: str  # the end user's, at the flow's start: the per-IP send limit is theirs
+
+
+def sms_awaiting_receipt(
+    connection: Connection, now: datetime, sent_before: datetime, max_sends: int
+) -> list[Awaiting]:
+    """The flows whose SMS code is sent and unconfirmed."""
+    query = (
+        select(Flow.id, OutboxMessage.id, Flow.ip_address)
+        .join(OutboxMessage, OutboxMessage.id == Flow.challenge_id)
+        .where(
+            and_(
+                Flow.status == FlowStatus.PENDING,
+                Flow.channel == "sms",
+                Flow.expires_at > now,
+                Flow.code_expires_at > now,
+                Flow.send_count < max_sends,
+                OutboxMessage.status == MessageStatus.SENT,
+                OutboxMessage.sent_at <= sent_before,
+            )
+        )
+        .limit(BATCH)
+    )
+    return [Awaiting(row[0], row[1], row[2]) for row in connection.execute(query)]
