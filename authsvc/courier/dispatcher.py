@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, null, or_, select, update
 
 from authsvc import metrics, tracing
 from authsvc.app import App
@@ -56,7 +56,7 @@ from authsvc.courier.providers import (
     build_routes,
 )
 from authsvc.courier.redaction import Redactor
-from authsvc.db import MessageStatus, OutboxMessage
+from authsvc.db import MessageStatus, OutboxMessage, Receipt
 from authsvc.db.statements import outbox as outbox_statements
 from authsvc.db.statements import receipts
 
@@ -88,6 +88,7 @@ _OUTCOME = {
     MessageStatus.FAILED: "retry",
     MessageStatus.ABANDONED: "abandoned",
     MessageStatus.SENT: "sent",
+    MessageStatus.DELIVERED: "sent",  # an attempt that failed on our side reached the phone
     MessageStatus.SENDING: "retry",
     MessageStatus.QUEUED: "retry",
 }
@@ -316,19 +317,34 @@ class Dispatcher:
         # Another provider would take it now: no reason to wait (the failover's point).
         switch = self.failover.other_available(message.channel, route, now)
         retry_in = 0.0 if switch else backoff_s(message.attempts)
+        # A receipt noted while this attempt was in flight speaks for it: "delivered" means the
+        # phone has the code whatever our side saw (a retry would send it twice): the message
+        # ends delivered. Any other word was this attempt's; the next attempt starts clean
+        # (else its success would be recorded with the failed attempt's "undelivered").
+        reached = OutboxMessage.receipt == Receipt.DELIVERED.value
         async with self._app.write() as db:
-            await db.execute(
+            ended = await db.scalar(
                 update(OutboxMessage)
                 .where(self._still_ours(message))
                 .values(
-                    status=MessageStatus.FAILED,
+                    status=case(
+                        (reached, MessageStatus.DELIVERED.value), else_=MessageStatus.FAILED.value
+                    ),
+                    payload_sealed=case((reached, null()), else_=OutboxMessage.payload_sealed),
+                    receipt=case((reached, OutboxMessage.receipt), else_=null()),
+                    receipt_at=case((reached, OutboxMessage.receipt_at), else_=null()),
                     next_attempt_at=now + timedelta(seconds=retry_in),
                     lease_until=None,
                     last_error=error,
                     provider=route.recorded_as,  # the next attempt moves past it
                 )
+                .returning(OutboxMessage.status)
+                .execution_options(synchronize_session=False)
             )
         outcomes.notify(message.flow_id)
+        if ended == MessageStatus.DELIVERED:
+            log.info("message_delivered_despite_error", message_id=str(message.id), error=error)
+            return MessageStatus.DELIVERED
         if switch:
             self._app.outbox_ready.set()  # wake the loop: the message is due now
         log.info(

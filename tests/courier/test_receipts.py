@@ -167,6 +167,35 @@ async def test_delivered_after_a_timed_out_attempt_ends_the_message_unsent_again
     assert gateway.calls == 1  # the code was never sent twice
 
 
+@pytest.mark.parametrize("word", [Receipt.UNDELIVERED, Receipt.DELIVERED])
+async def test_a_receipt_noted_during_a_failed_attempt_speaks_for_that_attempt_only(
+    app: App, clock: FrozenClock, word: Receipt
+) -> None:
+    """Attack review: a receipt that came while attempt 1 was in flight, before attempt 1
+    timed out on our side. "undelivered" was attempt 1's word: attempt 2's success is recorded
+    sent (before, undelivered: voice offered, cooldown skipped). "delivered": the phone has the
+    code, the message ends delivered and is never sent again (before, sent twice)."""
+    message_id = await queue(app)
+    gateway = Gateway(failures=1)
+    gateway.release = asyncio.Event()
+    dispatcher = Dispatcher(app, providers(gateway))
+    sending = asyncio.create_task(dispatcher.run_once())
+    await gateway.called.wait()
+    assert await receipts.apply(app, claim(message_id, word), source="t") == MessageStatus.SENDING
+    gateway.release.set()
+    await sending
+    clock.advance(60)  # past the retry's backoff
+    gateway.release = None
+    await dispatcher.run_once()
+    ended = await row(app, message_id)
+    if word is Receipt.DELIVERED:
+        assert (ended.status, gateway.calls) == (MessageStatus.DELIVERED, 1)
+        assert ended.payload_sealed is None
+    else:
+        assert (ended.status, gateway.calls) == (MessageStatus.SENT, 2)
+        assert ended.receipt is None
+
+
 async def test_unknown_foreign_and_unsent_messages_change_nothing(app: App) -> None:
     queued = await queue(app)
     email = await queue(app, channel="email")
