@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +50,9 @@ def _default_http_body() -> dict[str, Any]:
     return {"to": "$to", "text": "$text", "channel": "$channel", "reference": "$message_id"}
 
 
+MIN_GATEWAY_SECRET = 16
+
+
 class HttpGateway(BaseModel):
     """One channel's HTTP gateway, e.g. AUTHSVC_SMS_HTTP='{"url": "https://...", ...}'.
 
@@ -58,10 +69,19 @@ class HttpGateway(BaseModel):
     headers: dict[str, SecretStr] = {}
     body: dict[str, Any] = Field(default_factory=_default_http_body)
     timeout_s: float = Field(default=5.0, gt=0, le=30)
+    # Signs our requests and checks the gateway's receipts: a short one is guessable, and an
+    # empty one would let anyone forge receipts, so at least MIN_GATEWAY_SECRET characters.
     hmac_secret: SecretStr | None = None
     signature_header: str = "X-Authsvc-Signature"
     # Where the gateway's message id is in a JSON answer (dotted path); absent: our reference.
     message_id_field: str = "id"
+
+    @field_validator("hmac_secret")
+    @classmethod
+    def _secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value()) < MIN_GATEWAY_SECRET:
+            raise ValueError(f"hmac_secret: at least {MIN_GATEWAY_SECRET} characters")
+        return secret
 
 
 class ProviderEntry(BaseModel):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from authsvc.config import DEV_ISSUER, FRANCE_AND_OVERSEAS, Rate, RateLimits, Settings
+from authsvc.config import DEV_ISSUER, FRANCE_AND_OVERSEAS, HttpGateway, Rate, RateLimits, Settings
 
 LOOSER = [
     ("code_ttl_s", 601),
@@ -253,3 +253,12 @@ def test_the_key_prefix_holds_no_hash_tag() -> None:
     """The limit family's tag must be the first {...} of every key (one slot per decision)."""
     with pytest.raises(ValidationError):
         Settings(redis_key_prefix="{authsvc}:")
+
+
+@pytest.mark.parametrize("secret", ["", "s", "x" * 15])
+def test_a_gateway_secret_too_short_to_resist_forgery_is_refused(secret: str) -> None:
+    """Attack review: with `"hmac_secret": ""` anyone knowing a challenge id could sign a
+    receipt (mark a code undelivered, skip the resend cooldown, have voice offered)."""
+    with pytest.raises(ValidationError, match="hmac_secret"):
+        HttpGateway(url="https://sms.example/send", hmac_secret=SecretStr(secret))
+    assert HttpGateway(url="https://sms.example/send", hmac_secret=SecretStr("x" * 16))
