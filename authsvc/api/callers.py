@@ -269,10 +269,13 @@ def guarded(method: str, handler: Handler, registry: CallerRegistry) -> Handler:
 
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         metadata = cast(Sequence[tuple[str, Any]], context.invocation_metadata() or ())
-        # The call's span starts here, before the caller check: a refused call is traced too.
+        # Who calls first (no I/O): only a known backend's `traceparent` is continued. A
+        # stranger's would choose the trace id written in our logs and force sampling past
+        # the operator's sampler. A refused call is traced too, in a trace of its own.
+        caller = registry.identify(metadata, context.peer_identities())
+        propagated = metadata if caller is not None else ()
         # (Checked per call, not per registration: tracing may be switched on after start-up.)
-        with tracing.rpc_span(method, metadata) if tracing.enabled() else _UNTRACED:
-            caller = registry.identify(metadata, context.peer_identities())
+        with tracing.rpc_span(method, propagated) if tracing.enabled() else _UNTRACED:
             current_request_id.set(request_id(metadata))
             if caller is None or method not in caller.rpcs:
                 await _refuse(context, method, caller)

@@ -185,9 +185,11 @@ async def test_full_login_is_traced_without_secrets(
     assert leaks == []
 
 
-async def test_refused_caller_is_traced(
+async def test_refused_caller_is_traced_in_a_trace_of_its_own(
     traced: Server, spans: InMemorySpanExporter, events: list[MutableMapping[str, Any]]
 ) -> None:
+    """Attack review: a caller without a key chose the trace id of our log lines (and forced
+    sampling) with its traceparent. Its call is traced, but never in the trace it named."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{traced.port}") as channel:
         stub = pb_grpc.AuthServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -198,9 +200,11 @@ async def test_refused_caller_is_traced(
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     [span] = [s for s in spans.get_finished_spans() if s.name.endswith("/ValidateSession")]
     assert dict(span.attributes or {})["rpc.grpc.status"] == "PERMISSION_DENIED"
-    assert format(span.context.trace_id, "032x") == CALLER_TRACE
+    assert span.parent is None
+    own = format(span.context.trace_id, "032x")
+    assert own != CALLER_TRACE
     [line] = [event for event in events if event.get("event") == "rpc"]
-    assert line["trace_id"] == CALLER_TRACE
+    assert line["trace_id"] == own
 
 
 async def test_malformed_traceparent_starts_a_new_trace(
@@ -285,3 +289,22 @@ async def test_otlp_exporter_sends_to_a_real_receiver(
                         assert span.parent_span_id.hex() == CALLER_SPAN
     assert "authsvc.v1.AuthService/ValidateSession" in names
     assert "db.read" in names
+
+
+async def test_an_exception_leaving_a_span_is_recorded_by_its_type_only(
+    spans: InMemorySpanExporter,
+) -> None:
+    """Attack review: OpenTelemetry records an exception's message and stack by default; a
+    provider's error quoting the number and the code reached the collector verbatim."""
+    number, code = "+33612340000", "123456"
+    with pytest.raises(RuntimeError), tracing.span("provider.send", **{"authsvc.channel": "sms"}):
+        raise RuntimeError(f"gateway library choked on {number!r} / 'code {code}'")
+    with pytest.raises(RuntimeError), tracing.db_span("db.write", "sqlite", text_of):
+        raise RuntimeError(f"duplicate key (login)=(alice.{code})")
+    finished = [s for s in spans.get_finished_spans() if s.name in ("provider.send", "db.write")]
+    assert len(finished) == 2
+    for span in finished:
+        carried = text_of(span)
+        assert number not in carried and code not in carried, carried
+        assert dict(span.attributes or {})["error.type"] == "RuntimeError"
+        assert not span.events
