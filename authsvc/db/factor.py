@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, LargeBinary, String
+from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authsvc.db.base import Base, new_id
@@ -21,6 +21,17 @@ from authsvc.db.base import Base, new_id
 
 class SecondFactor(Base):
     __tablename__ = "second_factors"
+    # At most one confirmed authenticator app per account, decided by the database (two
+    # concurrent confirmations cannot both win). Other kinds (passkeys) may be several.
+    __table_args__ = (
+        Index(
+            "uq_second_factors_one_totp",
+            "account_id",
+            unique=True,
+            postgresql_where=text("kind = 'totp' AND confirmed_at IS NOT NULL"),
+            sqlite_where=text("kind = 'totp' AND confirmed_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)

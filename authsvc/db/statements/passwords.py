@@ -43,7 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from authsvc.db import Account, LoginFailures, Organization
 from authsvc.db.base import UTCDateTime
-from authsvc.db.statements import audit, table
+from authsvc.db.statements import audit, factors, table
 
 ACCOUNTS = table(Account)
 ORGANIZATIONS = table(Organization)
@@ -94,6 +94,8 @@ class LoginAccount:
     failed_code_count: int
     code_window_failures: int
     code_locked_until: datetime | None
+    # A confirmed authenticator app (its flow lists CHANNEL_TOTP), read in the same lookup.
+    has_totp: bool
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ _ACCOUNT_COLUMNS = (
     ACCOUNTS.c.failed_code_count,
     ACCOUNTS.c.code_window_failures,
     ACCOUNTS.c.code_locked_until,
+    factors.has_confirmed_totp(ACCOUNTS.c.id).label("has_totp"),
     ACCOUNTS.c.password_locked_until,
     ACCOUNTS.c.password_lock_count,
 )

@@ -39,9 +39,20 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_second_factors_account_id"), ["account_id"], unique=False
         )
+    # One confirmed authenticator app per account (partial unique index, both backends).
+    only_confirmed_totp = sa.text("kind = 'totp' AND confirmed_at IS NOT NULL")
+    op.create_index(
+        "uq_second_factors_one_totp",
+        "second_factors",
+        ["account_id"],
+        unique=True,
+        postgresql_where=only_confirmed_totp,
+        sqlite_where=only_confirmed_totp,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("uq_second_factors_one_totp", table_name="second_factors")
     with op.batch_alter_table("second_factors", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_second_factors_account_id"))
     op.drop_table("second_factors")
