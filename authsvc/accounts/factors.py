@@ -92,8 +92,9 @@ def factor_name(value: str) -> str:
 
 def otpauth_uri(issuer: str, account_label: str, secret_base32: str) -> str:
     """The Key Uri Format that authenticator apps import (issuer both in the label and as a
-    parameter, as Google Authenticator's documentation asks)."""
-    label = quote(f"{issuer}:{account_label}", safe="")
+    parameter, as Google Authenticator's documentation asks). The label's separator is a
+    literal ":"; a colon inside the issuer or the account is percent-encoded (%3A)."""
+    label = f"{quote(issuer, safe='')}:{quote(account_label, safe='')}"
     query = urlencode(
         {
             "secret": secret_base32,
@@ -286,9 +287,11 @@ async def list_factors(
                 .order_by(SecondFactor.confirmed_at, SecondFactor.id)
             )
         ).all()
-    return [
-        FactorView(id_, kind, name, confirmed, used) for id_, kind, name, confirmed, used in rows
-    ]
+    shown = []
+    for id_, kind, name, confirmed, used in rows:
+        assert confirmed is not None  # the WHERE clause
+        shown.append(FactorView(id_, kind, name, confirmed, used))
+    return shown
 
 
 async def remove_factor(
