@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -59,7 +59,9 @@ async def factors(channel: grpc.aio.Channel) -> AsyncIterator[Factors]:
 
 
 def code_at(uri: str, at: datetime, *, offset_s: int = 0) -> str:
-    return str(pyotp.parse_uri(uri).at(at.timestamp() + offset_s))
+    parsed = pyotp.parse_uri(uri)
+    assert isinstance(parsed, pyotp.TOTP)
+    return str(parsed.at(at.timestamp() + offset_s))
 
 
 def phone_messages(inbox: Inbox) -> int:
@@ -448,7 +450,7 @@ async def test_bad_input_is_invalid_argument_and_changes_nothing(
     stub: Stub, factors: Factors, inbox: Inbox, alice: Seeded, server: Server
 ) -> None:
     session = (await sign_in(stub, inbox, alice)).session.token
-    cases = [
+    cases: list[tuple[Awaitable[object], str]] = [
         (
             factors.BeginTotpEnrollment(
                 fpb.BeginTotpEnrollmentRequest(
