@@ -11,15 +11,27 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 import pyotp
 import pytest
 from sqlalchemy import select
-from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of, seed_account, sign_in
+from support import (
+    CLIENT,
+    MOBILE,
+    PASSWORD,
+    TEST_API_KEY,
+    Inbox,
+    Seeded,
+    failure_of,
+    seed_account,
+    sign_in,
+)
 from support import step_up as grant_for
 
+from authsvc import cli
 from authsvc.clock import FrozenClock
 from authsvc.config import Rate, RateLimits, Settings
 from authsvc.db import AuditEvent, Role, SecondFactor
@@ -516,3 +528,44 @@ async def test_bad_input_is_invalid_argument_and_changes_nothing(
     assert (unknown.code, unknown.reason) == (grpc.StatusCode.NOT_FOUND, "FACTOR_NOT_FOUND")
     async with server.app.read() as db:
         assert (await db.scalars(select(SecondFactor))).all() == []
+
+
+# ---- authsvc client -------------------------------------------------------------------------
+
+
+async def test_the_client_enrols_an_app_with_a_qr_code_in_the_terminal(
+    stub: Stub,
+    inbox: Inbox,
+    alice: Seeded,
+    server: Server,
+    clock: FrozenClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README's walk-through: step-up, challenge, verify, totp-enrol, totp-confirm."""
+    monkeypatch.chdir(tmp_path)  # the client keeps its state in var/client.json
+    monkeypatch.setenv("AUTHSVC_CLIENT_API_KEY", TEST_API_KEY)
+    session = (await sign_in(stub, inbox, alice)).session.token
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "client.json").write_text(json.dumps({"session_token": session}))
+
+    async def client(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exited:
+            await asyncio.to_thread(
+                cli.main, ["client", "--server", f"127.0.0.1:{server.port}", *argv]
+            )
+        printed = capsys.readouterr()
+        assert exited.value.code == 0, printed.err
+        return printed.out
+
+    await client("step-up", "enrol-factor")
+    await client("challenge")
+    await client("verify", await inbox.code_to(MOBILE))
+    printed = await client("totp-enrol", "--name", "Work phone")
+    uri = next(line for line in printed.splitlines() if line.startswith("otpauth://totp/"))
+    assert "█" in printed or "▀" in printed or "▄" in printed  # the QR code's blocks
+    await client("totp-confirm", code_at(uri, clock.now()))
+    async with server.app.read() as db:
+        row = await db.scalar(select(SecondFactor))
+    assert row is not None and row.confirmed_at is not None and row.name == "Work phone"
