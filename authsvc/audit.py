@@ -66,6 +66,19 @@ def event(
     }
 
 
+def with_details(row: dict[str, Any], /, **more: str) -> dict[str, Any]:
+    """An event's row (`event`) with more details (a variant of the event, such as the channel
+    of a code, that only some of its rows carry)."""
+    if not more:
+        return row
+    return {
+        **row,
+        "details": json.dumps(
+            {**json.loads(row["details"]), **more}, sort_keys=True, ensure_ascii=False
+        ),
+    }
+
+
 def record(
     db: AsyncSession,
     clock: Clock,

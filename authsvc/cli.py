@@ -537,7 +537,11 @@ def cmd_client(args: argparse.Namespace) -> int:
                 print("a code is required: run `authsvc client challenge`", file=sys.stderr)
                 _show(linking)
             elif args.action == "challenge":
-                channel_value = {"sms": common_pb2.CHANNEL_SMS, "voice": common_pb2.CHANNEL_VOICE}
+                channel_value = {
+                    "sms": common_pb2.CHANNEL_SMS,
+                    "voice": common_pb2.CHANNEL_VOICE,
+                    "totp": common_pb2.CHANNEL_TOTP,  # nothing sent: the app's code
+                }
                 _show(
                     stub.Challenge(
                         pb.ChallengeRequest(
@@ -560,7 +564,25 @@ def cmd_client(args: argparse.Namespace) -> int:
                 if verified.HasField("login"):
                     state["session_token"] = verified.login.session.token
                     state["device_token"] = verified.login.device_token
+                if verified.HasField("action_grant"):
+                    state["grant_token"] = verified.action_grant.grant_token
                 _show(verified)
+            elif args.action == "step-up":
+                opened = stub.AuthorizeSensitiveAction(
+                    pb.AuthorizeSensitiveActionRequest(
+                        session_token=state.get("session_token", ""),
+                        action=common_pb2.SensitiveAction.Value(
+                            _STEP_UP_ACTIONS[args.sensitive_action]
+                        ),
+                        new_values=pb.ActionValues(),
+                        client=client,
+                    )
+                )
+                state["flow_id"] = opened.pending_flow.flow_id
+                print("a code is required: run `authsvc client challenge`", file=sys.stderr)
+                _show(opened)
+            elif args.action in ("totp-enrol", "totp-confirm"):
+                _totp(args, state, channel, client)
             elif args.action == "whoami":
                 _show(
                     stub.ValidateSession(
@@ -584,6 +606,46 @@ def cmd_client(args: argparse.Namespace) -> int:
         finally:
             _save_state(state)
     return 0
+
+
+_STEP_UP_ACTIONS = {
+    "enrol-factor": "SENSITIVE_ACTION_ENROLL_FACTOR",
+    "remove-factor": "SENSITIVE_ACTION_REMOVE_FACTOR",
+}
+
+
+def _totp(args: argparse.Namespace, state: dict[str, str], channel: Any, client: Any) -> None:
+    """Enrol an authenticator app with the grant of `step-up enrol-factor` (its URI and QR
+    code printed in the terminal), then confirm it with the app's first code."""
+    import segno
+
+    from authsvc.v1 import factor_service_pb2 as fpb
+    from authsvc.v1 import factor_service_pb2_grpc as fpb_grpc
+
+    factors = fpb_grpc.FactorServiceStub(channel)
+    if args.action == "totp-enrol":
+        begun = factors.BeginTotpEnrollment(
+            fpb.BeginTotpEnrollmentRequest(
+                session_token=state.get("session_token", ""),
+                grant_token=state.pop("grant_token", ""),
+                name=args.name,
+            )
+        )
+        state["factor_id"] = begun.factor_id
+        segno.make(begun.otpauth_uri, error="m").terminal(compact=True)
+        print(begun.otpauth_uri)
+        print(f"secret (manual entry): {begun.secret_base32}")
+        print("scan it, then run `authsvc client totp-confirm CODE`", file=sys.stderr)
+        return
+    confirmed = factors.ConfirmTotpEnrollment(
+        fpb.ConfirmTotpEnrollmentRequest(
+            session_token=state.get("session_token", ""),
+            factor_id=args.factor or state.get("factor_id", ""),
+            code=args.code,
+            client=client,
+        )
+    )
+    _show(confirmed)
 
 
 def _print_rpc_error(error: grpc.RpcError) -> None:
@@ -679,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--login", default=DEMO_LOGIN)
     challenge = actions.add_parser("challenge", help="send the code")
     challenge.add_argument("--flow")
-    challenge.add_argument("--channel", choices=["sms", "voice"])
+    challenge.add_argument("--channel", choices=["sms", "voice", "totp"])
     verify = actions.add_parser("verify", help="enter the code")
     verify.add_argument("code")
     verify.add_argument("--flow")
@@ -689,6 +751,15 @@ def build_parser() -> argparse.ArgumentParser:
     federated_login.add_argument("assertion")
     link = actions.add_parser("link", help="link the assertion's identity to your account")
     link.add_argument("assertion")
+    stepping = actions.add_parser("step-up", help="open a step-up flow (a fresh code, a grant)")
+    stepping.add_argument("sensitive_action", choices=sorted(_STEP_UP_ACTIONS))
+    enrol = actions.add_parser(
+        "totp-enrol", help="enrol an authenticator app (after `step-up enrol-factor`)"
+    )
+    enrol.add_argument("--name", default="Authenticator")
+    confirm = actions.add_parser("totp-confirm", help="confirm the app with its first code")
+    confirm.add_argument("code")
+    confirm.add_argument("--factor")
     actions.add_parser("whoami", help="validate the current session")
     actions.add_parser("logout", help="revoke the current session")
     return parser

@@ -32,7 +32,12 @@ from authsvc.app import App
 from authsvc.db import Backend
 from authsvc.errors import Failure, invalid_field
 from authsvc.otp import random_token
-from authsvc.v1 import account_service_pb2, auth_service_pb2, readiness_service_pb2
+from authsvc.v1 import (
+    account_service_pb2,
+    auth_service_pb2,
+    factor_service_pb2,
+    readiness_service_pb2,
+)
 
 log = structlog.get_logger("authsvc.rpc")
 
@@ -63,7 +68,12 @@ def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
 def _methods() -> dict[str, str]:
     """Every RPC of the API: full method path -> "Service/Method"."""
     found = {}
-    for module in (auth_service_pb2, account_service_pb2, readiness_service_pb2):
+    for module in (
+        auth_service_pb2,
+        account_service_pb2,
+        readiness_service_pb2,
+        factor_service_pb2,
+    ):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 found[f"/{service.full_name}/{method.name}"] = f"{service.name}/{method.name}"

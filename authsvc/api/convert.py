@@ -24,6 +24,7 @@ CHANNEL_TO_PB = {
 }
 CHANNEL_FROM_PB: dict[int, str] = {int(value): name for name, value in CHANNEL_TO_PB.items()}
 DELIVERY_TO_PB = {
+    "none": common_pb2.DELIVERY_STATUS_UNSPECIFIED,  # nothing is delivered (CHANNEL_TOTP)
     "queued": common_pb2.DELIVERY_STATUS_QUEUED,
     "sent": common_pb2.DELIVERY_STATUS_SENT,
     "failed": common_pb2.DELIVERY_STATUS_FAILED,
@@ -51,6 +52,8 @@ ACTION_TO_PB = {
     Action.ADD_RELAY_MEMBERS: common_pb2.SENSITIVE_ACTION_ADD_RELAY_MEMBERS,
     Action.REMOVE_RELAY_MEMBERS: common_pb2.SENSITIVE_ACTION_REMOVE_RELAY_MEMBERS,
     Action.START_READINESS_CAMPAIGN: common_pb2.SENSITIVE_ACTION_START_READINESS_CAMPAIGN,
+    Action.ENROLL_FACTOR: common_pb2.SENSITIVE_ACTION_ENROLL_FACTOR,
+    Action.REMOVE_FACTOR: common_pb2.SENSITIVE_ACTION_REMOVE_FACTOR,
 }
 ACTION_FROM_PB: dict[int, Action] = {int(value): action for action, value in ACTION_TO_PB.items()}
 MAX_SERVICE_CODES = 64

@@ -304,6 +304,17 @@ def _password_changed(*, display_name: str, service: str) -> EmailText:
     )
 
 
+def _factor_removed(*, display_name: str, factor_name: str, by: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : une application d'authentification a été retirée",
+        f"Bonjour {display_name},",
+        f"L'application d'authentification « {factor_name} » a été retirée de votre compte "
+        f"{service} ({by}). Vos sessions ouvertes ont été fermées.",
+        _NOT_YOU,
+        signature=service,
+    )
+
+
 def _new_admin(*, display_name: str, admin_name: str, service: str) -> EmailText:
     return _mail(
         f"{service} : nouvel administrateur des comptes",
@@ -432,6 +443,7 @@ _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "contact_changed": (_contact_changed, {"display_name", "what", "service"}),
     "password_changed": (_password_changed, {"display_name", "service"}),
     "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
+    "factor_removed": (_factor_removed, {"display_name", "factor_name", "by", "service"}),
     "code_failures": (_code_failures, {"display_name", "service"}),
     "wrong_codes": (_wrong_codes, {"display_name", "service"}),
     "federated_link_proposed": (

@@ -12,6 +12,7 @@ from authsvc.db.campaign import (
     SendBudget,
 )
 from authsvc.db.device import TrustedDevice
+from authsvc.db.factor import SecondFactor
 from authsvc.db.federation import FederatedIdentity, UsedAssertion
 from authsvc.db.flow import Flow, FlowPurpose, FlowStatus
 from authsvc.db.grant import ActionGrant
@@ -47,6 +48,7 @@ __all__ = [
     "Relay",
     "RelayMember",
     "Role",
+    "SecondFactor",
     "SendBreaker",
     "SendBudget",
     "ServiceAccess",

@@ -20,7 +20,7 @@ from authsvc.db import FlowStatus
 from authsvc.db.statements import flows
 from authsvc.db.statements.flows import AccountRow, FlowRow
 from authsvc.errors import Failure
-from authsvc.flows import destination, failures
+from authsvc.flows import destination, failures, totp
 from authsvc.flows.views import ChallengeView
 from authsvc.otp import generate_code
 from authsvc.policies import lockout, pumping
@@ -69,6 +69,8 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     now = app.clock.now()
     ensure_open(flow, now)
     channel = _pick_channel(flow, account, request.channel)
+    if channel == "totp":
+        return await _totp_window(app, flow, account, request.flow_id, now)
     if not request.switch_from_sms:
         replay = await _idempotent_replay(app, flow, account, request, channel, now)
         if replay is not None:
@@ -150,6 +152,20 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
         delivery_status=delivery,
         next_channel=next_channel(where.channels, channel, delivery),
     )
+
+
+async def _totp_window(
+    app: App, flow: FlowRow, account: AccountRow, flow_id: uuid.UUID, now: datetime
+) -> ChallengeView:
+    """The app's code needs no send: no send limit, cooldown or budget applies; the lock of
+    the second factor does (no window opens while it is locked)."""
+    lockout.check_code_lock(app, account, now)
+    view = await totp.open_window(app, flow, account, now)
+    if view is None:
+        flow, _ = await load_flow(app, flow_id)
+        ensure_open(flow, now)
+        raise failures.flow_failed()  # unreachable unless clocks disagree between replicas
+    return view
 
 
 def next_channel(channels: tuple[str, ...], channel: str, delivery: str) -> str | None:

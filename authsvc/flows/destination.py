@@ -27,19 +27,25 @@ class PhoneOnFile(Protocol):
     def phone_masked(self) -> str | None: ...
 
 
-def account_phone(account: PhoneOnFile) -> Destination:
+def account_phone(account: PhoneOnFile, *, totp: bool = False) -> Destination:
+    """The account's phone channels, then its authenticator app's (`totp`: it has a confirmed
+    one). The phone stays the default and the rule: an account without one is not ready,
+    whatever other factor it has."""
     if account.phone_kind is None or account.phone_masked is None:
         raise failures.account_not_ready()
-    return Destination(CHANNELS_BY_KIND[PhoneKind(account.phone_kind)], account.phone_masked)
+    channels = CHANNELS_BY_KIND[PhoneKind(account.phone_kind)]
+    return Destination((*channels, "totp") if totp else channels, account.phone_masked)
 
 
 def of_flow(flow: Flow | FlowRow, account: Account | AccountRow) -> Destination:
+    """Where the flow's code can go. A contact being verified proves that contact: only its
+    own channels. Every other flow takes the account's second factors."""
     if flow.purpose == FlowPurpose.CONTACT_VERIFICATION:
         assert flow.contact_kind is not None and flow.contact_masked is not None
         if flow.contact_kind == "email":
             return Destination(("email",), flow.contact_masked)
         return Destination(CHANNELS_BY_KIND[PhoneKind(flow.contact_kind)], flow.contact_masked)
-    return account_phone(account)
+    return account_phone(account, totp=isinstance(account, AccountRow) and account.has_totp)
 
 
 def address(app: App, flow: Flow | FlowRow, account: Account | AccountRow) -> str:

@@ -212,7 +212,8 @@ async def after_first_factor(
     where: destination.Destination | None = None
     not_ready: Failure | None = None
     try:
-        where = destination.account_phone(account)
+        # The password's lookup read whether an authenticator app is confirmed (one trip).
+        where = destination.account_phone(account, totp=bool(getattr(account, "has_totp", False)))
     except Failure as failure:
         not_ready = failure
     # Both outcomes are prepared; the statement writes the one that applies. The session's

@@ -87,7 +87,8 @@ async def authorize(
             "this login is taken in your organisation",
             metadata={"field": "new_values.login"},
         )
-    where = destination.account_phone(account)  # the code goes to the caller's own phone
+    # The code goes to the caller's own phone, or comes from their own authenticator app.
+    where = destination.account_phone(account, totp=account.has_totp)
     flow = flow_row(
         app,
         FlowPurpose.STEP_UP,

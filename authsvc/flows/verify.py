@@ -26,11 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authsvc import audit, metrics, sessions
 from authsvc.app import App
 from authsvc.courier import notices
-from authsvc.db import Flow, FlowPurpose, FlowStatus
-from authsvc.db.statements import codes
+from authsvc.db import AuditEvent, Flow, FlowPurpose, FlowStatus
+from authsvc.db.statements import codes, factors
 from authsvc.db.statements.flows import AccountRow, FlowRow
 from authsvc.errors import Failure
-from authsvc.flows import contact, failures, federated, grants
+from authsvc.flows import contact, failures, federated, grants, totp
 from authsvc.flows.challenge import ensure_open, load_flow
 from authsvc.flows.contact import ContactVerified
 from authsvc.flows.login import ClientInfo
@@ -51,19 +51,34 @@ async def verify(
     flow, account = await load_flow(app, request.flow_id)
     now = app.clock.now()
     ensure_open(flow, now)
-    if flow.challenge_id is None or flow.code_digest is None or flow.code_expires_at is None:
+    by_app = flow.channel == "totp"  # the code is the authenticator app's: no digest kept
+    if (
+        flow.challenge_id is None
+        or (flow.code_digest is None and not by_app)
+        or flow.code_expires_at is None
+    ):
         raise failures.no_active_challenge()
     if flow.code_expires_at <= now:
         raise failures.code_expired()
     # Limits, then the second factor's lock: before the code is even compared.
     await app.limits.verify(now, ip=request.client.ip_address, account_id=str(account.id))
     lockout.check_code_lock(app, account, now)
-    matches = app.keys.code_hasher.verify(request.code, flow.challenge_id.bytes, flow.code_digest)
+    claim: factors.StepClaim | None = None
+    if by_app:
+        claim = await totp.match(app, account.id, request.code, now)
+        matches = claim is not None
+    else:
+        assert flow.code_digest is not None
+        matches = app.keys.code_hasher.verify(
+            request.code, flow.challenge_id.bytes, flow.code_digest
+        )
     if not matches:
         raise await _wrong_code(app, flow, account, now)
     if flow.purpose == FlowPurpose.LOGIN:
-        return await _complete_login(app, flow, flow.challenge_id, account, request.client, now)
-    return await _complete_on_session(app, flow, flow.challenge_id, account, now)
+        return await _complete_login(
+            app, flow, flow.challenge_id, account, request.client, now, claim
+        )
+    return await _complete_on_session(app, flow, flow.challenge_id, account, now, claim)
 
 
 async def _complete_login(
@@ -73,9 +88,11 @@ async def _complete_login(
     account: AccountRow,
     client: ClientInfo,
     now: datetime,
+    claim: factors.StepClaim | None,
 ) -> LoginVerified:
     """A right code on a login flow: the session, the device's trust, the phone verified and
-    every counter reset, in one decision (one statement on PostgreSQL)."""
+    every counter reset, in one decision (one statement on PostgreSQL). An app's code adds the
+    claim of its time step: one transaction then (the claim refused undoes it all)."""
     issued, session = sessions.new(
         app,
         account.id,
@@ -84,13 +101,16 @@ async def _complete_login(
         user_agent=client.user_agent,
     )
     trust, device = cadence.new_trust(app, account.id, client.user_agent)
-    verified = audit.event(
-        app.clock,
-        "code.verified",
-        organization_id=account.organization_id,
-        actor=account.id,
-        flow_id=str(flow.id),
-        purpose=str(flow.purpose),
+    verified = audit.with_details(
+        audit.event(
+            app.clock,
+            "code.verified",
+            organization_id=account.organization_id,
+            actor=account.id,
+            flow_id=str(flow.id),
+            purpose=str(flow.purpose),
+        ),
+        **_by_app(claim),
     )
     right = codes.RightCode(
         flow_id=flow.id,
@@ -101,26 +121,44 @@ async def _complete_login(
         session=session,
         device=device,
         verified=verified,
+        claim=claim,
     )
     try:
-        await app.db.statement(codes.complete_login, right)
+        # One statement on PostgreSQL; with a step to claim, one transaction.
+        decide = app.db.statement if claim is None else app.db.write
+        await decide(codes.complete_login, right)
     except codes.Refused as refused:
+        if refused.why == "replayed":
+            raise await _wrong_code(app, flow, account, now, replayed=True) from None
         raise await _refused(app, flow.id, refused.why, superseded=challenge_id) from None
     return LoginVerified(issued, trust.token, trust.expires_at)
 
 
-async def _wrong_code(app: App, flow: FlowRow, account: AccountRow, now: datetime) -> Failure:
-    """Count a wrong code (on the flow and on the account, in one decision) and say so."""
-    failed = audit.event(
-        app.clock,
-        "code.failed",
-        outcome="CODE_MISMATCH",
-        organization_id=account.organization_id,
-        actor=account.id,
-        flow_id=str(flow.id),
-        purpose=str(flow.purpose),
-        attempts=codes.COUNTED_ATTEMPTS,
-        consecutive=codes.COUNTED_CONSECUTIVE,
+def _by_app(claim: factors.StepClaim | None) -> dict[str, str]:
+    """The audit details that say a code was an authenticator app's (which one)."""
+    return {} if claim is None else {"channel": "totp", "factor_id": str(claim.factor_id)}
+
+
+async def _wrong_code(
+    app: App, flow: FlowRow, account: AccountRow, now: datetime, *, replayed: bool = False
+) -> Failure:
+    """Count a wrong code (on the flow and on the account, in one decision) and say so. An
+    app's code whose step was already accepted (`replayed`) is a wrong code like any other:
+    whoever saw it used cannot try it elsewhere for free."""
+    by_app = {"channel": "totp"} if flow.channel == "totp" else {}
+    failed = audit.with_details(
+        audit.event(
+            app.clock,
+            "code.failed",
+            outcome="CODE_REPLAYED" if replayed else "CODE_MISMATCH",
+            organization_id=account.organization_id,
+            actor=account.id,
+            flow_id=str(flow.id),
+            purpose=str(flow.purpose),
+            attempts=codes.COUNTED_ATTEMPTS,
+            consecutive=codes.COUNTED_CONSECUTIVE,
+        ),
+        **by_app,
     )
     wrong = codes.WrongCode(
         flow_id=flow.id,
@@ -151,7 +189,12 @@ async def _wrong_code(app: App, flow: FlowRow, account: AccountRow, now: datetim
 
 
 async def _complete_on_session(
-    app: App, read: FlowRow, challenge_id: uuid.UUID, account: AccountRow, now: datetime
+    app: App,
+    read: FlowRow,
+    challenge_id: uuid.UUID,
+    account: AccountRow,
+    now: datetime,
+    claim: factors.StepClaim | None,
 ) -> grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
     """A right code on a step-up, contact or federated flow: its completion runs in the
     winner's ORM transaction (grants, contacts and links are written there), with the same
@@ -176,9 +219,13 @@ async def _complete_on_session(
             )
             if won.rowcount != 1:  # type: ignore[attr-defined]
                 raise codes.Refused("closed")  # undo the counters' reset too
+            # An app's code: its step claimed last (locks: account, flow, factor).
+            if claim is not None:
+                claimed = await db.execute(factors.CLAIM_STEP, factors.claim_params(claim))
+                if claimed.first() is None:
+                    raise codes.Refused("replayed")  # undo the flow's completion too
             flow = await db.get_one(Flow, flow_id)
-            audit.record(
-                db,
+            verified = audit.event(
                 app.clock,
                 "code.verified",
                 organization_id=account.organization_id,
@@ -186,8 +233,11 @@ async def _complete_on_session(
                 flow_id=str(flow.id),
                 purpose=str(flow.purpose),
             )
+            db.add(AuditEvent(**audit.with_details(verified, **_by_app(claim))))
             return await _complete(app, db, flow, account)
     except codes.Refused as refused:
+        if refused.why == "replayed":
+            raise await _wrong_code(app, read, account, now, replayed=True) from None
         raise await _refused(app, flow_id, refused.why, superseded=challenge_id) from None
 
 

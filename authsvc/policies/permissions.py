@@ -27,6 +27,10 @@ class Action(StrEnum):
     # An administrator emails every not-ready account of their organisation, or of the relay's
     # members (campaigns/campaign.py).
     START_READINESS_CAMPAIGN = "start_readiness_campaign"
+    # Second factors (accounts/factors.py): enrolling one on the own account; removing one,
+    # the holder's own or, for an administrator, a member's of the same organisation.
+    ENROLL_FACTOR = "enroll_factor"
+    REMOVE_FACTOR = "remove_factor"
 
 
 ADMIN_ACTIONS = frozenset(
@@ -36,7 +40,9 @@ ADMIN_ACTIONS = frozenset(
 ORGANIZATION_ACTIONS = frozenset(
     {Action.ADD_RELAY_MEMBERS, Action.REMOVE_RELAY_MEMBERS, Action.START_READINESS_CAMPAIGN}
 )
-OWN_ACTIONS = frozenset({Action.UPDATE_OWN_CONTACT, Action.CHANGE_OWN_PASSWORD})
+OWN_ACTIONS = frozenset(
+    {Action.UPDATE_OWN_CONTACT, Action.CHANGE_OWN_PASSWORD, Action.ENROLL_FACTOR}
+)
 
 
 def denied(message: str = "not allowed") -> Failure:
@@ -68,6 +74,8 @@ def check_target(
     target: TargetAccount | None,
 ) -> uuid.UUID | None:
     """The target account id the action applies to (None for CREATE_ACCOUNT), or refuse."""
+    if action is Action.REMOVE_FACTOR and (target is None or target.id == caller_id):
+        return caller_id  # the holder's own factor; a member's is an administrator's action
     if action in OWN_ACTIONS:
         if target is not None and target.id != caller_id:
             raise denied("this action applies to your own account only")

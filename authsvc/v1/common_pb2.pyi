@@ -305,6 +305,14 @@ class _SensitiveActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sensi
     target; ActionValues holds the members' organization_sirets, or nothing for the own
     organisation.
     """
+    SENSITIVE_ACTION_ENROLL_FACTOR: _SensitiveAction.ValueType  # 9
+    """Any user enrols a new second factor on their own account (FactorService.
+    BeginTotpEnrollment). No target; ActionValues stays empty.
+    """
+    SENSITIVE_ACTION_REMOVE_FACTOR: _SensitiveAction.ValueType  # 10
+    """A user removes one of their own second factors (no target), or an administrator removes a
+    member's factor (target: the member, in the same organisation). ActionValues stays empty.
+    """
 
 class SensitiveAction(_SensitiveAction, metaclass=_SensitiveActionEnumTypeWrapper):
     """An action that always requires a fresh code (step-up), whatever the session's age."""
@@ -344,6 +352,14 @@ SENSITIVE_ACTION_START_READINESS_CAMPAIGN: SensitiveAction.ValueType  # 8
 """Administrator starts a readiness campaign (ReadinessService.StartReadinessCampaign). No
 target; ActionValues holds the members' organization_sirets, or nothing for the own
 organisation.
+"""
+SENSITIVE_ACTION_ENROLL_FACTOR: SensitiveAction.ValueType  # 9
+"""Any user enrols a new second factor on their own account (FactorService.
+BeginTotpEnrollment). No target; ActionValues stays empty.
+"""
+SENSITIVE_ACTION_REMOVE_FACTOR: SensitiveAction.ValueType  # 10
+"""A user removes one of their own second factors (no target), or an administrator removes a
+member's factor (target: the member, in the same organisation). ActionValues stays empty.
 """
 Global___SensitiveAction: _TypeAlias = SensitiveAction  # noqa: Y015
 
@@ -528,6 +544,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND. The campaign link is unknown, used, replaced by a later email, expired, its
     campaign ended, or its account is ready: one answer for all, nothing spent.
     """
+    ERROR_REASON_FACTOR_NOT_FOUND: _ErrorReason.ValueType  # 52
+    """NOT_FOUND. No such second factor on this account (or it is not yours to see or change; an
+    account of another organisation gets the same answer), or its enrolment expired.
+    """
+    ERROR_REASON_FACTOR_ALREADY_ENROLLED: _ErrorReason.ValueType  # 53
+    """ALREADY_EXISTS. The account already has a confirmed authenticator app: remove it first."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reason of an error, sent as google.rpc.ErrorInfo.reason without the "ERROR_REASON_"
@@ -709,6 +731,12 @@ ERROR_REASON_LINK_INVALID: ErrorReason.ValueType  # 51
 """NOT_FOUND. The campaign link is unknown, used, replaced by a later email, expired, its
 campaign ended, or its account is ready: one answer for all, nothing spent.
 """
+ERROR_REASON_FACTOR_NOT_FOUND: ErrorReason.ValueType  # 52
+"""NOT_FOUND. No such second factor on this account (or it is not yours to see or change; an
+account of another organisation gets the same answer), or its enrolment expired.
+"""
+ERROR_REASON_FACTOR_ALREADY_ENROLLED: ErrorReason.ValueType  # 53
+"""ALREADY_EXISTS. The account already has a confirmed authenticator app: remove it first."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -45,7 +45,7 @@ from sqlalchemy import (
 
 from authsvc.db import Account, Flow, FlowStatus
 from authsvc.db.base import UTCDateTime
-from authsvc.db.statements import audit, devices, outbox, sessions, table
+from authsvc.db.statements import audit, devices, factors, outbox, sessions, table
 from authsvc.db.statements.returning import bound, insert_from, prefixed
 
 FLOWS = table(Flow)
@@ -78,9 +78,9 @@ class CodeRules:
 
 
 class Refused(Exception):
-    """The decision changed nothing. `why`: "locked" (the second factor is locked) or
+    """The decision changed nothing. `why`: "locked" (the second factor is locked),
     "closed" (the flow takes no such answer any more: completed, failed, expired, or its
-    challenge replaced)."""
+    challenge replaced) or "replayed" (an app's code whose time step was already accepted)."""
 
     def __init__(self, why: str) -> None:
         super().__init__(why)
@@ -99,6 +99,9 @@ class RightCode:
     session: dict[str, Any]
     device: dict[str, Any]
     verified: dict[str, Any]  # the audit row
+    # An authenticator app's code: its time step, claimed in the same transaction (refused:
+    # Refused("replayed"), everything undone). Its code proves the app, not the phone.
+    claim: factors.StepClaim | None = None
 
 
 @dataclass(frozen=True)
@@ -203,9 +206,11 @@ def _win(rules: CodeRules, *gate: Any) -> Any:
     )
 
 
-def _reset(rules: CodeRules, *gate: Any) -> Any:
+def _reset(rules: CodeRules, phone: bool, *gate: Any) -> Any:
     """A full success: every consecutive counter starts again (the window's count stays: the
-    hard bound), and the phone that received the code is verified."""
+    hard bound), and the phone that received the code is verified (`phone`: the code came by
+    the phone, not from an authenticator app)."""
+    verified = {"phone_verified_at": _NOW} if phone else {}
     return (
         update(ACCOUNTS)
         .where(ACCOUNTS.c.id == _ACCOUNT_ID, *_unlocked(rules), *gate)
@@ -215,7 +220,7 @@ def _reset(rules: CodeRules, *gate: Any) -> Any:
             failed_password_count=0,
             password_lock_count=0,
             password_locked_until=None,
-            phone_verified_at=_NOW,
+            **verified,
         )
         .returning(ACCOUNTS.c.id)
     )
@@ -227,12 +232,16 @@ _reset_alone = functools.cache(_reset)
 
 @functools.cache
 def _completion(
-    rules: CodeRules, session: tuple[str, ...], device: tuple[str, ...], verified: tuple[str, ...]
+    rules: CodeRules,
+    phone: bool,
+    session: tuple[str, ...],
+    device: tuple[str, ...],
+    verified: tuple[str, ...],
 ) -> Any:
     """PostgreSQL: the whole completion, one statement (rows' columns: "s_", "d_", "a_")."""
     locked = _take_account(rules).cte("locked")
     won = _win(rules, exists(select(locked.c.id))).cte("won")
-    reset = _reset(rules, exists(select(won.c.id))).cte("reset")
+    reset = _reset(rules, phone, exists(select(won.c.id))).cte("reset")
     return select(exists(select(locked.c.id)), exists(select(won.c.id))).add_cte(
         insert_from(sessions.SESSIONS, bound(sessions.SESSIONS, session, "s_"), reset).cte(
             "session"
@@ -244,8 +253,17 @@ def _completion(
 
 def complete_login(connection: Connection, right: RightCode) -> None:
     """Complete the login flow with its session, trusted device and audit row, or raise
-    Refused having changed nothing."""
+    Refused having changed nothing. With an app's code (`right.claim`) it must run in a
+    transaction (`Database.write`): the step's claim comes last (rows are always locked
+    account, flow, factor) and its refusal rolls the completion back."""
+    _complete_login(connection, right)
+    if right.claim is not None and not factors.claim_step(connection, right.claim):
+        raise Refused("replayed")
+
+
+def _complete_login(connection: Connection, right: RightCode) -> None:
     rules = right.rules
+    phone = right.claim is None
     params = _params(
         rules,
         right.now,
@@ -255,7 +273,7 @@ def complete_login(connection: Connection, right: RightCode) -> None:
     )
     if connection.dialect.name == "postgresql":
         statement = _completion(
-            rules, tuple(right.session), tuple(right.device), tuple(right.verified)
+            rules, phone, tuple(right.session), tuple(right.device), tuple(right.verified)
         )
         outcome = _first(
             connection,
@@ -276,7 +294,7 @@ def complete_login(connection: Connection, right: RightCode) -> None:
         raise Refused("locked")
     if _first(connection, _win_alone(rules), params) is None:
         raise Refused("closed")
-    connection.execute(_reset_alone(rules), params)
+    connection.execute(_reset_alone(rules, phone), params)
     sessions.add(connection, right.session)
     devices.add(connection, right.device)
     audit.add(connection, right.verified)

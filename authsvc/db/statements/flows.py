@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Integer, bindparam, exists, or_, select, upda
 
 from authsvc.db import Account, Flow, FlowPurpose, FlowStatus
 from authsvc.db.base import UTCDateTime
-from authsvc.db.statements import audit, outbox, table
+from authsvc.db.statements import audit, factors, outbox, table
 from authsvc.db.statements.outbox import OUTBOX
 from authsvc.db.statements.returning import bound, insert_from, prefixed
 
@@ -59,10 +59,16 @@ class AccountRow:
     code_locked_until: datetime | None
     code_window_failures: int
     code_failures_notified_at: datetime | None
+    # Whether the account has a confirmed authenticator app (CHANNEL_TOTP), read in the same
+    # lookup: not a column of accounts.
+    has_totp: bool = False
 
 
 _FLOW_COLUMNS = [FLOWS.c[name] for name in FlowRow.__dataclass_fields__]
-_ACCOUNT_COLUMNS = [ACCOUNTS.c[name] for name in AccountRow.__dataclass_fields__]
+_ACCOUNT_COLUMNS = [
+    *(ACCOUNTS.c[name] for name in AccountRow.__dataclass_fields__ if name != "has_totp"),
+    factors.has_confirmed_totp(ACCOUNTS.c.id).label("has_totp"),
+]
 _FIND = select(*_FLOW_COLUMNS, *_ACCOUNT_COLUMNS).join_from(
     FLOWS, ACCOUNTS, FLOWS.c.account_id == ACCOUNTS.c.id
 )
@@ -78,7 +84,11 @@ def find(connection: Connection, flow_id: uuid.UUID) -> tuple[FlowRow, AccountRo
     values: dict[str, Any] = dict(zip(FlowRow.__dataclass_fields__, row, strict=False))
     values["purpose"] = FlowPurpose(values["purpose"])
     values["status"] = FlowStatus(values["status"])
-    return FlowRow(**values), AccountRow(*row[len(_FLOW_COLUMNS) :])
+    columns: dict[str, Any] = dict(
+        zip(AccountRow.__dataclass_fields__, row[len(_FLOW_COLUMNS) :], strict=True)
+    )
+    columns["has_totp"] = bool(columns["has_totp"])  # SQLite answers 0 or 1
+    return FlowRow(**values), AccountRow(**columns)
 
 
 @dataclass(frozen=True)
@@ -163,4 +173,41 @@ def send_code(connection: Connection, send: CodeSend) -> bool:
         return False
     outbox.add(connection, send.message)
     audit.add(connection, send.sent)
+    return True
+
+
+@dataclass(frozen=True)
+class TotpWindow:
+    """A CHANNEL_TOTP challenge: nothing is sent, the attempt window opens."""
+
+    flow_id: uuid.UUID
+    now: datetime
+    challenge: dict[str, Any]  # the flow's new columns: challenge_id, channel, code_expires_at
+    started: dict[str, Any]  # the audit row
+
+
+@functools.cache
+def _open_window(challenge: tuple[str, ...]) -> Any:
+    # No send is counted and no cooldown applies: nothing costs anything, and the app's code
+    # changes by itself. The flow's attempts (failed_attempts) are not reset: a new window
+    # gives no new guesses.
+    return (
+        update(FLOWS)
+        .where(
+            FLOWS.c.id == bindparam("b_flow_id", type_=FLOWS.c.id.type),
+            FLOWS.c.status == FlowStatus.PENDING.value,
+            FLOWS.c.expires_at > _NOW,
+        )
+        .values(**bound(FLOWS, challenge, "f_"))
+        .returning(FLOWS.c.id)
+    )
+
+
+def open_totp_window(connection: Connection, window: TotpWindow) -> bool:
+    """Make a CHANNEL_TOTP challenge the flow's current one, with its audit row, only WHERE
+    the flow is still pending and unexpired. False: nothing written."""
+    params = {"b_flow_id": window.flow_id, "b_now": window.now, **prefixed(window.challenge, "f_")}
+    if connection.execute(_open_window(tuple(window.challenge)), params).first() is None:
+        return False
+    audit.add(connection, window.started)
     return True

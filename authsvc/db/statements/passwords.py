@@ -43,7 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from authsvc.db import Account, LoginFailures, Organization
 from authsvc.db.base import UTCDateTime
-from authsvc.db.statements import audit, table
+from authsvc.db.statements import audit, factors, table
 
 ACCOUNTS = table(Account)
 ORGANIZATIONS = table(Organization)
@@ -96,6 +96,8 @@ class LoginAccount:
     code_locked_until: datetime | None
     # The account's security state when read (statements.logins compares it in the verdict).
     security_epoch: int
+    # A confirmed authenticator app (its flow lists CHANNEL_TOTP), read in the same lookup.
+    has_totp: bool
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ _ACCOUNT_COLUMNS = (
     ACCOUNTS.c.code_window_failures,
     ACCOUNTS.c.code_locked_until,
     ACCOUNTS.c.security_epoch,
+    factors.has_confirmed_totp(ACCOUNTS.c.id).label("has_totp"),
     ACCOUNTS.c.password_locked_until,
     ACCOUNTS.c.password_lock_count,
 )

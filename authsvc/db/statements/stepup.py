@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, literal, select
 
 from authsvc.db import Account, Flow
-from authsvc.db.statements import audit, returning, table
+from authsvc.db.statements import audit, factors, returning, table
 
 ACCOUNTS = table(Account)
 FLOWS = table(Flow)
@@ -28,6 +28,7 @@ class Caller:
     code_locked_until: datetime | None
     phone_kind: str | None
     phone_masked: str | None
+    has_totp: bool  # a confirmed authenticator app: the flow lists CHANNEL_TOTP
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,10 @@ class Parties:
     login_taken: bool
 
 
-_CALLER = select(*(ACCOUNTS.c[name] for name in Caller.__dataclass_fields__)).where(
-    ACCOUNTS.c.id == bindparam("s_caller")
-)
+_CALLER = select(
+    *(ACCOUNTS.c[name] for name in Caller.__dataclass_fields__ if name != "has_totp"),
+    factors.has_confirmed_totp(ACCOUNTS.c.id),
+).where(ACCOUNTS.c.id == bindparam("s_caller"))
 _TARGET = select(*(ACCOUNTS.c[name] for name in Target.__dataclass_fields__)).where(
     ACCOUNTS.c.id == bindparam("s_target")
 )
@@ -76,7 +78,17 @@ def parties(
         if new_login
         else False
     )
-    return Parties(Caller(*caller) if caller else None, Target(*target) if target else None, taken)
+    return Parties(
+        _caller(caller) if caller else None,
+        Target(*target) if target else None,
+        taken,
+    )
+
+
+def _caller(row: Any) -> Caller:
+    columns: dict[str, Any] = dict(zip(Caller.__dataclass_fields__, row, strict=True))
+    columns["has_totp"] = bool(columns["has_totp"])  # SQLite answers 0 or 1
+    return Caller(**columns)
 
 
 _FLOW_COLUMNS = tuple(column.name for column in FLOWS.c)
