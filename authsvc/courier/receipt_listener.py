@@ -82,7 +82,7 @@ class _Bounded(asyncio.Protocol):
 def _refused(source: str, refused: receipts.Refused) -> web.Response:
     # The reason only: never the body, the query (token) or the signature.
     log.warning("receipt_refused", source=source, reason=refused.reason, status=refused.status)
-    return web.Response(status=refused.status, text=refused.reason + "\n")
+    return web.Response(status=refused.status, text=refused.answered + "\n")
 
 
 async def _http_receipt(request: web.Request) -> web.Response:

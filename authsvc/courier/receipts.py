@@ -55,10 +55,13 @@ KANNEL_TYPES: dict[int, Receipt] = {
 class Refused(Exception):
     """A receipt that is not believed or not understood: `status` is the HTTP answer."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, answered: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
-        self.reason = reason
+        self.reason = reason  # logged
+        # What the caller reads, when the reason would tell a stranger about the
+        # configuration (which channel has a signed gateway, whether Kannel is used).
+        self.answered = answered or reason
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def check_webhook(
     """Believe and read one signed webhook receipt, or raise Refused."""
     gateways = signing_gateways(app, channel)
     if not gateways:
-        raise Refused(404, "no signed HTTP gateway on this channel")
+        # Answered as a bad signature: a stranger learns nothing of the channel's providers.
+        raise Refused(401, "no signed HTTP gateway on this channel", answered="bad signature")
     timestamp = headers.get(TIMESTAMP_HEADER.lower(), "")
     if not timestamp.isdigit() or len(timestamp) > 12:
         raise Refused(401, "missing or malformed signature or timestamp")
@@ -155,7 +159,9 @@ def check_kannel(app: App, query: dict[str, str]) -> Claim:
         if entry.kind is ProviderName.KANNEL
     ]
     if not kannel:
-        raise Refused(404, "Kannel is not one of this service's SMS providers")
+        raise Refused(
+            403, "Kannel is not one of this service's SMS providers", answered="bad token"
+        )
     message_id = _message_id(query.get("id"))
     token = query.get("token", "")
     expected = app.keys.receipt_token(message_id.bytes)
