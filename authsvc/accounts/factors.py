@@ -256,7 +256,7 @@ async def confirm_totp(
     return FactorView(factor_id, statements.TOTP, pending.name, now, None)
 
 
-async def _holder(app: App, caller: SessionInfo, account_id: uuid.UUID | None) -> Account:
+async def factor_holder(app: App, caller: SessionInfo, account_id: uuid.UUID | None) -> Account:
     """The factors' holder: the caller, or (for an administrator) a member of the same
     organisation. Another organisation's account answers as an unknown one does."""
     async with app.read() as db:
@@ -272,7 +272,7 @@ async def _holder(app: App, caller: SessionInfo, account_id: uuid.UUID | None) -
 async def list_factors(
     app: App, caller: SessionInfo, account_id: uuid.UUID | None
 ) -> list[FactorView]:
-    holder = await _holder(app, caller, account_id)
+    holder = await factor_holder(app, caller, account_id)
     async with app.read() as db:
         rows = (
             await db.execute(
@@ -304,7 +304,7 @@ async def remove_factor(
 ) -> int:
     """Remove the factor, revoke the holder's sessions (but the caller's own when the holder
     removes it), tell the holder by email. Returns how many sessions were revoked."""
-    holder = await _holder(app, caller, account_id)
+    holder = await factor_holder(app, caller, account_id)
     own = holder.id == caller.account_id
     now = app.clock.now()
     async with app.write() as db:
