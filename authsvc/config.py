@@ -316,10 +316,11 @@ class Settings(BaseSettings):
     # Passkeys (WebAuthn): the relying party id (the site's domain the credentials are bound
     # to; browsers only use a credential on that domain or its subdomains), the name that
     # authenticators show, and the exact origins (scheme://host[:port]) the browser may report
-    # in clientDataJSON. Production takes https:// origins only.
+    # in clientDataJSON. No origin (the default): passkeys are off (PasskeyService answers
+    # NOT_IMPLEMENTED). Production takes https:// origins only.
     webauthn_rp_id: str = Field(default="localhost", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
     webauthn_rp_name: str = Field(default="PEP's", min_length=1, max_length=64)
-    webauthn_origins: list[str] = Field(default=["http://localhost"], min_length=1)
+    webauthn_origins: list[str] = []
 
     # Federated login (Net-entreprises): trusted issuers and this service's client id ("aud").
     federation_client_id: str = "authsvc"

@@ -47,8 +47,14 @@ def ceremony_invalid() -> Failure:
     )
 
 
-def rejected(message: str = "the passkey's answer does not verify") -> Failure:
-    return Failure("UNAUTHENTICATED", "PASSKEY_REJECTED", message)
+def rejected(metadata: dict[str, str] | None = None) -> Failure:
+    """`metadata`: a counted assertion's attempts_remaining."""
+    return Failure(
+        "UNAUTHENTICATED",
+        "PASSKEY_REJECTED",
+        "the passkey's answer does not verify",
+        metadata=metadata,
+    )
 
 
 def malformed(error: webauthn_rp.Malformed) -> Failure:
@@ -60,6 +66,7 @@ def parse_ceremony_id(value: str) -> uuid.UUID:
 
 
 async def begin_registration(app: App, caller: SessionInfo, *, grant_token: str) -> Registration:
+    webauthn_rp.require_configured(app.settings)
     now = app.clock.now()
     ceremony_id = uuid.uuid4()
     async with app.write() as db:
@@ -115,6 +122,7 @@ async def begin_registration(app: App, caller: SessionInfo, *, grant_token: str)
 async def finish_registration(
     app: App, caller: SessionInfo, *, ceremony_id: uuid.UUID, credential_json: str, name: str
 ) -> FactorView:
+    webauthn_rp.require_configured(app.settings)
     try:
         credential = webauthn_rp.parse_registration(credential_json)
     except webauthn_rp.Malformed as error:

@@ -33,16 +33,19 @@ CHANNEL = "passkey"
 _PURPOSES = (FlowPurpose.LOGIN, FlowPurpose.STEP_UP)
 
 
-def cloned() -> Failure:
+def cloned(metadata: dict[str, str]) -> Failure:
+    """`metadata`: the count's attempts_remaining (a clone's answer counts as a wrong one)."""
     return Failure(
         "PERMISSION_DENIED",
         "PASSKEY_CLONED",
         "this passkey's signature counter went back: a copy of it exists; remove it",
+        metadata=metadata,
     )
 
 
 async def begin(app: App, flow_id: uuid.UUID) -> str:
     """The request options (JSON) for the flow's account's passkeys."""
+    webauthn_rp.require_configured(app.settings)
     flow, account = await load_flow(app, flow_id)
     now = app.clock.now()
     ensure_open(flow, now)
@@ -99,6 +102,7 @@ async def begin(app: App, flow_id: uuid.UUID) -> str:
 async def finish(
     app: App, flow_id: uuid.UUID, credential_json: str, client: ClientInfo
 ) -> LoginVerified | grants.IssuedGrant:
+    webauthn_rp.require_configured(app.settings)
     try:
         credential = webauthn_rp.parse_assertion(credential_json)
     except webauthn_rp.Malformed as error:
@@ -137,7 +141,7 @@ async def finish(
         # The counter's claim lost to a concurrent assertion with the same or a later
         # counter (Verify counted it as a replayed code): a clone as well.
         if failure.reason == "CODE_MISMATCH":
-            raise _as(failure, cloned()) from None
+            raise cloned(failure.metadata) from None
         raise
     assert isinstance(result, LoginVerified | grants.IssuedGrant)  # _PURPOSES
     return result
@@ -170,14 +174,6 @@ async def _refused(
     failure = await verify.count_failed_answer(app, flow, account, now, outcome=outcome)
     if failure.reason != "CODE_MISMATCH":
         return failure
-    return _as(failure, cloned() if outcome == "PASSKEY_CLONED" else rejected())
-
-
-def _as(counted: Failure, answer: Failure) -> Failure:
-    """`answer` with the count's metadata (attempts_remaining)."""
-    return Failure(
-        answer.status,
-        answer.reason,
-        answer.message,
-        metadata={**counted.metadata, **answer.metadata},
-    )
+    if outcome == "PASSKEY_CLONED":
+        return cloned(failure.metadata)
+    return rejected(failure.metadata)

@@ -37,6 +37,7 @@ from webauthn.helpers.structs import (
 )
 
 from authsvc.config import Settings
+from authsvc.errors import Failure
 
 # A browser's PublicKeyCredential JSON is a few hundred bytes to a few KiB (an attestation
 # with certificates); more is not an answer.
@@ -64,6 +65,16 @@ class NewCredential:
     public_key: bytes
     sign_count: int
     transports: str
+
+
+def require_configured(settings: Settings) -> None:
+    """Passkeys are off until the origins they may be used on are configured."""
+    if not settings.webauthn_origins:
+        raise Failure(
+            "UNIMPLEMENTED",
+            "NOT_IMPLEMENTED",
+            "passkeys are not configured on this server (AUTHSVC_WEBAUTHN_ORIGINS)",
+        )
 
 
 def _known_transports(names: list[str]) -> list[AuthenticatorTransport]:

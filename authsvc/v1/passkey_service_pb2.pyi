@@ -11,7 +11,8 @@ and friends); the matching Finish RPC takes the browser's PublicKeyCredential as
 (its toJSON()). The challenge is drawn and kept by the service, bound to the account (and
 flow), expires with the flow's code and is answered at most once. The relying party id and
 the accepted origins are settings (AUTHSVC_WEBAUTHN_RP_ID, AUTHSVC_WEBAUTHN_ORIGINS). User
-verification is required in both ceremonies.
+verification is required in both ceremonies. Without AUTHSVC_WEBAUTHN_ORIGINS passkeys are
+off: every RPC here answers NOT_IMPLEMENTED.
 
 A passkey answers the second factor of a login or step-up flow like a code does: the same
 attempt counts and locks, and the same result (a session and device trust, or the grant bound

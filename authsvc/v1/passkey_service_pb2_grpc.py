@@ -71,7 +71,7 @@ class PasskeyServiceServicer:
         no values), redeemed here. A refusal spends nothing.
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_REQUIRED, GRANT_NOT_FOUND,
         GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH,
-        GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
+        GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, NOT_IMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,9 +84,10 @@ class PasskeyServiceServicer:
         factor.confirmation_failed).
 
         Required permission: a session of the account that began the registration.
-        Errors: INVALID_FIELD (a response that is not a PublicKeyCredential's JSON), SESSION_INVALID,
-        SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID, PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED (this
-        credential is registered already).
+        A credential_json that is not a PublicKeyCredential's answers INVALID_FIELD and uses
+        nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED.
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID,
+        PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,7 +102,7 @@ class PasskeyServiceServicer:
         AuthorizeSensitiveAction).
         Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
         ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow is not a
-        login or step-up flow).
+        login or step-up flow), NOT_IMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,7 +119,7 @@ class PasskeyServiceServicer:
         Verify.
         Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
         NO_ACTIVE_CHALLENGE, CODE_EXPIRED, RATE_LIMITED, ACCOUNT_LOCKED, PASSKEY_CEREMONY_INVALID,
-        PASSKEY_REJECTED, PASSKEY_CLONED.
+        PASSKEY_REJECTED, PASSKEY_CLONED, NOT_IMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -11,7 +11,8 @@ and friends); the matching Finish RPC takes the browser's PublicKeyCredential as
 (its toJSON()). The challenge is drawn and kept by the service, bound to the account (and
 flow), expires with the flow's code and is answered at most once. The relying party id and
 the accepted origins are settings (AUTHSVC_WEBAUTHN_RP_ID, AUTHSVC_WEBAUTHN_ORIGINS). User
-verification is required in both ceremonies.
+verification is required in both ceremonies. Without AUTHSVC_WEBAUTHN_ORIGINS passkeys are
+off: every RPC here answers NOT_IMPLEMENTED.
 
 A passkey answers the second factor of a login or step-up flow like a code does: the same
 attempt counts and locks, and the same result (a session and device trust, or the grant bound
@@ -61,7 +62,7 @@ class PasskeyServiceStub:
     no values), redeemed here. A refusal spends nothing.
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_REQUIRED, GRANT_NOT_FOUND,
     GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH,
-    GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
+    GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, NOT_IMPLEMENTED.
     """
     FinishPasskeyRegistration: _grpc.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyRegistrationRequest, _passkey_service_pb2.FinishPasskeyRegistrationResponse]
     """Finishes a registration with the browser's answer: the attestation is verified (challenge,
@@ -70,9 +71,10 @@ class PasskeyServiceStub:
     factor.confirmation_failed).
 
     Required permission: a session of the account that began the registration.
-    Errors: INVALID_FIELD (a response that is not a PublicKeyCredential's JSON), SESSION_INVALID,
-    SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID, PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED (this
-    credential is registered already).
+    A credential_json that is not a PublicKeyCredential's answers INVALID_FIELD and uses
+    nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED.
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID,
+    PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
     """
     BeginPasskeyAssertion: _grpc.UnaryUnaryMultiCallable[_passkey_service_pb2.BeginPasskeyAssertionRequest, _passkey_service_pb2.BeginPasskeyAssertionResponse]
     """Starts answering a pending login or step-up flow with a passkey: the flow's current
@@ -83,7 +85,7 @@ class PasskeyServiceStub:
     AuthorizeSensitiveAction).
     Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
     ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow is not a
-    login or step-up flow).
+    login or step-up flow), NOT_IMPLEMENTED.
     """
     FinishPasskeyAssertion: _grpc.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyAssertionRequest, _passkey_service_pb2.FinishPasskeyAssertionResponse]
     """Finishes the flow with the browser's assertion: verified against the passkey's public key
@@ -96,7 +98,7 @@ class PasskeyServiceStub:
     Verify.
     Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
     NO_ACTIVE_CHALLENGE, CODE_EXPIRED, RATE_LIMITED, ACCOUNT_LOCKED, PASSKEY_CEREMONY_INVALID,
-    PASSKEY_REJECTED, PASSKEY_CLONED.
+    PASSKEY_REJECTED, PASSKEY_CLONED, NOT_IMPLEMENTED.
     """
 
 @_typing.type_check_only
@@ -114,7 +116,7 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     no values), redeemed here. A refusal spends nothing.
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_REQUIRED, GRANT_NOT_FOUND,
     GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH,
-    GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
+    GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, NOT_IMPLEMENTED.
     """
     FinishPasskeyRegistration: _aio.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyRegistrationRequest, _passkey_service_pb2.FinishPasskeyRegistrationResponse]  # type: ignore[assignment]
     """Finishes a registration with the browser's answer: the attestation is verified (challenge,
@@ -123,9 +125,10 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     factor.confirmation_failed).
 
     Required permission: a session of the account that began the registration.
-    Errors: INVALID_FIELD (a response that is not a PublicKeyCredential's JSON), SESSION_INVALID,
-    SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID, PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED (this
-    credential is registered already).
+    A credential_json that is not a PublicKeyCredential's answers INVALID_FIELD and uses
+    nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED.
+    Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID,
+    PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
     """
     BeginPasskeyAssertion: _aio.UnaryUnaryMultiCallable[_passkey_service_pb2.BeginPasskeyAssertionRequest, _passkey_service_pb2.BeginPasskeyAssertionResponse]  # type: ignore[assignment]
     """Starts answering a pending login or step-up flow with a passkey: the flow's current
@@ -136,7 +139,7 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     AuthorizeSensitiveAction).
     Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
     ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow is not a
-    login or step-up flow).
+    login or step-up flow), NOT_IMPLEMENTED.
     """
     FinishPasskeyAssertion: _aio.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyAssertionRequest, _passkey_service_pb2.FinishPasskeyAssertionResponse]  # type: ignore[assignment]
     """Finishes the flow with the browser's assertion: verified against the passkey's public key
@@ -149,7 +152,7 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     Verify.
     Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
     NO_ACTIVE_CHALLENGE, CODE_EXPIRED, RATE_LIMITED, ACCOUNT_LOCKED, PASSKEY_CEREMONY_INVALID,
-    PASSKEY_REJECTED, PASSKEY_CLONED.
+    PASSKEY_REJECTED, PASSKEY_CLONED, NOT_IMPLEMENTED.
     """
 
 class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -170,7 +173,7 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         no values), redeemed here. A refusal spends nothing.
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_REQUIRED, GRANT_NOT_FOUND,
         GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH,
-        GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH.
+        GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, NOT_IMPLEMENTED.
         """
 
     @_abc_1.abstractmethod
@@ -185,9 +188,10 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         factor.confirmation_failed).
 
         Required permission: a session of the account that began the registration.
-        Errors: INVALID_FIELD (a response that is not a PublicKeyCredential's JSON), SESSION_INVALID,
-        SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID, PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED (this
-        credential is registered already).
+        A credential_json that is not a PublicKeyCredential's answers INVALID_FIELD and uses
+        nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED.
+        Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID,
+        PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
         """
 
     @_abc_1.abstractmethod
@@ -204,7 +208,7 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         AuthorizeSensitiveAction).
         Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
         ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow is not a
-        login or step-up flow).
+        login or step-up flow), NOT_IMPLEMENTED.
         """
 
     @_abc_1.abstractmethod
@@ -223,7 +227,7 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         Verify.
         Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
         NO_ACTIVE_CHALLENGE, CODE_EXPIRED, RATE_LIMITED, ACCOUNT_LOCKED, PASSKEY_CEREMONY_INVALID,
-        PASSKEY_REJECTED, PASSKEY_CLONED.
+        PASSKEY_REJECTED, PASSKEY_CLONED, NOT_IMPLEMENTED.
         """
 
 def add_PasskeyServiceServicer_to_server(servicer: PasskeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

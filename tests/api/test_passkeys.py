@@ -40,7 +40,9 @@ def settings(settings: Settings) -> Settings:
         update={
             "rate_limits": RateLimits(
                 verify_account=roomy, step_up_account=roomy, login_account=roomy
-            )
+            ),
+            "webauthn_rp_id": "localhost",
+            "webauthn_origins": ["http://localhost"],
         }
     )
 
