@@ -3,6 +3,7 @@ a software authenticator (tests/passkey_authenticator.py: a real ES256 key, real
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -11,12 +12,12 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from passkey_authenticator import AT, UP, UV, SoftAuthenticator, b64url
-from sqlalchemy import select
+from sqlalchemy import func, select
 from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of, sign_in
 from support import step_up as grant_for
 
 from authsvc.config import Rate, RateLimits, Settings
-from authsvc.db import AuditEvent, PasskeyCredential
+from authsvc.db import AuditEvent, PasskeyCredential, Session
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import common_pb2, factor_service_pb2_grpc, passkey_service_pb2_grpc
@@ -472,3 +473,55 @@ async def test_the_holder_removes_a_passkey(
     assert [f.factor_id for f in listed.factors] == [second.factor_id]
     notice = await inbox.next_to(f"{alice.login}@example.fr")
     assert "clé d'accès" in notice["text"] or "clé d'accès" in notice.get("subject", "")
+
+
+async def test_one_counter_on_many_flows_at_once_exactly_one_wins(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    """Ten assertions carrying the same counter (one key in several places), each on its own
+    flow, at once: those that read the counter before the winner stored it are stopped by the
+    conditional UPDATE in their completion (undone whole), the later ones by the check before
+    it. Exactly one session is opened."""
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    await register(stub, passkeys, inbox, session, device)
+    flows = [await login_flow(stub, alice) for _ in range(10)]
+    answers = [device.get(await begin(passkeys, flow.flow_id), counter=7) for flow in flows]
+    outcomes = await asyncio.gather(
+        *(
+            finish(passkeys, flow.flow_id, answer)
+            for flow, answer in zip(flows, answers, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    won = [o for o in outcomes if isinstance(o, ppb.FinishPasskeyAssertionResponse)]
+    assert len(won) == 1
+    lost = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(lost) == 9
+    for error in lost:
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # PASSKEY_CLONED
+    assert await stored_counter(server) == 7
+    async with server.app.read() as db:
+        sessions = await db.scalar(
+            select(func.count()).select_from(Session).where(Session.account_id == alice.account_id)
+        )
+    assert sessions == 2  # the SMS sign-in's and the one winner's
+
+
+async def test_passkeys_are_off_without_origins(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    server.app.settings = server.app.settings.model_copy(update={"webauthn_origins": []})
+    flow = await login_flow(stub, alice)
+    off = await failure_of(begin(passkeys, flow.flow_id))
+    assert (off.code, off.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+    session = (await sign_in(stub, inbox, alice)).session.token
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    off = await failure_of(
+        passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(
+                session_token=session, grant_token=grant.grant_token
+            )
+        )
+    )
+    assert off.reason == "NOT_IMPLEMENTED"
