@@ -13,11 +13,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from passkey_authenticator import AT, UP, UV, SoftAuthenticator, b64url
 from sqlalchemy import func, select
-from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of, sign_in
+from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of, seed_account, sign_in
 from support import step_up as grant_for
 
 from authsvc.config import Rate, RateLimits, Settings
-from authsvc.db import AuditEvent, PasskeyCredential, Session
+from authsvc.db import AuditEvent, PasskeyCredential, Role, Session
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import common_pb2, factor_service_pb2_grpc, passkey_service_pb2_grpc
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 ENROLL = common_pb2.SENSITIVE_ACTION_ENROLL_FACTOR
 REMOVE = common_pb2.SENSITIVE_ACTION_REMOVE_FACTOR
 CHANGE_PASSWORD = common_pb2.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD
+ADMIN_PHONE = "+33698765432"
+OTHER_ADMIN_PHONE = "+33687654321"
+OTHER_SIRET = "73282932000074"
 
 
 @pytest.fixture
@@ -525,3 +528,72 @@ async def test_passkeys_are_off_without_origins(
         )
     )
     assert off.reason == "NOT_IMPLEMENTED"
+
+
+async def test_an_administrator_removes_a_members_passkey(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    alice_session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    factor = await register(stub, passkeys, inbox, alice_session, device)
+    target = str(alice.account_id)
+    outsider = await seed_account(
+        server, login="olga", phone=OTHER_ADMIN_PHONE, siret=OTHER_SIRET, role=Role.ADMIN
+    )
+    outsider_session = (await sign_in(stub, inbox, outsider, phone=OTHER_ADMIN_PHONE)).session.token
+    own_grant = await grant_for(stub, inbox, outsider_session, REMOVE, phone=OTHER_ADMIN_PHONE)
+    foreign = await failure_of(
+        factors.RemoveFactor(
+            fpb.RemoveFactorRequest(
+                session_token=outsider_session,
+                grant_token=own_grant.grant_token,
+                factor_id=factor.factor_id,
+                account_id=target,
+            )
+        )
+    )
+    assert foreign.reason == "PERMISSION_DENIED"
+    # Another member naming alice's passkey as their own: not found, the grant not spent.
+    bob = await seed_account(server, login="bob", phone=ADMIN_PHONE)
+    bob_session = (await sign_in(stub, inbox, bob, phone=ADMIN_PHONE)).session.token
+    bob_grant = await grant_for(stub, inbox, bob_session, REMOVE, phone=ADMIN_PHONE)
+    not_theirs = await failure_of(
+        factors.RemoveFactor(
+            fpb.RemoveFactorRequest(
+                session_token=bob_session,
+                grant_token=bob_grant.grant_token,
+                factor_id=factor.factor_id,
+            )
+        )
+    )
+    assert (not_theirs.code, not_theirs.reason) == (grpc.StatusCode.NOT_FOUND, "FACTOR_NOT_FOUND")
+
+    admin = await seed_account(server, login="ada", phone="+33611223344", role=Role.ADMIN)
+    admin_session = (await sign_in(stub, inbox, admin, phone="+33611223344")).session.token
+    listed = await factors.ListFactors(
+        fpb.ListFactorsRequest(session_token=admin_session, account_id=target)
+    )
+    assert [(f.factor_id, f.kind) for f in listed.factors] == [
+        (factor.factor_id, fpb.FACTOR_KIND_PASSKEY)
+    ]
+    grant = await grant_for(stub, inbox, admin_session, REMOVE, target=target, phone="+33611223344")
+    removed = await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=admin_session,
+            grant_token=grant.grant_token,
+            factor_id=factor.factor_id,
+            account_id=target,
+        )
+    )
+    assert removed.revoked_sessions >= 1
+    gone = await failure_of(
+        stub.ValidateSession(pb.ValidateSessionRequest(session_token=alice_session))
+    )
+    assert gone.code == grpc.StatusCode.UNAUTHENTICATED
+    assert [(d["by"], d["kind"]) for _, d in await audit_rows(server, "factor.removed")] == [
+        ("admin", "passkey")
+    ]
+    # Gone: the flow takes no passkey any more.
+    flow = await login_flow(stub, alice)
+    refused = await failure_of(begin(passkeys, flow.flow_id))
+    assert refused.reason == "CHANNEL_NOT_AVAILABLE"
