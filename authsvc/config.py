@@ -394,6 +394,14 @@ class Settings(BaseSettings):
     voice_fallback_after_s: float = Field(default=0, ge=0, le=300)
     service_name: str = "PEP's"
     webotp_domain: str = "peps.cnracl.example"
+    # Passkeys (WebAuthn): the relying party id (the site's domain the credentials are bound
+    # to; browsers only use a credential on that domain or its subdomains), the name that
+    # authenticators show, and the exact origins (scheme://host[:port]) the browser may report
+    # in clientDataJSON. No origin (the default): passkeys are off (PasskeyService answers
+    # NOT_IMPLEMENTED). Production takes https:// origins only.
+    webauthn_rp_id: str = Field(default="localhost", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+    webauthn_rp_name: str = Field(default="PEP's", min_length=1, max_length=64)
+    webauthn_origins: list[str] = []
 
     # Federated login (Net-entreprises): trusted issuers and this service's client id ("aud").
     federation_client_id: str = "authsvc"
@@ -579,6 +587,24 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _webauthn_origins_fit_the_rp_id(self) -> Settings:
+        # An origin outside the rp id's domain could never produce a valid assertion (the
+        # browser refuses), and one with a path or a query is a mistake: say so at start.
+        for origin in self.webauthn_origins:
+            parts = urlsplit(origin)
+            host = (parts.hostname or "").lower()
+            if (
+                parts.scheme not in ("http", "https")
+                or f"{parts.scheme}://{parts.netloc}" != origin
+                or not (host == self.webauthn_rp_id or host.endswith("." + self.webauthn_rp_id))
+            ):
+                raise ValueError(
+                    f"AUTHSVC_WEBAUTHN_ORIGINS: {origin!r} is not scheme://host[:port] on "
+                    f"AUTHSVC_WEBAUTHN_RP_ID ({self.webauthn_rp_id}) or one of its subdomains"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _voice_fallback_waits_for_the_cooldown(self) -> Settings:
         # The switch is a resend on the flow: before the cooldown it would always be refused.
         if 0 < self.voice_fallback_after_s < self.resend_cooldown_s:
@@ -603,6 +629,11 @@ class Settings(BaseSettings):
         for channel in ("sms", "voice", "email"):
             if any(e.kind in _DEVELOPMENT_PROVIDERS for e in self.channel_providers(channel)):
                 raise ValueError(f"AUTHSVC_{channel.upper()}_PROVIDER: a development provider")
+        # A passkey over plain http is phishable by whoever is on the path (no exception: not
+        # even localhost, which is for development).
+        for origin in self.webauthn_origins:
+            if urlsplit(origin).scheme != "https":
+                raise ValueError(f"AUTHSVC_WEBAUTHN_ORIGINS: production needs https:// ({origin})")
         for setting, url in self._urls_in_use():
             if urlsplit(url).scheme.lower() != "https":
                 raise ValueError(f"{setting}: production needs an https:// URL")

@@ -26,6 +26,7 @@ from authsvc.api.account_servicer import AccountServicer
 from authsvc.api.auth_servicer import AuthServicer
 from authsvc.api.callers import CallerRegistry, Guard
 from authsvc.api.factor_servicer import FactorServicer
+from authsvc.api.passkey_servicer import PasskeyServicer
 from authsvc.api.readiness_servicer import ReadinessServicer
 from authsvc.app import App
 from authsvc.campaigns import campaign
@@ -44,6 +45,8 @@ from authsvc.v1 import (
     auth_service_pb2_grpc,
     factor_service_pb2,
     factor_service_pb2_grpc,
+    passkey_service_pb2,
+    passkey_service_pb2_grpc,
     readiness_service_pb2,
     readiness_service_pb2_grpc,
 )
@@ -53,6 +56,7 @@ log = structlog.get_logger("authsvc.server")
 AUTH_SERVICE = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 ACCOUNT_SERVICE = account_service_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
 FACTOR_SERVICE = factor_service_pb2.DESCRIPTOR.services_by_name["FactorService"].full_name
+PASSKEY_SERVICE = passkey_service_pb2.DESCRIPTOR.services_by_name["PasskeyService"].full_name
 # Current grpcurl and Postman ask for reflection v1 first, older clients for v1alpha.
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 READINESS_SERVICE = readiness_service_pb2.DESCRIPTOR.services_by_name["ReadinessService"].full_name
@@ -62,7 +66,13 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 16 * 1024
 # Health names (authsvc/health.py): "" and LIVENESS, READINESS, SENDS, the API services'.
 SENDS_HEALTH = health_names.SENDS
-API_SERVICES = (AUTH_SERVICE, ACCOUNT_SERVICE, READINESS_SERVICE, FACTOR_SERVICE)
+API_SERVICES = (
+    AUTH_SERVICE,
+    ACCOUNT_SERVICE,
+    READINESS_SERVICE,
+    FACTOR_SERVICE,
+    PASSKEY_SERVICE,
+)
 
 
 @dataclass
@@ -184,6 +194,7 @@ async def create_server(
     )
     readiness_service_pb2_grpc.add_ReadinessServiceServicer_to_server(ReadinessServicer(app), guard)
     factor_service_pb2_grpc.add_FactorServiceServicer_to_server(FactorServicer(app), guard)
+    passkey_service_pb2_grpc.add_PasskeyServiceServicer_to_server(PasskeyServicer(app), guard)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, guard)
     serve_reflection(

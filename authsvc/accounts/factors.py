@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode
 import segno
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit, validation
 from authsvc.app import App
@@ -256,7 +257,7 @@ async def confirm_totp(
     return FactorView(factor_id, statements.TOTP, pending.name, now, None)
 
 
-async def _holder(app: App, caller: SessionInfo, account_id: uuid.UUID | None) -> Account:
+async def factor_holder(app: App, caller: SessionInfo, account_id: uuid.UUID | None) -> Account:
     """The factors' holder: the caller, or (for an administrator) a member of the same
     organisation. Another organisation's account answers as an unknown one does."""
     async with app.read() as db:
@@ -272,7 +273,7 @@ async def _holder(app: App, caller: SessionInfo, account_id: uuid.UUID | None) -
 async def list_factors(
     app: App, caller: SessionInfo, account_id: uuid.UUID | None
 ) -> list[FactorView]:
-    holder = await _holder(app, caller, account_id)
+    holder = await factor_holder(app, caller, account_id)
     async with app.read() as db:
         rows = (
             await db.execute(
@@ -304,7 +305,7 @@ async def remove_factor(
 ) -> int:
     """Remove the factor, revoke the holder's sessions (but the caller's own when the holder
     removes it), tell the holder by email. Returns how many sessions were revoked."""
-    holder = await _holder(app, caller, account_id)
+    holder = await factor_holder(app, caller, account_id)
     own = holder.id == caller.account_id
     now = app.clock.now()
     async with app.write() as db:
@@ -331,19 +332,7 @@ async def remove_factor(
         )
         if removed.rowcount != 1:  # type: ignore[attr-defined]
             raise factor_not_found()  # removed meanwhile: the grant is not spent either
-        # The holder's sessions end: the account's security epoch first (a login checked
-        # before this commits is refused by its verdict, statements/logins.py).
-        await db.execute(
-            update(Account)
-            .where(Account.id == holder.id)
-            .values(security_epoch=Account.security_epoch + 1)
-        )
-        keep = [Session.id != caller.session_id] if own else []
-        revoked = await db.execute(
-            update(Session)
-            .where(Session.account_id == holder.id, Session.revoked_at.is_(None), *keep)
-            .values(revoked_at=now)
-        )
+        revoked = await end_sessions(db, holder.id, caller.session_id if own else None, now)
         notify(
             app,
             db,
@@ -364,4 +353,25 @@ async def remove_factor(
             by="holder" if own else "admin",
         )
     app.outbox_ready.set()
+    return revoked
+
+
+async def end_sessions(
+    db: AsyncSession, account_id: uuid.UUID, keep: uuid.UUID | None, now: datetime
+) -> int:
+    """A factor removed: the holder's sessions end (but `keep`, the remover's own). The
+    account's security epoch first, so that a login checked before this commits is refused by
+    its verdict (statements/logins.py), and one after finds its session here. Returns how many
+    sessions ended."""
+    await db.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(security_epoch=Account.security_epoch + 1)
+    )
+    kept = [Session.id != keep] if keep is not None else []
+    revoked = await db.execute(
+        update(Session)
+        .where(Session.account_id == account_id, Session.revoked_at.is_(None), *kept)
+        .values(revoked_at=now)
+    )
     return int(revoked.rowcount)  # type: ignore[attr-defined]

@@ -36,6 +36,7 @@ from authsvc.v1 import (
     account_service_pb2,
     auth_service_pb2,
     factor_service_pb2,
+    passkey_service_pb2,
     readiness_service_pb2,
 )
 
@@ -73,6 +74,7 @@ def _methods() -> dict[str, str]:
         account_service_pb2,
         readiness_service_pb2,
         factor_service_pb2,
+        passkey_service_pb2,
     ):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:

@@ -8,7 +8,7 @@ from typing import Any
 from grpc.aio import ServicerContext
 
 from authsvc import validation
-from authsvc.accounts import factors
+from authsvc.accounts import factors, passkeys
 from authsvc.api import convert
 from authsvc.api.account_servicer import required_grant
 from authsvc.api.auth_servicer import signed_in
@@ -20,7 +20,7 @@ from authsvc.v1 import factor_service_pb2_grpc as pb_grpc
 
 Ctx = ServicerContext[Any, Any]
 
-KIND_TO_PB = {"totp": pb.FACTOR_KIND_TOTP}
+KIND_TO_PB = {"totp": pb.FACTOR_KIND_TOTP, "passkey": pb.FACTOR_KIND_PASSKEY}
 
 
 def factor(view: factors.FactorView) -> pb.Factor:
@@ -75,6 +75,7 @@ class FactorServicer(pb_grpc.FactorServiceServicer):
         caller = await signed_in(self._app, request.session_token)
         holder = stepup.parse_target(request.account_id, "account_id")
         found = await factors.list_factors(self._app, caller, holder)
+        found += await passkeys.list_passkeys(self._app, caller, holder)
         return pb.ListFactorsResponse(factors=[factor(view) for view in found])
 
     @rpc("RemoveFactor")
@@ -85,7 +86,13 @@ class FactorServicer(pb_grpc.FactorServiceServicer):
         token = required_grant(request.grant_token)
         factor_id = factors.parse_factor_id(request.factor_id)
         holder = stepup.parse_target(request.account_id, "account_id")
-        revoked = await factors.remove_factor(
+        # A passkey's id or an app's (both uuid4): each kind removes its own, same rules.
+        remove = (
+            passkeys.remove_passkey
+            if await passkeys.owns(self._app, factor_id)
+            else factors.remove_factor
+        )
+        revoked = await remove(
             self._app, caller, grant_token=token, factor_id=factor_id, account_id=holder
         )
         return pb.RemoveFactorResponse(revoked_sessions=revoked)

@@ -304,6 +304,17 @@ def _password_changed(*, display_name: str, service: str) -> EmailText:
     )
 
 
+def _passkey_removed(*, display_name: str, factor_name: str, by: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : une clé d'accès a été retirée",
+        f"Bonjour {display_name},",
+        f"La clé d'accès (passkey) « {factor_name} » a été retirée de votre compte "
+        f"{service} ({by}). Vos sessions ouvertes ont été fermées.",
+        _NOT_YOU,
+        signature=service,
+    )
+
+
 def _factor_removed(*, display_name: str, factor_name: str, by: str, service: str) -> EmailText:
     return _mail(
         f"{service} : une application d'authentification a été retirée",
@@ -444,6 +455,7 @@ _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "password_changed": (_password_changed, {"display_name", "service"}),
     "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
     "factor_removed": (_factor_removed, {"display_name", "factor_name", "by", "service"}),
+    "passkey_removed": (_passkey_removed, {"display_name", "factor_name", "by", "service"}),
     "code_failures": (_code_failures, {"display_name", "service"}),
     "wrong_codes": (_wrong_codes, {"display_name", "service"}),
     "federated_link_proposed": (

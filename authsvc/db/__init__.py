@@ -18,6 +18,7 @@ from authsvc.db.flow import Flow, FlowPurpose, FlowStatus
 from authsvc.db.grant import ActionGrant
 from authsvc.db.organization import Organization
 from authsvc.db.outbox import MessageStatus, OutboxMessage, Receipt
+from authsvc.db.passkey import PasskeyCeremony, PasskeyCredential
 from authsvc.db.relay import Relay, RelayMember
 from authsvc.db.security import Backend, LoginFailures, SendBreaker
 from authsvc.db.service_access import ServiceAccess
@@ -42,6 +43,8 @@ __all__ = [
     "MessageStatus",
     "Organization",
     "OutboxMessage",
+    "PasskeyCeremony",
+    "PasskeyCredential",
     "ReadinessDay",
     "Receipt",
     "RecipientStatus",

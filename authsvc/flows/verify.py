@@ -27,7 +27,7 @@ from authsvc import audit, metrics, sessions
 from authsvc.app import App
 from authsvc.courier import notices
 from authsvc.db import AuditEvent, Flow, FlowPurpose, FlowStatus
-from authsvc.db.statements import codes, factors
+from authsvc.db.statements import claims, codes, factors
 from authsvc.db.statements.flows import AccountRow, FlowRow
 from authsvc.errors import Failure
 from authsvc.flows import contact, failures, federated, grants, totp
@@ -88,7 +88,7 @@ async def _complete_login(
     account: AccountRow,
     client: ClientInfo,
     now: datetime,
-    claim: factors.StepClaim | None,
+    claim: claims.Claim | None,
 ) -> LoginVerified:
     """A right code on a login flow: the session, the device's trust, the phone verified and
     every counter reset, in one decision (one statement on PostgreSQL). An app's code adds the
@@ -134,23 +134,31 @@ async def _complete_login(
     return LoginVerified(issued, trust.token, trust.expires_at)
 
 
-def _by_app(claim: factors.StepClaim | None) -> dict[str, str]:
-    """The audit details that say a code was an authenticator app's (which one)."""
-    return {} if claim is None else {"channel": "totp", "factor_id": str(claim.factor_id)}
+def _by_app(claim: claims.Claim | None) -> dict[str, str]:
+    """The audit details that say the answer was an authenticator app's or a passkey's
+    (which one)."""
+    return claims.audit_details(claim)
 
 
 async def _wrong_code(
-    app: App, flow: FlowRow, account: AccountRow, now: datetime, *, replayed: bool = False
+    app: App,
+    flow: FlowRow,
+    account: AccountRow,
+    now: datetime,
+    *,
+    replayed: bool = False,
+    outcome: str | None = None,
 ) -> Failure:
     """Count a wrong code (on the flow and on the account, in one decision) and say so. An
     app's code whose step was already accepted (`replayed`) is a wrong code like any other:
     whoever saw it used cannot try it elsewhere for free."""
-    by_app = {"channel": "totp"} if flow.channel == "totp" else {}
+    by_app = {"channel": flow.channel} if flow.channel in _FACTOR_CHANNELS else {}
+    outcome = outcome or ("CODE_REPLAYED" if replayed else "CODE_MISMATCH")
     failed = audit.with_details(
         audit.event(
             app.clock,
             "code.failed",
-            outcome="CODE_REPLAYED" if replayed else "CODE_MISMATCH",
+            outcome=outcome,
             organization_id=account.organization_id,
             actor=account.id,
             flow_id=str(flow.id),
@@ -194,7 +202,7 @@ async def _complete_on_session(
     challenge_id: uuid.UUID,
     account: AccountRow,
     now: datetime,
-    claim: factors.StepClaim | None,
+    claim: claims.Claim | None,
 ) -> grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
     """A right code on a step-up, contact or federated flow: its completion runs in the
     winner's ORM transaction (grants, contacts and links are written there), with the same
@@ -221,7 +229,7 @@ async def _complete_on_session(
                 raise codes.Refused("closed")  # undo the counters' reset too
             # An app's code: its step claimed last (locks: account, flow, factor).
             if claim is not None:
-                claimed = await db.execute(factors.CLAIM_STEP, factors.claim_params(claim))
+                claimed = await db.execute(*claims.statement(claim))
                 if claimed.first() is None:
                     raise codes.Refused("replayed")  # undo the flow's completion too
             flow = await db.get_one(Flow, flow_id)
@@ -239,6 +247,36 @@ async def _complete_on_session(
         if refused.why == "replayed":
             raise await _wrong_code(app, read, account, now, replayed=True) from None
         raise await _refused(app, flow_id, refused.why, superseded=challenge_id) from None
+
+
+# Channels answered by a factor other than the phone: their failures' audit rows say which.
+_FACTOR_CHANNELS = ("totp", "passkey")
+
+
+async def complete_by_factor(
+    app: App,
+    flow: FlowRow,
+    account: AccountRow,
+    client: ClientInfo,
+    now: datetime,
+    claim: claims.Claim,
+) -> LoginVerified | grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
+    """Complete the flow's current challenge as a right code does (the same decisions: a
+    session and device trust for a login, a grant for a step-up), for a factor that checked
+    its own answer (a passkey's assertion) and claims `claim` in the completion's transaction.
+    The caller checked the flow open, its challenge current and the factor unlocked."""
+    assert flow.challenge_id is not None
+    if flow.purpose == FlowPurpose.LOGIN:
+        return await _complete_login(app, flow, flow.challenge_id, account, client, now, claim)
+    return await _complete_on_session(app, flow, flow.challenge_id, account, now, claim)
+
+
+async def count_failed_answer(
+    app: App, flow: FlowRow, account: AccountRow, now: datetime, *, outcome: str
+) -> Failure:
+    """Count a factor's wrong answer exactly as a wrong code (the flow's attempts, the
+    account's consecutive count and lock); `outcome` goes into the audit row."""
+    return await _wrong_code(app, flow, account, now, outcome=outcome)
 
 
 # A right code for these purposes ends in a session or a grant: every counter starts again.

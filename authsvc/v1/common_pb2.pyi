@@ -550,6 +550,21 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_FACTOR_ALREADY_ENROLLED: _ErrorReason.ValueType  # 53
     """ALREADY_EXISTS. The account already has a confirmed authenticator app: remove it first."""
+    ERROR_REASON_PASSKEY_REJECTED: _ErrorReason.ValueType  # 54
+    """UNAUTHENTICATED. The passkey's answer was refused: an unknown credential, a signature
+    that does not verify, another challenge, origin or relying party, or no user verification.
+    Counted as a wrong code (ErrorInfo metadata attempts_remaining).
+    """
+    ERROR_REASON_PASSKEY_CLONED: _ErrorReason.ValueType  # 55
+    """PERMISSION_DENIED. The passkey's signature counter did not move forward: two copies of
+    its private key exist (a cloned authenticator). Refused, counted as a wrong code and
+    audited; the holder should remove the passkey (FactorService.RemoveFactor).
+    """
+    ERROR_REASON_PASSKEY_CEREMONY_INVALID: _ErrorReason.ValueType  # 56
+    """NOT_FOUND. The passkey ceremony is unknown, expired, already answered or not this
+    account's or flow's: ask for new options (BeginPasskeyRegistration or
+    BeginPasskeyAssertion). Nothing is counted.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reason of an error, sent as google.rpc.ErrorInfo.reason without the "ERROR_REASON_"
@@ -737,6 +752,21 @@ account of another organisation gets the same answer), or its enrolment expired.
 """
 ERROR_REASON_FACTOR_ALREADY_ENROLLED: ErrorReason.ValueType  # 53
 """ALREADY_EXISTS. The account already has a confirmed authenticator app: remove it first."""
+ERROR_REASON_PASSKEY_REJECTED: ErrorReason.ValueType  # 54
+"""UNAUTHENTICATED. The passkey's answer was refused: an unknown credential, a signature
+that does not verify, another challenge, origin or relying party, or no user verification.
+Counted as a wrong code (ErrorInfo metadata attempts_remaining).
+"""
+ERROR_REASON_PASSKEY_CLONED: ErrorReason.ValueType  # 55
+"""PERMISSION_DENIED. The passkey's signature counter did not move forward: two copies of
+its private key exist (a cloned authenticator). Refused, counted as a wrong code and
+audited; the holder should remove the passkey (FactorService.RemoveFactor).
+"""
+ERROR_REASON_PASSKEY_CEREMONY_INVALID: ErrorReason.ValueType  # 56
+"""NOT_FOUND. The passkey ceremony is unknown, expired, already answered or not this
+account's or flow's: ask for new options (BeginPasskeyRegistration or
+BeginPasskeyAssertion). Nothing is counted.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

@@ -43,6 +43,8 @@ class _FactorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FactorKind
     """Not set; never sent."""
     FACTOR_KIND_TOTP: _FactorKind.ValueType  # 1
     """An authenticator app (TOTP, RFC 6238: SHA-1, 6 digits, 30-second steps)."""
+    FACTOR_KIND_PASSKEY: _FactorKind.ValueType  # 2
+    """A passkey (WebAuthn credential), registered with PasskeyService."""
 
 class FactorKind(_FactorKind, metaclass=_FactorKindEnumTypeWrapper):
     """The kind of a second factor."""
@@ -51,6 +53,8 @@ FACTOR_KIND_UNSPECIFIED: FactorKind.ValueType  # 0
 """Not set; never sent."""
 FACTOR_KIND_TOTP: FactorKind.ValueType  # 1
 """An authenticator app (TOTP, RFC 6238: SHA-1, 6 digits, 30-second steps)."""
+FACTOR_KIND_PASSKEY: FactorKind.ValueType  # 2
+"""A passkey (WebAuthn credential), registered with PasskeyService."""
 Global___FactorKind: _TypeAlias = FactorKind  # noqa: Y015
 
 @_typing.final

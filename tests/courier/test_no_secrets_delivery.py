@@ -53,6 +53,7 @@ FIELDS = {
     "federated_link_proposed": {"display_name": "Alice", "admin_name": "Bob Martin"},
     "email_verification": {"display_name": "Alice", "code": "", "minutes": "5"},
     "factor_removed": {"display_name": "Alice", "factor_name": "Work phone", "by": "par vous"},
+    "passkey_removed": {"display_name": "Alice", "factor_name": "Laptop", "by": "par vous"},
 }
 
 

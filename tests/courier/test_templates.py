@@ -61,6 +61,7 @@ EMAILS = {
     "federated_link_proposed": {"display_name": "Alice", "admin_name": "Bob Martin"},
     "email_verification": {"display_name": "Alice", "code": "482910", "minutes": "5"},
     "factor_removed": {"display_name": "Alice", "factor_name": "Work phone", "by": "par vous"},
+    "passkey_removed": {"display_name": "Alice", "factor_name": "Laptop", "by": "par vous"},
 }
 
 

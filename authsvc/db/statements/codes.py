@@ -45,7 +45,7 @@ from sqlalchemy import (
 
 from authsvc.db import Account, Flow, FlowStatus
 from authsvc.db.base import UTCDateTime
-from authsvc.db.statements import audit, devices, factors, outbox, sessions, table
+from authsvc.db.statements import audit, claims, devices, outbox, sessions, table
 from authsvc.db.statements.returning import bound, insert_from, prefixed
 
 FLOWS = table(Flow)
@@ -99,9 +99,10 @@ class RightCode:
     session: dict[str, Any]
     device: dict[str, Any]
     verified: dict[str, Any]  # the audit row
-    # An authenticator app's code: its time step, claimed in the same transaction (refused:
-    # Refused("replayed"), everything undone). Its code proves the app, not the phone.
-    claim: factors.StepClaim | None = None
+    # An authenticator app's code (its time step) or a passkey's assertion (its signature
+    # counter), claimed in the same transaction (refused: Refused("replayed"), everything
+    # undone). It proves that factor, not the phone.
+    claim: claims.Claim | None = None
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ def complete_login(connection: Connection, right: RightCode) -> None:
     transaction (`Database.write`): the step's claim comes last (rows are always locked
     account, flow, factor) and its refusal rolls the completion back."""
     _complete_login(connection, right)
-    if right.claim is not None and not factors.claim_step(connection, right.claim):
+    if right.claim is not None and not claims.claim(connection, right.claim):
         raise Refused("replayed")
 
 

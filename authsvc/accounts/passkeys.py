@@ -1,0 +1,276 @@
+"""Passkeys of an account: registering one (a sensitive action), listing them beside the other
+factors, removing one (a sensitive action, the holder's or an administrator's, as for an
+authenticator app: accounts/factors.py).
+
+Registration redeems its step-up grant when it starts (BeginPasskeyRegistration), in the
+transaction that keeps the ceremony's challenge; the finish then needs the same account's
+session and that challenge, taken once. Several passkeys per account, each named.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from authsvc import audit
+from authsvc.accounts import factors
+from authsvc.accounts.factors import FactorView
+from authsvc.app import App
+from authsvc.courier.notices import notify
+from authsvc.db import Account, PasskeyCredential
+from authsvc.db.statements import passkeys as statements
+from authsvc.errors import Failure, invalid_field
+from authsvc.flows import grants, webauthn_rp
+from authsvc.policies.permissions import Action
+from authsvc.sessions import SessionInfo
+
+KIND = "passkey"
+# The time a browser gets to create a passkey: long enough for a security key's PIN.
+REGISTRATION_TTL_S = 300
+
+
+@dataclass(frozen=True)
+class Registration:
+    ceremony_id: uuid.UUID
+    options_json: str
+
+
+def ceremony_invalid() -> Failure:
+    return Failure(
+        "NOT_FOUND",
+        "PASSKEY_CEREMONY_INVALID",
+        "no such passkey ceremony in progress (unknown, expired or answered): start again",
+    )
+
+
+def rejected(metadata: dict[str, str] | None = None) -> Failure:
+    """`metadata`: a counted assertion's attempts_remaining."""
+    return Failure(
+        "UNAUTHENTICATED",
+        "PASSKEY_REJECTED",
+        "the passkey's answer does not verify",
+        metadata=metadata,
+    )
+
+
+def malformed(error: webauthn_rp.Malformed) -> Failure:
+    return invalid_field("credential_json", f"not a PublicKeyCredential's JSON: {error}")
+
+
+def parse_ceremony_id(value: str) -> uuid.UUID:
+    return factors.parse_factor_id(value, "ceremony_id")
+
+
+async def begin_registration(app: App, caller: SessionInfo, *, grant_token: str) -> Registration:
+    webauthn_rp.require_configured(app.settings)
+    now = app.clock.now()
+    ceremony_id = uuid.uuid4()
+    async with app.write() as db:
+        account = await db.get_one(Account, caller.account_id)
+        await grants.redeem(
+            app,
+            db,
+            caller,
+            token=grant_token,
+            action=Action.ENROLL_FACTOR,
+            target=account.id,
+            values=grants.ActionValues(),
+        )
+        existing = (
+            await db.scalars(
+                select(PasskeyCredential.credential_id).where(
+                    PasskeyCredential.account_id == account.id
+                )
+            )
+        ).all()
+        # The user handle is the account id: stable, opaque, no personal data (WebAuthn asks
+        # for no e-mail or name in it).
+        options = webauthn_rp.registration_options(
+            app.settings,
+            user_id=account.id.bytes,
+            user_name=account.login,
+            exclude=list(existing),
+            timeout_s=REGISTRATION_TTL_S,
+        )
+        ceremony = statements.Ceremony(
+            id=ceremony_id,
+            account_id=account.id,
+            flow_id=None,
+            kind=statements.REGISTRATION,
+            challenge=options.challenge,
+            created_at=now,
+            expires_at=now + timedelta(seconds=REGISTRATION_TTL_S),
+        )
+        # In the grant's transaction: the account's earlier unfinished registrations go.
+        await db.run_sync(lambda sync: statements.start_registration(sync.connection(), ceremony))
+        audit.record(
+            db,
+            app.clock,
+            "factor.enrolment_started",
+            organization_id=account.organization_id,
+            actor=account.id,
+            target=account.id,
+            kind=KIND,
+        )
+    return Registration(ceremony_id, options.json)
+
+
+async def finish_registration(
+    app: App, caller: SessionInfo, *, ceremony_id: uuid.UUID, credential_json: str, name: str
+) -> FactorView:
+    webauthn_rp.require_configured(app.settings)
+    try:
+        credential = webauthn_rp.parse_registration(credential_json)
+    except webauthn_rp.Malformed as error:
+        raise malformed(error) from None
+    now = app.clock.now()
+    taken = statements.Consume(ceremony_id, caller.account_id, None, now)
+    challenge = await app.db.write(statements.consume, taken)
+    if challenge is None:
+        raise ceremony_invalid()
+    try:
+        new = webauthn_rp.check_registration(app.settings, credential, challenge)
+    except webauthn_rp.Malformed as error:
+        raise malformed(error) from None
+    except webauthn_rp.Rejected:
+        async with app.write() as db:
+            audit.record(
+                db,
+                app.clock,
+                "factor.confirmation_failed",
+                outcome="PASSKEY_REJECTED",
+                organization_id=caller.organization_id,
+                actor=caller.account_id,
+                target=caller.account_id,
+                kind=KIND,
+            )
+        raise rejected() from None
+    factor_id = uuid.uuid4()
+    try:
+        async with app.write() as db:
+            db.add(
+                PasskeyCredential(
+                    id=factor_id,
+                    account_id=caller.account_id,
+                    credential_id=new.credential_id,
+                    public_key=new.public_key,
+                    sign_count=new.sign_count,
+                    name=name,
+                    transports=new.transports,
+                    created_at=now,
+                    last_used_at=None,
+                )
+            )
+            await db.flush()
+            audit.record(
+                db,
+                app.clock,
+                "factor.confirmed",
+                organization_id=caller.organization_id,
+                actor=caller.account_id,
+                target=caller.account_id,
+                kind=KIND,
+                factor_id=str(factor_id),
+            )
+    except IntegrityError:
+        # credential_id is unique: this authenticator's credential is registered already.
+        raise Failure(
+            "ALREADY_EXISTS", "FACTOR_ALREADY_ENROLLED", "this passkey is registered already"
+        ) from None
+    return FactorView(factor_id, KIND, name, now, None)
+
+
+async def list_passkeys(
+    app: App, caller: SessionInfo, account_id: uuid.UUID | None
+) -> list[FactorView]:
+    """The holder's passkeys (same permission as ListFactors: accounts/factors.py)."""
+    holder = await factors.factor_holder(app, caller, account_id)
+    async with app.read() as db:
+        rows = (
+            await db.execute(
+                select(
+                    PasskeyCredential.id,
+                    PasskeyCredential.name,
+                    PasskeyCredential.created_at,
+                    PasskeyCredential.last_used_at,
+                )
+                .where(PasskeyCredential.account_id == holder.id)
+                .order_by(PasskeyCredential.created_at, PasskeyCredential.id)
+            )
+        ).all()
+    return [FactorView(id_, KIND, name, created, used) for id_, name, created, used in rows]
+
+
+async def remove_passkey(
+    app: App,
+    caller: SessionInfo,
+    *,
+    grant_token: str,
+    factor_id: uuid.UUID,
+    account_id: uuid.UUID | None,
+) -> int:
+    """As factors.remove_factor for an app: the grant redeemed in the transaction that deletes
+    (a refusal spends nothing), the holder's sessions revoked (but the caller's own when the
+    holder removes it), the holder told by email. Returns how many sessions were revoked."""
+    holder = await factors.factor_holder(app, caller, account_id)
+    own = holder.id == caller.account_id
+    now = app.clock.now()
+    async with app.write() as db:
+        name = await db.scalar(
+            select(PasskeyCredential.name).where(
+                PasskeyCredential.id == factor_id, PasskeyCredential.account_id == holder.id
+            )
+        )
+        if name is None:
+            raise factors.factor_not_found()
+        await grants.redeem(
+            app,
+            db,
+            caller,
+            token=grant_token,
+            action=Action.REMOVE_FACTOR,
+            target=holder.id,
+            values=grants.ActionValues(),
+        )
+        removed = await db.execute(
+            delete(PasskeyCredential).where(
+                PasskeyCredential.id == factor_id, PasskeyCredential.account_id == holder.id
+            )
+        )
+        if removed.rowcount != 1:  # type: ignore[attr-defined]
+            raise factors.factor_not_found()  # removed meanwhile: the grant is not spent
+        revoked = await factors.end_sessions(db, holder.id, caller.session_id if own else None, now)
+        notify(
+            app,
+            db,
+            holder,
+            "passkey_removed",
+            factor_name=name,
+            by="par vous-même" if own else "par un administrateur de votre organisation",
+        )
+        audit.record(
+            db,
+            app.clock,
+            "factor.removed",
+            organization_id=holder.organization_id,
+            actor=caller.account_id,
+            target=holder.id,
+            kind=KIND,
+            factor_id=str(factor_id),
+            by="holder" if own else "admin",
+        )
+    app.outbox_ready.set()
+    return revoked
+
+
+async def owns(app: App, factor_id: uuid.UUID) -> bool:
+    """Whether the id is a passkey's (RemoveFactor then removes it here, else as an app)."""
+    async with app.read() as db:
+        found = await db.scalar(
+            select(PasskeyCredential.id).where(PasskeyCredential.id == factor_id)
+        )
+    return found is not None

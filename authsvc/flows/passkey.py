@@ -1,0 +1,179 @@
+"""A passkey as the second factor of a login or step-up flow.
+
+BeginPasskeyAssertion makes a passkey challenge the flow's current one (as a TOTP Challenge
+does: nothing is sent, the attempt window opens, the flow's attempts are not reset) and keeps
+the WebAuthn challenge under the flow's challenge id. FinishPasskeyAssertion checks, in this
+order: the flow open with that challenge current, the limits and the factor's lock (as Verify),
+the ceremony taken once (one conditional UPDATE), the assertion (py_webauthn: signature,
+challenge, origin, rp id, user verification), the counter (a counter that does not move forward
+is a clone: refused). Every refused assertion counts as a wrong code. A right one completes the
+flow through Verify's own completion (flows/verify.py), the counter claimed in its transaction:
+a concurrent assertion that stored the same or a later counter first undoes it (a clone too).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from authsvc import audit
+from authsvc.accounts.passkeys import ceremony_invalid, malformed, rejected
+from authsvc.app import App
+from authsvc.db import FlowPurpose
+from authsvc.db.statements import flows, passkeys
+from authsvc.db.statements.flows import AccountRow, FlowRow
+from authsvc.errors import Failure
+from authsvc.flows import failures, grants, verify, webauthn_rp
+from authsvc.flows.challenge import ensure_open, load_flow
+from authsvc.flows.login import ClientInfo
+from authsvc.flows.views import LoginVerified
+from authsvc.policies import lockout
+
+CHANNEL = "passkey"
+_PURPOSES = (FlowPurpose.LOGIN, FlowPurpose.STEP_UP)
+
+
+def cloned(metadata: dict[str, str]) -> Failure:
+    """`metadata`: the count's attempts_remaining (a clone's answer counts as a wrong one)."""
+    return Failure(
+        "PERMISSION_DENIED",
+        "PASSKEY_CLONED",
+        "this passkey's signature counter went back: a copy of it exists; remove it",
+        metadata=metadata,
+    )
+
+
+async def begin(app: App, flow_id: uuid.UUID) -> str:
+    """The request options (JSON) for the flow's account's passkeys."""
+    webauthn_rp.require_configured(app.settings)
+    flow, account = await load_flow(app, flow_id)
+    now = app.clock.now()
+    ensure_open(flow, now)
+    if flow.purpose not in _PURPOSES:
+        raise failures.channel_not_available(CHANNEL)
+    lockout.check_code_lock(app, account, now)
+    stored = await app.db.read(passkeys.of_account, account.id)
+    if not stored:
+        raise failures.channel_not_available(CHANNEL)
+    ttl_s = app.settings.code_ttl_s
+    options = webauthn_rp.assertion_options(
+        app.settings,
+        allow=[(one.credential_id, one.transports) for one in stored],
+        timeout_s=ttl_s,
+    )
+    challenge_id = uuid.uuid4()
+    expires_at = now + timedelta(seconds=ttl_s)
+    window = flows.TotpWindow(
+        flow_id=flow.id,
+        now=now,
+        challenge={
+            "challenge_id": challenge_id,
+            "channel": CHANNEL,
+            "code_digest": None,  # the answer is a signature: nothing of it is kept
+            "code_expires_at": expires_at,
+            "idempotency_key": None,
+        },
+        started=audit.event(
+            app.clock,
+            "passkey.challenged",
+            organization_id=account.organization_id,
+            actor=account.id,
+            flow_id=str(flow.id),
+            purpose=str(flow.purpose),
+            channel=CHANNEL,
+        ),
+    )
+    ceremony = passkeys.Ceremony(
+        id=challenge_id,
+        account_id=account.id,
+        flow_id=flow.id,
+        kind=passkeys.ASSERTION,
+        challenge=options.challenge,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    if not await app.db.write(passkeys.start_assertion, window, ceremony):
+        flow, _ = await load_flow(app, flow_id)
+        ensure_open(flow, app.clock.now())
+        raise failures.flow_failed()  # closed between the read and the write
+    return options.json
+
+
+async def finish(
+    app: App, flow_id: uuid.UUID, credential_json: str, client: ClientInfo
+) -> LoginVerified | grants.IssuedGrant:
+    webauthn_rp.require_configured(app.settings)
+    try:
+        credential = webauthn_rp.parse_assertion(credential_json)
+    except webauthn_rp.Malformed as error:
+        raise malformed(error) from None
+    flow, account = await load_flow(app, flow_id)
+    now = app.clock.now()
+    ensure_open(flow, now)
+    if flow.channel != CHANNEL or flow.challenge_id is None or flow.code_expires_at is None:
+        raise failures.no_active_challenge()
+    if flow.code_expires_at <= now:
+        raise failures.code_expired()
+    await app.limits.verify(now, ip=client.ip_address, account_id=str(account.id))
+    lockout.check_code_lock(app, account, now)
+    taken = passkeys.Consume(flow.challenge_id, account.id, flow.id, now)
+    challenge = await app.db.write(passkeys.consume, taken)
+    if challenge is None:
+        raise ceremony_invalid()  # answered already (a replay) or replaced
+    stored = await app.db.read(passkeys.find, account.id, credential.raw_id)
+    if stored is None:
+        raise await _refused(app, flow, account, now, "PASSKEY_UNKNOWN")
+    try:
+        sign_count = webauthn_rp.check_assertion(
+            app.settings, credential, challenge, stored.public_key
+        )
+    except webauthn_rp.Malformed as error:
+        raise malformed(error) from None
+    except webauthn_rp.Rejected:
+        raise await _refused(app, flow, account, now, "PASSKEY_REJECTED") from None
+    if not webauthn_rp.counter_moves_forward(stored.sign_count, sign_count):
+        await _record_clone(app, account, stored.id, stored.sign_count, sign_count)
+        raise await _refused(app, flow, account, now, "PASSKEY_CLONED")
+    claim = passkeys.CounterClaim(stored.id, sign_count, now)
+    try:
+        result = await verify.complete_by_factor(app, flow, account, client, now, claim)
+    except Failure as failure:
+        # The counter's claim lost to a concurrent assertion with the same or a later
+        # counter (Verify counted it as a replayed code): a clone as well.
+        if failure.reason == "CODE_MISMATCH":
+            raise cloned(failure.metadata) from None
+        raise
+    assert isinstance(result, LoginVerified | grants.IssuedGrant)  # _PURPOSES
+    return result
+
+
+async def _record_clone(
+    app: App, account: AccountRow, credential_row_id: uuid.UUID, stored: int, new: int
+) -> None:
+    """The clone's own audit row: which passkey, and the counters (not secrets)."""
+    async with app.write() as db:
+        audit.record(
+            db,
+            app.clock,
+            "passkey.clone_detected",
+            outcome="PASSKEY_CLONED",
+            organization_id=account.organization_id,
+            actor=account.id,
+            target=account.id,
+            factor_id=str(credential_row_id),
+            stored_sign_count=str(stored),
+            sign_count=str(new),
+        )
+
+
+async def _refused(
+    app: App, flow: FlowRow, account: AccountRow, now: datetime, outcome: str
+) -> Failure:
+    """Count the refused assertion as a wrong code; the answer says the passkey's reason,
+    unless the count itself locked the factor or ended the flow."""
+    failure = await verify.count_failed_answer(app, flow, account, now, outcome=outcome)
+    if failure.reason != "CODE_MISMATCH":
+        return failure
+    if outcome == "PASSKEY_CLONED":
+        return cloned(failure.metadata)
+    return rejected(failure.metadata)

@@ -1,0 +1,599 @@
+"""Passkeys (WebAuthn) as a second factor, over real gRPC on SQLite and PostgreSQL, answered by
+a software authenticator (tests/passkey_authenticator.py: a real ES256 key, real bytes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from passkey_authenticator import AT, UP, UV, SoftAuthenticator, b64url
+from sqlalchemy import func, select
+from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of, seed_account, sign_in
+from support import step_up as grant_for
+
+from authsvc.config import Rate, RateLimits, Settings
+from authsvc.db import AuditEvent, PasskeyCredential, Role, Session
+from authsvc.server import Server
+from authsvc.v1 import auth_service_pb2 as pb
+from authsvc.v1 import common_pb2, factor_service_pb2_grpc, passkey_service_pb2_grpc
+from authsvc.v1 import factor_service_pb2 as fpb
+from authsvc.v1 import passkey_service_pb2 as ppb
+
+if TYPE_CHECKING:
+    from authsvc.v1.auth_service_pb2_grpc import AuthServiceAsyncStub as Stub
+    from authsvc.v1.factor_service_pb2_grpc import FactorServiceAsyncStub as Factors
+    from authsvc.v1.passkey_service_pb2_grpc import PasskeyServiceAsyncStub as Passkeys
+
+ENROLL = common_pb2.SENSITIVE_ACTION_ENROLL_FACTOR
+REMOVE = common_pb2.SENSITIVE_ACTION_REMOVE_FACTOR
+CHANGE_PASSWORD = common_pb2.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD
+ADMIN_PHONE = "+33698765432"
+OTHER_ADMIN_PHONE = "+33687654321"
+OTHER_SIRET = "73282932000074"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    roomy = Rate(count=1000, period_s=60)
+    return settings.model_copy(
+        update={
+            "rate_limits": RateLimits(
+                verify_account=roomy, step_up_account=roomy, login_account=roomy
+            ),
+            "webauthn_rp_id": "localhost",
+            "webauthn_origins": ["http://localhost"],
+        }
+    )
+
+
+@pytest.fixture
+async def passkeys(channel: grpc.aio.Channel) -> AsyncIterator[Passkeys]:
+    yield passkey_service_pb2_grpc.PasskeyServiceStub(channel)
+
+
+@pytest.fixture
+async def factors(channel: grpc.aio.Channel) -> AsyncIterator[Factors]:
+    yield factor_service_pb2_grpc.FactorServiceStub(channel)
+
+
+async def register(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, session: str, device: SoftAuthenticator
+) -> fpb.Factor:
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    begun = await passkeys.BeginPasskeyRegistration(
+        ppb.BeginPasskeyRegistrationRequest(session_token=session, grant_token=grant.grant_token)
+    )
+    finished = await passkeys.FinishPasskeyRegistration(
+        ppb.FinishPasskeyRegistrationRequest(
+            session_token=session,
+            ceremony_id=begun.ceremony_id,
+            credential_json=device.create(begun.creation_options_json),
+            name="Laptop",
+        )
+    )
+    return finished.factor
+
+
+async def login_flow(stub: Stub, who: Seeded) -> common_pb2.PendingFlow:
+    answer = await stub.Login(
+        pb.LoginRequest(
+            organization_siret=who.organization_siret,
+            login=who.login,
+            password=pb.PasswordCredential(password=PASSWORD),
+            client=CLIENT,
+        )
+    )
+    return answer.pending_flow
+
+
+async def begin(passkeys: Passkeys, flow_id: str) -> str:
+    begun = await passkeys.BeginPasskeyAssertion(ppb.BeginPasskeyAssertionRequest(flow_id=flow_id))
+    return begun.request_options_json
+
+
+def finish(
+    passkeys: Passkeys, flow_id: str, credential_json: str
+) -> grpc.aio.UnaryUnaryCall[ppb.FinishPasskeyAssertionRequest, ppb.FinishPasskeyAssertionResponse]:
+    return passkeys.FinishPasskeyAssertion(
+        ppb.FinishPasskeyAssertionRequest(
+            flow_id=flow_id, credential_json=credential_json, client=CLIENT
+        )
+    )
+
+
+async def audit_rows(server: Server, event_type: str) -> list[tuple[str, dict[str, str]]]:
+    async with server.app.read() as db:
+        rows = (
+            await db.execute(
+                select(AuditEvent.outcome, AuditEvent.details)
+                .where(AuditEvent.event_type == event_type)
+                .order_by(AuditEvent.sequence)
+            )
+        ).all()
+    return [(outcome, json.loads(details)) for outcome, details in rows]
+
+
+async def stored_counter(server: Server) -> int:
+    async with server.app.read() as db:
+        counter = await db.scalar(select(PasskeyCredential.sign_count))
+    assert counter is not None
+    return int(counter)
+
+
+def phone_messages(inbox: Inbox) -> int:
+    return sum(message["channel"] in ("sms", "voice") for message in inbox.messages())
+
+
+# ---- registration, login, step-up -----------------------------------------------------------
+
+
+async def test_register_then_log_in_then_step_up(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    no_grant = await failure_of(
+        passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(session_token=session)
+        )
+    )
+    assert no_grant.reason == "GRANT_REQUIRED"
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    begun = await passkeys.BeginPasskeyRegistration(
+        ppb.BeginPasskeyRegistrationRequest(session_token=session, grant_token=grant.grant_token)
+    )
+    options = json.loads(begun.creation_options_json)
+    assert options["rp"]["id"] == "localhost"
+    assert options["authenticatorSelection"]["userVerification"] == "required"
+    assert options["user"]["id"] == b64url(alice.account_id.bytes)
+    device = SoftAuthenticator()
+    finished = await passkeys.FinishPasskeyRegistration(
+        ppb.FinishPasskeyRegistrationRequest(
+            session_token=session,
+            ceremony_id=begun.ceremony_id,
+            credential_json=device.create(begun.creation_options_json),
+            name="Laptop",
+        )
+    )
+    assert (finished.factor.kind, finished.factor.name) == (fpb.FACTOR_KIND_PASSKEY, "Laptop")
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    assert [(f.factor_id, f.kind) for f in listed.factors] == [
+        (finished.factor.factor_id, fpb.FACTOR_KIND_PASSKEY)
+    ]
+    # The grant was spent by the registration.
+    again = await failure_of(
+        passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(
+                session_token=session, grant_token=grant.grant_token
+            )
+        )
+    )
+    assert again.reason == "GRANT_ALREADY_USED"
+
+    # Login: the passkey answers the second factor; nothing is sent to the phone.
+    sent_before = phone_messages(inbox)
+    flow = await login_flow(stub, alice)
+    request_options = json.loads(await begin(passkeys, flow.flow_id))
+    assert request_options["userVerification"] == "required"
+    assert [c["id"] for c in request_options["allowCredentials"]] == [b64url(device.credential_id)]
+    logged_in = await finish(passkeys, flow.flow_id, device.get(json.dumps(request_options)))
+    check = await stub.ValidateSession(
+        pb.ValidateSessionRequest(session_token=logged_in.login.session.token)
+    )
+    assert check.account_id == str(alice.account_id)
+    assert logged_in.login.device_token
+    assert await stored_counter(server) == 1
+
+    # Step-up: the grant is the usual one, bound to the session and action.
+    new_session = logged_in.login.session.token
+    up = (
+        await stub.AuthorizeSensitiveAction(
+            pb.AuthorizeSensitiveActionRequest(
+                session_token=new_session,
+                action=CHANGE_PASSWORD,
+                new_values=pb.ActionValues(),
+                client=CLIENT,
+            )
+        )
+    ).pending_flow
+    stepped = await finish(passkeys, up.flow_id, device.get(await begin(passkeys, up.flow_id)))
+    assert stepped.action_grant.action == CHANGE_PASSWORD
+    redeemed = await stub.RedeemActionGrant(
+        pb.RedeemActionGrantRequest(
+            session_token=new_session,
+            grant_token=stepped.action_grant.grant_token,
+            action=CHANGE_PASSWORD,
+            new_values=pb.ActionValues(),
+            client=CLIENT,
+        )
+    )
+    assert redeemed.account_id == str(alice.account_id)
+    assert await stored_counter(server) == 2
+    assert phone_messages(inbox) == sent_before
+
+    used = [d for _, d in await audit_rows(server, "code.verified") if d.get("channel")]
+    assert [(d["channel"], d["factor_id"]) for d in used] == [
+        ("passkey", finished.factor.factor_id)
+    ] * 2
+    assert [o for o, _ in await audit_rows(server, "factor.confirmed")] == ["OK"]
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=new_session))
+    assert listed.factors[0].HasField("last_use_time")
+
+
+async def test_registration_requires_user_verification_and_the_right_origin(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    for flags, origin in ((UP | AT, None), (UP | UV | AT, "http://evil.localhost.example")):
+        grant = await grant_for(stub, inbox, session, ENROLL)
+        begun = await passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(
+                session_token=session, grant_token=grant.grant_token
+            )
+        )
+        refused = await failure_of(
+            passkeys.FinishPasskeyRegistration(
+                ppb.FinishPasskeyRegistrationRequest(
+                    session_token=session,
+                    ceremony_id=begun.ceremony_id,
+                    credential_json=SoftAuthenticator().create(
+                        begun.creation_options_json, flags=flags, origin=origin
+                    ),
+                    name="Laptop",
+                )
+            )
+        )
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "PASSKEY_REJECTED",
+        )
+    async with server.app.read() as db:
+        assert await db.scalar(select(PasskeyCredential.id)) is None
+    assert [o for o, _ in await audit_rows(server, "factor.confirmation_failed")] == [
+        "PASSKEY_REJECTED"
+    ] * 2
+
+
+# ---- clones, replays, wrong answers -----------------------------------------------------------
+
+
+async def test_a_cloned_credential_is_refused_and_audited(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    factor = await register(stub, passkeys, inbox, session, device)
+    copy = device.clone()
+    flow = await login_flow(stub, alice)
+    await finish(passkeys, flow.flow_id, device.get(await begin(passkeys, flow.flow_id), counter=5))
+    assert await stored_counter(server) == 5
+    for counter in (3, 5):  # going back, or not moving: two copies of the key
+        flow = await login_flow(stub, alice)
+        options = await begin(passkeys, flow.flow_id)
+        refused = await failure_of(
+            finish(passkeys, flow.flow_id, copy.get(options, counter=counter))
+        )
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "PASSKEY_CLONED",
+        )
+        assert refused.metadata == {"attempts_remaining": "4"}  # counted as a wrong code
+    assert await stored_counter(server) == 5
+    clones = await audit_rows(server, "passkey.clone_detected")
+    assert [(o, d["factor_id"], d["stored_sign_count"], d["sign_count"]) for o, d in clones] == [
+        ("PASSKEY_CLONED", factor.factor_id, "5", "3"),
+        ("PASSKEY_CLONED", factor.factor_id, "5", "5"),
+    ]
+    failed = [o for o, d in await audit_rows(server, "code.failed") if d.get("channel")]
+    assert failed == ["PASSKEY_CLONED"] * 2
+    # The genuine authenticator, whose counter moves on, still logs in.
+    flow = await login_flow(stub, alice)
+    ok = await finish(passkeys, flow.flow_id, device.get(await begin(passkeys, flow.flow_id)))
+    assert ok.login.session.token
+
+
+async def test_a_counterless_authenticator_stays_at_zero(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    await register(stub, passkeys, inbox, session, device)
+    for _ in range(2):
+        flow = await login_flow(stub, alice)
+        answer = device.get(await begin(passkeys, flow.flow_id), counter=0)
+        assert (await finish(passkeys, flow.flow_id, answer)).login.session.token
+    assert await stored_counter(server) == 0
+
+
+async def test_a_replayed_challenge_is_refused(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    # Registration: the same answer twice.
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    begun = await passkeys.BeginPasskeyRegistration(
+        ppb.BeginPasskeyRegistrationRequest(session_token=session, grant_token=grant.grant_token)
+    )
+    request = ppb.FinishPasskeyRegistrationRequest(
+        session_token=session,
+        ceremony_id=begun.ceremony_id,
+        credential_json=device.create(begun.creation_options_json),
+        name="Laptop",
+    )
+    await passkeys.FinishPasskeyRegistration(request)
+    replayed = await failure_of(passkeys.FinishPasskeyRegistration(request))
+    assert (replayed.code, replayed.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        "PASSKEY_CEREMONY_INVALID",
+    )
+    # Assertion: a refused answer uses the ceremony up; a right one on it then is refused too.
+    flow = await login_flow(stub, alice)
+    options = await begin(passkeys, flow.flow_id)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    bad = await failure_of(finish(passkeys, flow.flow_id, device.get(options, signer=other_key)))
+    assert (bad.reason, bad.metadata) == ("PASSKEY_REJECTED", {"attempts_remaining": "4"})
+    late = await failure_of(finish(passkeys, flow.flow_id, device.get(options)))
+    assert late.reason == "PASSKEY_CEREMONY_INVALID"
+    # An answer to an earlier challenge of the flow, after a new Begin: refused (signed over
+    # the old challenge), and counted.
+    old = device.get(options)
+    await begin(passkeys, flow.flow_id)
+    stale = await failure_of(finish(passkeys, flow.flow_id, old))
+    assert (stale.reason, stale.metadata) == ("PASSKEY_REJECTED", {"attempts_remaining": "3"})
+    # A code cannot answer a passkey challenge.
+    code = await failure_of(
+        stub.Verify(pb.VerifyRequest(flow_id=flow.flow_id, code="123456", client=CLIENT))
+    )
+    assert code.reason == "NO_ACTIVE_CHALLENGE"
+
+
+async def test_wrong_assertions_lock_the_factor_like_wrong_codes(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    await register(stub, passkeys, inbox, session, device)
+    settings = server.app.settings
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    reasons: list[str] = []
+    while len(reasons) < settings.code_lock_threshold:
+        flow = await login_flow(stub, alice)
+        for _ in range(settings.max_code_attempts):
+            options = await begin(passkeys, flow.flow_id)
+            failure = await failure_of(
+                finish(passkeys, flow.flow_id, device.get(options, signer=other_key))
+            )
+            reasons.append(failure.reason)
+            if len(reasons) == settings.code_lock_threshold:
+                break
+        else:
+            dead = await failure_of(begin(passkeys, flow.flow_id))
+            assert dead.reason == "FLOW_FAILED"
+    assert reasons[:-1] == ["PASSKEY_REJECTED"] * (settings.code_lock_threshold - 1)
+    assert reasons[-1] == "ACCOUNT_LOCKED"
+    flow = await login_flow(stub, alice)
+    locked = await failure_of(begin(passkeys, flow.flow_id))
+    assert locked.reason == "ACCOUNT_LOCKED"
+
+
+async def test_bad_json_is_invalid_argument_and_changes_nothing(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    begun = await passkeys.BeginPasskeyRegistration(
+        ppb.BeginPasskeyRegistrationRequest(session_token=session, grant_token=grant.grant_token)
+    )
+    device = SoftAuthenticator()
+    good = json.loads(device.create(begun.creation_options_json))
+    bad_answers = [
+        "",
+        "not json",
+        "[]",
+        "{}",
+        json.dumps({**good, "rawId": 5}),
+        json.dumps({**good, "response": {"clientDataJSON": "x"}}),
+        json.dumps({**good, "type": "password"}),
+        "x" * 20_000,
+    ]
+    for bad in bad_answers:
+        failure = await failure_of(
+            passkeys.FinishPasskeyRegistration(
+                ppb.FinishPasskeyRegistrationRequest(
+                    session_token=session,
+                    ceremony_id=begun.ceremony_id,
+                    credential_json=bad,
+                    name="Laptop",
+                )
+            )
+        )
+        assert (failure.code, failure.reason, failure.metadata) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_FIELD",
+            {"field": "credential_json"},
+        ), bad[:40]
+    for field, request in (
+        ("ceremony_id", ppb.FinishPasskeyRegistrationRequest(session_token=session, name="L")),
+        (
+            "name",
+            ppb.FinishPasskeyRegistrationRequest(
+                session_token=session, ceremony_id=begun.ceremony_id, name=""
+            ),
+        ),
+    ):
+        failure = await failure_of(passkeys.FinishPasskeyRegistration(request))
+        assert (failure.reason, failure.metadata) == ("INVALID_FIELD", {"field": field})
+    # Nothing was used up: the ceremony still takes the right answer.
+    finished = await passkeys.FinishPasskeyRegistration(
+        ppb.FinishPasskeyRegistrationRequest(
+            session_token=session,
+            ceremony_id=begun.ceremony_id,
+            credential_json=json.dumps(good),
+            name="Laptop",
+        )
+    )
+    assert finished.factor.kind == fpb.FACTOR_KIND_PASSKEY
+
+    flow = await login_flow(stub, alice)
+    options = await begin(passkeys, flow.flow_id)
+    for bad in ("", "{", json.dumps({"id": "AA", "rawId": "AA", "type": "public-key"})):
+        failure = await failure_of(finish(passkeys, flow.flow_id, bad))
+        assert (failure.code, failure.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_FIELD",
+        )
+    bad_flow = await failure_of(
+        passkeys.BeginPasskeyAssertion(ppb.BeginPasskeyAssertionRequest(flow_id="nope"))
+    )
+    assert bad_flow.reason == "INVALID_FIELD"
+    # Not counted, not consumed: the right answer still completes the flow.
+    assert (await finish(passkeys, flow.flow_id, device.get(options))).login.session.token
+    assert [o for o, d in await audit_rows(server, "code.failed") if d.get("channel")] == []
+
+
+async def test_the_holder_removes_a_passkey(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    first = await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    second = await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    # Oldest first; the frozen clock gives both one time, then the id decides.
+    assert [f.factor_id for f in listed.factors] == sorted([first.factor_id, second.factor_id])
+    grant = await grant_for(stub, inbox, session, REMOVE)
+    removed = await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=session, grant_token=grant.grant_token, factor_id=first.factor_id
+        )
+    )
+    assert removed.revoked_sessions == 0  # only the calling session was open
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    assert [f.factor_id for f in listed.factors] == [second.factor_id]
+    notice = await inbox.next_to(f"{alice.login}@example.fr")
+    assert "clé d'accès" in notice["text"] or "clé d'accès" in notice.get("subject", "")
+
+
+async def test_one_counter_on_many_flows_at_once_exactly_one_wins(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    """Ten assertions carrying the same counter (one key in several places), each on its own
+    flow, at once: those that read the counter before the winner stored it are stopped by the
+    conditional UPDATE in their completion (undone whole), the later ones by the check before
+    it. Exactly one session is opened."""
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    await register(stub, passkeys, inbox, session, device)
+    flows = [await login_flow(stub, alice) for _ in range(10)]
+    answers = [device.get(await begin(passkeys, flow.flow_id), counter=7) for flow in flows]
+    outcomes = await asyncio.gather(
+        *(
+            finish(passkeys, flow.flow_id, answer)
+            for flow, answer in zip(flows, answers, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    won = [o for o in outcomes if isinstance(o, ppb.FinishPasskeyAssertionResponse)]
+    assert len(won) == 1
+    lost = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(lost) == 9
+    for error in lost:
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # PASSKEY_CLONED
+    assert await stored_counter(server) == 7
+    async with server.app.read() as db:
+        sessions = await db.scalar(
+            select(func.count()).select_from(Session).where(Session.account_id == alice.account_id)
+        )
+    assert sessions == 2  # the SMS sign-in's and the one winner's
+
+
+async def test_passkeys_are_off_without_origins(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    server.app.settings = server.app.settings.model_copy(update={"webauthn_origins": []})
+    flow = await login_flow(stub, alice)
+    off = await failure_of(begin(passkeys, flow.flow_id))
+    assert (off.code, off.reason) == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
+    session = (await sign_in(stub, inbox, alice)).session.token
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    off = await failure_of(
+        passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(
+                session_token=session, grant_token=grant.grant_token
+            )
+        )
+    )
+    assert off.reason == "NOT_IMPLEMENTED"
+
+
+async def test_an_administrator_removes_a_members_passkey(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    alice_session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    factor = await register(stub, passkeys, inbox, alice_session, device)
+    target = str(alice.account_id)
+    outsider = await seed_account(
+        server, login="olga", phone=OTHER_ADMIN_PHONE, siret=OTHER_SIRET, role=Role.ADMIN
+    )
+    outsider_session = (await sign_in(stub, inbox, outsider, phone=OTHER_ADMIN_PHONE)).session.token
+    own_grant = await grant_for(stub, inbox, outsider_session, REMOVE, phone=OTHER_ADMIN_PHONE)
+    foreign = await failure_of(
+        factors.RemoveFactor(
+            fpb.RemoveFactorRequest(
+                session_token=outsider_session,
+                grant_token=own_grant.grant_token,
+                factor_id=factor.factor_id,
+                account_id=target,
+            )
+        )
+    )
+    assert foreign.reason == "PERMISSION_DENIED"
+    # Another member naming alice's passkey as their own: not found, the grant not spent.
+    bob = await seed_account(server, login="bob", phone=ADMIN_PHONE)
+    bob_session = (await sign_in(stub, inbox, bob, phone=ADMIN_PHONE)).session.token
+    bob_grant = await grant_for(stub, inbox, bob_session, REMOVE, phone=ADMIN_PHONE)
+    not_theirs = await failure_of(
+        factors.RemoveFactor(
+            fpb.RemoveFactorRequest(
+                session_token=bob_session,
+                grant_token=bob_grant.grant_token,
+                factor_id=factor.factor_id,
+            )
+        )
+    )
+    assert (not_theirs.code, not_theirs.reason) == (grpc.StatusCode.NOT_FOUND, "FACTOR_NOT_FOUND")
+
+    admin = await seed_account(server, login="ada", phone="+33611223344", role=Role.ADMIN)
+    admin_session = (await sign_in(stub, inbox, admin, phone="+33611223344")).session.token
+    listed = await factors.ListFactors(
+        fpb.ListFactorsRequest(session_token=admin_session, account_id=target)
+    )
+    assert [(f.factor_id, f.kind) for f in listed.factors] == [
+        (factor.factor_id, fpb.FACTOR_KIND_PASSKEY)
+    ]
+    grant = await grant_for(stub, inbox, admin_session, REMOVE, target=target, phone="+33611223344")
+    removed = await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=admin_session,
+            grant_token=grant.grant_token,
+            factor_id=factor.factor_id,
+            account_id=target,
+        )
+    )
+    assert removed.revoked_sessions >= 1
+    gone = await failure_of(
+        stub.ValidateSession(pb.ValidateSessionRequest(session_token=alice_session))
+    )
+    assert gone.code == grpc.StatusCode.UNAUTHENTICATED
+    assert [(d["by"], d["kind"]) for _, d in await audit_rows(server, "factor.removed")] == [
+        ("admin", "passkey")
+    ]
+    # Gone: the flow takes no passkey any more.
+    flow = await login_flow(stub, alice)
+    refused = await failure_of(begin(passkeys, flow.flow_id))
+    assert refused.reason == "CHANNEL_NOT_AVAILABLE"
