@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authsvc import audit, validation
 from authsvc.app import App
 from authsvc.courier.notices import notify
-from authsvc.db import Account, SecondFactor, Session
+from authsvc.db import Account, PasskeyCredential, SecondFactor, Session
 from authsvc.db.statements import factors as statements
 from authsvc.errors import Failure, invalid_field
 from authsvc.flows import grants, totp
@@ -303,16 +303,40 @@ async def remove_factor(
     factor_id: uuid.UUID,
     account_id: uuid.UUID | None,
 ) -> int:
-    """Remove the factor, revoke the holder's sessions (but the caller's own when the holder
-    removes it), tell the holder by email. Returns how many sessions were revoked."""
+    """Remove an authenticator app (see `remove`)."""
+    return await remove(
+        app,
+        caller,
+        grant_token=grant_token,
+        factor_id=factor_id,
+        account_id=account_id,
+        table=SecondFactor,
+        kind=statements.TOTP,
+        notice="factor_removed",
+    )
+
+
+async def remove(
+    app: App,
+    caller: SessionInfo,
+    *,
+    grant_token: str,
+    factor_id: uuid.UUID,
+    account_id: uuid.UUID | None,
+    table: type[SecondFactor] | type[PasskeyCredential],
+    kind: str,
+    notice: str,
+) -> int:
+    """Remove a second factor of any kind (`table` holds it): the grant redeemed in the
+    transaction that deletes (a refusal spends nothing), the holder's sessions revoked (but
+    the caller's own when the holder removes it), the holder told by email (`notice`).
+    Returns how many sessions were revoked."""
     holder = await factor_holder(app, caller, account_id)
     own = holder.id == caller.account_id
     now = app.clock.now()
     async with app.write() as db:
         name = await db.scalar(
-            select(SecondFactor.name).where(
-                SecondFactor.id == factor_id, SecondFactor.account_id == holder.id
-            )
+            select(table.name).where(table.id == factor_id, table.account_id == holder.id)
         )
         if name is None:
             raise factor_not_found()  # before the grant: a refusal spends nothing
@@ -326,9 +350,7 @@ async def remove_factor(
             values=grants.ActionValues(),
         )
         removed = await db.execute(
-            delete(SecondFactor).where(
-                SecondFactor.id == factor_id, SecondFactor.account_id == holder.id
-            )
+            delete(table).where(table.id == factor_id, table.account_id == holder.id)
         )
         if removed.rowcount != 1:  # type: ignore[attr-defined]
             raise factor_not_found()  # removed meanwhile: the grant is not spent either
@@ -337,7 +359,7 @@ async def remove_factor(
             app,
             db,
             holder,
-            "factor_removed",
+            notice,
             factor_name=name,
             by="par vous-même" if own else "par un administrateur de votre organisation",
         )
@@ -348,7 +370,7 @@ async def remove_factor(
             organization_id=holder.organization_id,
             actor=caller.account_id,
             target=holder.id,
-            kind=statements.TOTP,
+            kind=kind,
             factor_id=str(factor_id),
             by="holder" if own else "admin",
         )

@@ -13,14 +13,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from authsvc import audit
 from authsvc.accounts import factors
 from authsvc.accounts.factors import FactorView
 from authsvc.app import App
-from authsvc.courier.notices import notify
 from authsvc.db import Account, PasskeyCredential
 from authsvc.db.statements import passkeys as statements
 from authsvc.errors import Failure, invalid_field
@@ -213,58 +212,17 @@ async def remove_passkey(
     factor_id: uuid.UUID,
     account_id: uuid.UUID | None,
 ) -> int:
-    """As factors.remove_factor for an app: the grant redeemed in the transaction that deletes
-    (a refusal spends nothing), the holder's sessions revoked (but the caller's own when the
-    holder removes it), the holder told by email. Returns how many sessions were revoked."""
-    holder = await factors.factor_holder(app, caller, account_id)
-    own = holder.id == caller.account_id
-    now = app.clock.now()
-    async with app.write() as db:
-        name = await db.scalar(
-            select(PasskeyCredential.name).where(
-                PasskeyCredential.id == factor_id, PasskeyCredential.account_id == holder.id
-            )
-        )
-        if name is None:
-            raise factors.factor_not_found()
-        await grants.redeem(
-            app,
-            db,
-            caller,
-            token=grant_token,
-            action=Action.REMOVE_FACTOR,
-            target=holder.id,
-            values=grants.ActionValues(),
-        )
-        removed = await db.execute(
-            delete(PasskeyCredential).where(
-                PasskeyCredential.id == factor_id, PasskeyCredential.account_id == holder.id
-            )
-        )
-        if removed.rowcount != 1:  # type: ignore[attr-defined]
-            raise factors.factor_not_found()  # removed meanwhile: the grant is not spent
-        revoked = await factors.end_sessions(db, holder.id, caller.session_id if own else None, now)
-        notify(
-            app,
-            db,
-            holder,
-            "passkey_removed",
-            factor_name=name,
-            by="par vous-même" if own else "par un administrateur de votre organisation",
-        )
-        audit.record(
-            db,
-            app.clock,
-            "factor.removed",
-            organization_id=holder.organization_id,
-            actor=caller.account_id,
-            target=holder.id,
-            kind=KIND,
-            factor_id=str(factor_id),
-            by="holder" if own else "admin",
-        )
-    app.outbox_ready.set()
-    return revoked
+    """Remove a passkey: as an authenticator app (factors.remove)."""
+    return await factors.remove(
+        app,
+        caller,
+        grant_token=grant_token,
+        factor_id=factor_id,
+        account_id=account_id,
+        table=PasskeyCredential,
+        kind=KIND,
+        notice="passkey_removed",
+    )
 
 
 async def owns(app: App, factor_id: uuid.UUID) -> bool:
