@@ -19,14 +19,14 @@ from datetime import datetime, timedelta
 from urllib.parse import quote, urlencode
 
 import segno
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit, validation
+from authsvc.accounts import revocation
 from authsvc.app import App
 from authsvc.courier.notices import notify
-from authsvc.db import Account, PasskeyCredential, SecondFactor, Session
+from authsvc.db import Account, PasskeyCredential, SecondFactor
 from authsvc.db.statements import factors as statements
 from authsvc.errors import Failure, invalid_field
 from authsvc.flows import grants, totp
@@ -354,7 +354,12 @@ async def remove(
         )
         if removed.rowcount != 1:  # type: ignore[attr-defined]
             raise factor_not_found()  # removed meanwhile: the grant is not spent either
-        revoked = await end_sessions(db, holder.id, caller.session_id if own else None, now)
+        # The factor's trust ends with it: sessions (but the remover's own), device tokens
+        # (they stood for this factor), pending flows, and the security epoch.
+        ended = await revocation.end_trust(
+            db, holder.id, now, keep_session=caller.session_id if own else None
+        )
+        revoked = ended.sessions
         notify(
             app,
             db,
@@ -376,24 +381,3 @@ async def remove(
         )
     app.outbox_ready.set()
     return revoked
-
-
-async def end_sessions(
-    db: AsyncSession, account_id: uuid.UUID, keep: uuid.UUID | None, now: datetime
-) -> int:
-    """A factor removed: the holder's sessions end (but `keep`, the remover's own). The
-    account's security epoch first, so that a login checked before this commits is refused by
-    its verdict (statements/logins.py), and one after finds its session here. Returns how many
-    sessions ended."""
-    await db.execute(
-        update(Account)
-        .where(Account.id == account_id)
-        .values(security_epoch=Account.security_epoch + 1)
-    )
-    kept = [Session.id != keep] if keep is not None else []
-    revoked = await db.execute(
-        update(Session)
-        .where(Session.account_id == account_id, Session.revoked_at.is_(None), *kept)
-        .values(revoked_at=now)
-    )
-    return int(revoked.rowcount)  # type: ignore[attr-defined]

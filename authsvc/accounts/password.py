@@ -13,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from authsvc import audit
+from authsvc.accounts import revocation
 from authsvc.app import App
 from authsvc.courier.notices import notify
-from authsvc.db import Account, Session, TrustedDevice
+from authsvc.db import Account
 from authsvc.flows import failures, grants
 from authsvc.flows.login import ClientInfo
 from authsvc.policies import lockout, password_policy
@@ -81,30 +82,13 @@ async def change_password(
             target=account.id,
             values=grants.ActionValues(),
         )
-        # The account row first, with its security epoch raised: a login whose first factor
-        # was checked before this commits is refused by its verdict (statements/logins.py).
-        await db.execute(
-            update(Account)
-            .where(Account.id == account.id)
-            .values(
-                password_hash=new_hash,
-                updated_at=now,
-                security_epoch=Account.security_epoch + 1,
-            )
-        )
-        devices = await db.execute(
-            update(TrustedDevice)
-            .where(TrustedDevice.account_id == account.id, TrustedDevice.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-        sessions = await db.execute(
-            update(Session)
-            .where(
-                Session.account_id == account.id,
-                Session.id != caller.session_id,
-                Session.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
+        # The new hash with the security epoch, then what trusted the old password ends.
+        ended = await revocation.end_trust(
+            db,
+            account.id,
+            now,
+            keep_session=caller.session_id,
+            account_values={"password_hash": new_hash, "updated_at": now},
         )
         notify(app, db, account, "password_changed")
         audit.record(
@@ -117,8 +101,8 @@ async def change_password(
         )
     app.outbox_ready.set()
     return PasswordChanged(
-        revoked_sessions=sessions.rowcount,  # type: ignore[attr-defined]
-        revoked_devices=devices.rowcount,  # type: ignore[attr-defined]
+        revoked_sessions=ended.sessions,
+        revoked_devices=ended.devices,
     )
 
 

@@ -14,9 +14,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
+from authsvc.accounts import revocation
 from authsvc.app import App
 from authsvc.courier.notices import notify
-from authsvc.db import Account, Flow, FlowPurpose, Session, TrustedDevice
+from authsvc.db import Account, Flow, FlowPurpose
 from authsvc.db.base import new_id
 from authsvc.flows import grants
 from authsvc.flows.login import ClientInfo, open_flow, pending_view
@@ -133,24 +134,15 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> ContactVerified:
             "updated_at": now,
         }
         what = "numéro de téléphone"
-        # The device trust and sessions end: the account row first, its security epoch raised,
-        # so that a login checked before this commits is refused by its verdict.
-        changes["security_epoch"] = Account.security_epoch + 1
-        await db.execute(update(Account).where(Account.id == target.id).values(**changes))
-        await db.execute(
-            update(TrustedDevice)
-            .where(TrustedDevice.account_id == target.id, TrustedDevice.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-        # And the holder's sessions, but the one that made the change.
-        await db.execute(
-            update(Session)
-            .where(
-                Session.account_id == target.id,
-                Session.id != flow.session_id,
-                Session.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
+        # The new phone with the security epoch, then what trusted the old one ends (but the
+        # session that made the change, and this flow, completing now).
+        await revocation.end_trust(
+            db,
+            target.id,
+            now,
+            keep_session=flow.session_id,
+            keep_flow=flow.id,
+            account_values=changes,
         )
     notify(app, db, target, "contact_changed", to=old_email, what=what)
     audit.record(

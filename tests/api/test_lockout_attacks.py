@@ -506,3 +506,24 @@ async def test_a_password_changed_during_the_login_check_opens_nothing(
     account = await account_row(server, alice)
     assert (account.password_checks_pending, account.failed_password_count) == (0, 0)
     assert await outcome(login(stub, alice, NEW_PASSWORD)) == "pending_flow"
+
+
+async def test_a_password_change_fails_the_flows_opened_before_it(
+    stub: Stub, accounts: AccountServiceAsyncStub, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    """Attack review (session 5, round 2): a thief with the phished password opens a login
+    flow and holds its code; the holder changes the password. The flow opened with the old
+    password must not complete into a session (before, Verify within 15 minutes gave the thief
+    a session and a device token)."""
+    holder = (await sign_in(stub, inbox, alice)).session.token
+    grant = await step_up(stub, inbox, holder, A.SENSITIVE_ACTION_CHANGE_OWN_PASSWORD)
+    pending = (await login(stub, alice, PASSWORD)).pending_flow
+    await stub.Challenge(pb.ChallengeRequest(flow_id=pending.flow_id, client=CLIENT))
+    code = await inbox.code_to(MOBILE)  # the thief has the code too (say, a SIM swap)
+    await change_password(accounts, holder, grant.grant_token, PASSWORD)
+    verified = stub.Verify(pb.VerifyRequest(flow_id=pending.flow_id, code=code, client=CLIENT))
+    assert await outcome(verified) == "FLOW_FAILED"
+    live = await count(
+        server, Session, Session.account_id == alice.account_id, Session.revoked_at.is_(None)
+    )
+    assert live == 1  # the holder's own
