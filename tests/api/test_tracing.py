@@ -198,6 +198,8 @@ async def test_refused_caller_is_traced_in_a_trace_of_its_own(
                 metadata=(("traceparent", TRACEPARENT),),
             )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The server ends its span after the refusal went out: wait for it (bounded).
+    await wait_for_span(spans, "authsvc.v1.AuthService/ValidateSession")
     [span] = [s for s in spans.get_finished_spans() if s.name.endswith("/ValidateSession")]
     assert dict(span.attributes or {})["rpc.grpc.status"] == "PERMISSION_DENIED"
     assert span.parent is None
@@ -215,6 +217,7 @@ async def test_malformed_traceparent_starts_a_new_trace(
             pb.ValidateSessionRequest(session_token="x" * 43, client=CLIENT),
             metadata=(("traceparent", "00-zz-not-a-trace-01"),),
         )
+    await wait_for_span(spans, "authsvc.v1.AuthService/ValidateSession")
     [span] = [s for s in spans.get_finished_spans() if s.name.endswith("/ValidateSession")]
     assert span.parent is None and span.context.is_valid
 
