@@ -243,6 +243,13 @@ async def serve(
     """Serve until SIGTERM/SIGINT, or until `stop` is set when the caller handles signals."""
     # Here, not in main(): each worker of `serve --workers` has its own exporter thread.
     tracing.configure(settings.tracing)
+    if stop is None:
+        # Before anything starts: a SIGTERM that comes while the server starts (its port may
+        # already answer) drains it once started, instead of killing the process mid-start.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
     server = await create_server(settings, listen=listen, reuse_port=reuse_port)
     await server.start()
     log.info(
@@ -254,11 +261,6 @@ async def serve(
         # "uvloop" or "asyncio" (AUTHSVC_UVLOOP): which loop runs this process's calls.
         event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
     )
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info(
         "draining", grace_s=settings.grace_period_s, shutdown_delay_s=settings.shutdown_delay_s
