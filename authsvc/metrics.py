@@ -459,7 +459,7 @@ def serve_http(listen: str) -> Exposition:
 
 
 class _ScrapeHandler(WSGIRequestHandler):
-    """prometheus-client's server, but a connection that sends nothing for SCRAPE_TIMEOUT_S
+    """prometheus-client's server, but a connection that sends nothing for `timeout` seconds
     is closed: each connection holds a thread, and idle ones must not pile up (attack review:
     300 idle connections made 300 threads). Quiet: a scrape a second is not worth a line."""
 

@@ -216,6 +216,20 @@ async def failure_of(call: Awaitable[object]) -> RpcFailure:
 # ---- signing in and stepping up over gRPC --------------------------------------------------
 
 
+async def open_login_flow(stub: Stub, server: Server) -> str:
+    """A new account's Login with its password: the pending flow's id (a code is needed)."""
+    who = await seed_account(server)
+    response = await stub.Login(
+        pb.LoginRequest(
+            organization_siret=who.organization_siret,
+            login=who.login,
+            password=pb.PasswordCredential(password=PASSWORD),
+            client=CLIENT,
+        )
+    )
+    return response.pending_flow.flow_id
+
+
 async def sign_in(
     stub: Stub, inbox: Inbox, who: Seeded, *, phone: str = MOBILE, password: str = PASSWORD
 ) -> pb.LoginVerification:

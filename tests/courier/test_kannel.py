@@ -28,8 +28,7 @@ import pytest
 from courier.gateways import free_port
 from pydantic import SecretStr
 from sqlalchemy import select
-from support import CLIENT, MOBILE, START, aio_channel, seed_account
-from support import PASSWORD as USER_PASSWORD
+from support import CLIENT, MOBILE, START, aio_channel, open_login_flow
 
 from authsvc.clock import FrozenClock
 from authsvc.config import ProviderName, Settings
@@ -270,18 +269,8 @@ async def test_kannel_delivery_reports_reach_the_flow_through_the_dlr_url(
     before = len(kannel.received())
     async with aio_channel(f"127.0.0.1:{kannel_server.port}") as channel:
         stub = pb_grpc.AuthServiceStub(channel)
-        alice = await seed_account(kannel_server)
-        login = await stub.Login(
-            pb.LoginRequest(
-                organization_siret=alice.organization_siret,
-                login=alice.login,
-                password=pb.PasswordCredential(password=USER_PASSWORD),
-                client=CLIENT,
-            )
-        )
-        request = pb.ChallengeRequest(
-            flow_id=login.pending_flow.flow_id, idempotency_key="dlr-1", client=CLIENT
-        )
+        flow_id = await open_login_flow(stub, kannel_server)
+        request = pb.ChallengeRequest(flow_id=flow_id, idempotency_key="dlr-1", client=CLIENT)
         first = await stub.Challenge(request)
         assert first.delivery_status in (
             common_pb2.DELIVERY_STATUS_SENT,
@@ -308,19 +297,9 @@ async def test_a_forged_kannel_report_changes_nothing(
     other token (or none) is refused and the message stays as it was."""
     async with aio_channel(f"127.0.0.1:{kannel_server.port}") as channel:
         stub = pb_grpc.AuthServiceStub(channel)
-        alice = await seed_account(kannel_server)
-        login = await stub.Login(
-            pb.LoginRequest(
-                organization_siret=alice.organization_siret,
-                login=alice.login,
-                password=pb.PasswordCredential(password=USER_PASSWORD),
-                client=CLIENT,
-            )
-        )
+        flow_id = await open_login_flow(stub, kannel_server)
         answer = await stub.Challenge(
-            pb.ChallengeRequest(
-                flow_id=login.pending_flow.flow_id, idempotency_key="forged", client=CLIENT
-            )
+            pb.ChallengeRequest(flow_id=flow_id, idempotency_key="forged", client=CLIENT)
         )
     base = kannel_server.app.settings.receipts_public_url
     assert base is not None

@@ -15,7 +15,7 @@ import pytest
 from courier.gateways import HttpGatewayServer
 from pydantic import SecretStr
 from sqlalchemy import select
-from support import CLIENT, MOBILE, PASSWORD, aio_channel, seed_account
+from support import CLIENT, MOBILE, aio_channel, open_login_flow
 
 from authsvc.clock import FrozenClock
 from authsvc.config import HttpGateway, ProviderName, Settings
@@ -63,19 +63,6 @@ async def http_stub(http_server: Server) -> AsyncIterator[Stub]:
         yield pb_grpc.AuthServiceStub(channel)
 
 
-async def login(stub: Stub, server: Server) -> str:
-    alice = await seed_account(server)
-    response = await stub.Login(
-        pb.LoginRequest(
-            organization_siret=alice.organization_siret,
-            login=alice.login,
-            password=pb.PasswordCredential(password=PASSWORD),
-            client=CLIENT,
-        )
-    )
-    return response.pending_flow.flow_id
-
-
 async def outbox(server: Server) -> list[OutboxMessage]:
     async with server.app.read() as db:
         return list(await db.scalars(select(OutboxMessage)))
@@ -84,7 +71,7 @@ async def outbox(server: Server) -> list[OutboxMessage]:
 async def test_full_login_through_the_http_gateway(
     http_stub: Stub, http_server: Server, gateway: HttpGatewayServer
 ) -> None:
-    flow_id = await login(http_stub, http_server)
+    flow_id = await open_login_flow(http_stub, http_server)
     challenge = pb.ChallengeRequest(flow_id=flow_id, idempotency_key="retry-1", client=CLIENT)
     sent = await http_stub.Challenge(challenge)
     assert sent.delivery_status == common_pb2.DELIVERY_STATUS_SENT
@@ -119,7 +106,7 @@ async def test_a_refused_sms_is_reported_failed_and_a_new_challenge_can_follow(
     http_stub: Stub, http_server: Server, gateway: HttpGatewayServer, clock: FrozenClock
 ) -> None:
     gateway.script.set("permanent")
-    flow_id = await login(http_stub, http_server)
+    flow_id = await open_login_flow(http_stub, http_server)
     refused = await http_stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
     assert refused.delivery_status == common_pb2.DELIVERY_STATUS_FAILED
     [message] = await outbox(http_server)
@@ -152,7 +139,7 @@ async def test_a_code_past_its_lifetime_is_abandoned_unsent(
     try:
         async with aio_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.AuthServiceStub(channel)
-            flow_id = await login(stub, server)
+            flow_id = await open_login_flow(stub, server)
             queued = await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
         assert queued.delivery_status == common_pb2.DELIVERY_STATUS_QUEUED
         clock.advance(quiet.code_ttl_s)  # no dispatcher ran while the code lived

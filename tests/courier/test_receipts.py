@@ -20,7 +20,7 @@ from courier.gateways import HttpGatewayServer, HttpRequest, free_port
 from leaks import captured_events
 from pydantic import SecretStr
 from sqlalchemy import select
-from support import CLIENT, MOBILE, PASSWORD, aio_channel, seed_account
+from support import CLIENT, MOBILE, aio_channel, open_login_flow
 
 from authsvc.app import App
 from authsvc.clock import FrozenClock
@@ -313,19 +313,6 @@ async def stub(receipt_server: Server) -> AsyncIterator[Stub]:
         yield pb_grpc.AuthServiceStub(channel)
 
 
-async def login(stub: Stub, server: Server) -> str:
-    alice = await seed_account(server)
-    response = await stub.Login(
-        pb.LoginRequest(
-            organization_siret=alice.organization_siret,
-            login=alice.login,
-            password=pb.PasswordCredential(password=PASSWORD),
-            client=CLIENT,
-        )
-    )
-    return response.pending_flow.flow_id
-
-
 async def settled(server: Server, challenge_id: str) -> OutboxMessage:
     """The challenge's message once a receipt settled it (the gateway posts from its thread)."""
     for _ in range(200):
@@ -340,7 +327,7 @@ async def settled(server: Server, challenge_id: str) -> OutboxMessage:
 async def test_the_gateways_signed_receipt_makes_challenge_answer_delivered(
     stub: Stub, receipt_server: Server, gateway: HttpGatewayServer, poster: ReceiptPoster
 ) -> None:
-    flow_id = await login(stub, receipt_server)
+    flow_id = await open_login_flow(stub, receipt_server)
     request = pb.ChallengeRequest(flow_id=flow_id, idempotency_key="k-1", client=CLIENT)
     first = await stub.Challenge(request)
     assert first.delivery_status in (
@@ -362,7 +349,7 @@ async def test_undelivered_sms_offers_voice_at_once_without_resetting_the_flows_
     stub: Stub, receipt_server: Server, gateway: HttpGatewayServer, poster: ReceiptPoster
 ) -> None:
     poster.words.append("undelivered")
-    flow_id = await login(stub, receipt_server)
+    flow_id = await open_login_flow(stub, receipt_server)
     request = pb.ChallengeRequest(flow_id=flow_id, idempotency_key="k-1", client=CLIENT)
     first = await stub.Challenge(request)
     await settled(receipt_server, first.challenge_id)
@@ -391,7 +378,7 @@ async def test_forged_stale_and_malformed_receipts_are_refused_and_change_nothin
     clock: FrozenClock,
 ) -> None:
     gateway.on_accepted = None  # this test posts the receipts itself
-    flow_id = await login(stub, receipt_server)
+    flow_id = await open_login_flow(stub, receipt_server)
     sent = await stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, client=CLIENT))
     assert sent.delivery_status == common_pb2.DELIVERY_STATUS_SENT
     body = json.dumps({"message_id": sent.challenge_id, "status": "undelivered"}).encode()
@@ -444,7 +431,7 @@ async def test_a_code_retried_past_its_lifetime_is_never_sent(
     await server.start()
     try:
         async with aio_channel(f"127.0.0.1:{server.port}") as channel:
-            flow_id = await login(pb_grpc.AuthServiceStub(channel), server)
+            flow_id = await open_login_flow(pb_grpc.AuthServiceStub(channel), server)
             queued = await pb_grpc.AuthServiceStub(channel).Challenge(
                 pb.ChallengeRequest(flow_id=flow_id, client=CLIENT)
             )
