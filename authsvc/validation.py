@@ -98,9 +98,11 @@ def optional_token(value: str, field: str) -> str | None:
     return token(value, field) if value else None
 
 
-def code(value: str, digits: int, field: str = "code") -> str:
-    if not (len(value) == digits and value.isascii() and value.isdigit()):
-        raise invalid_field(field, f"a code has exactly {digits} digits")
+def code(value: str, *digits: int, field: str = "code") -> str:
+    """A code of one of the lengths `digits` (a sent code's, an authenticator app's)."""
+    if not (len(value) in digits and value.isascii() and value.isdigit()):
+        lengths = " or ".join(str(length) for length in sorted(set(digits)))
+        raise invalid_field(field, f"a code has exactly {lengths} digits")
     return value
 
 

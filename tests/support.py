@@ -174,10 +174,11 @@ class Inbox:
     async def code_to(self, to: str) -> str:
         """The code in the next message to `to` (SMS, voice or email)."""
         text = (await self.next_to(to))["text"]
+        # 6 digits by default, up to 10 (AUTHSVC_CODE_DIGITS).
         match = (
-            re.search(r"#(\d{6})$", text)
-            or re.search(r"code est : ((?:\d, ){5}\d)", text)
-            or re.search(r"\b(\d{6})\b", text)
+            re.search(r"#(\d{6,10})$", text)
+            or re.search(r"code est : ((?:\d, ){5,9}\d)", text)
+            or re.search(r"\b(\d{6,10})\b", text)
         )
         assert match, text
         return match.group(1).replace(", ", "")

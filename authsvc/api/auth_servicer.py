@@ -15,7 +15,7 @@ from authsvc.app import App
 from authsvc.db import FlowPurpose
 from authsvc.errors import Failure, invalid_field
 from authsvc.federation.assertions import AssertionVerifier
-from authsvc.flows import challenge, federated, grants, login, stepup, verify
+from authsvc.flows import challenge, federated, grants, login, stepup, totp, verify
 from authsvc.flows.contact import ContactVerified
 from authsvc.flows.views import IssuedSession, LoginVerified, PendingFlowView
 from authsvc.policies.permissions import OWN_ACTIONS, Action
@@ -152,7 +152,8 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     @rpc("Verify")
     async def Verify(self, request: pb.VerifyRequest, context: Ctx) -> pb.VerifyResponse:
         flow_id = validation.flow_id(request.flow_id)
-        code = validation.code(request.code, self._app.settings.code_digits)
+        # A sent code's length, or an authenticator app's (RFC 6238's 6, whatever the setting).
+        code = validation.code(request.code, self._app.settings.code_digits, totp.DIGITS)
         client = convert.client_info(request.client)
         try:
             result = await verify.verify(self._app, verify.VerifyRequest(flow_id, code, client))

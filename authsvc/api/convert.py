@@ -21,6 +21,7 @@ CHANNEL_TO_PB = {
     "voice": common_pb2.CHANNEL_VOICE,
     "email": common_pb2.CHANNEL_EMAIL,
     "totp": common_pb2.CHANNEL_TOTP,
+    "passkey": common_pb2.CHANNEL_PASSKEY,
 }
 CHANNEL_FROM_PB: dict[int, str] = {int(value): name for name, value in CHANNEL_TO_PB.items()}
 DELIVERY_TO_PB = {

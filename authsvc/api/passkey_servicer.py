@@ -15,7 +15,7 @@ from authsvc.api.auth_servicer import signed_in
 from authsvc.api.factor_servicer import factor
 from authsvc.api.rpc import rpc
 from authsvc.app import App
-from authsvc.flows import grants, passkey
+from authsvc.flows import federated, grants, passkey
 from authsvc.v1 import auth_service_pb2 as auth_pb
 from authsvc.v1 import passkey_service_pb2 as pb
 from authsvc.v1 import passkey_service_pb2_grpc as pb_grpc
@@ -77,6 +77,12 @@ class PasskeyServicer(pb_grpc.PasskeyServiceServicer):
                     action=convert.ACTION_TO_PB[result.action],
                     target_account_id=str(result.target_account_id or ""),
                     expire_time=convert.timestamp(result.expires_at),
+                )
+            )
+        if isinstance(result, federated.FederatedLinkResult):
+            return pb.FinishPasskeyAssertionResponse(
+                federated_link=auth_pb.FederatedLinkResult(
+                    account_id=str(result.account_id), issuer=result.issuer, linked=result.linked
                 )
             )
         return pb.FinishPasskeyAssertionResponse(

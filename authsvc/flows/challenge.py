@@ -55,12 +55,19 @@ def ensure_open(flow: FlowRow, now: datetime) -> None:
         raise failures.flow_expired()
 
 
-def _pick_channel(flow: FlowRow, account: AccountRow, requested: str | None) -> str:
-    allowed = destination.of_flow(flow, account).channels
+def where_to(app: App, flow: FlowRow, account: AccountRow) -> destination.Destination:
+    """The flow's destination, its account's other factors listed beside its phone."""
+    return destination.of_flow(flow, account, destination.factor_channels(app.settings, account))
+
+
+def _pick_channel(app: App, flow: FlowRow, account: AccountRow, requested: str | None) -> str:
+    allowed = where_to(app, flow, account).channels
     if requested is None:
         return allowed[0]
     if requested not in allowed:
         raise failures.channel_not_available(requested)
+    if requested == "passkey":
+        raise failures.passkey_by_ceremony()
     return requested
 
 
@@ -68,7 +75,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     flow, account = await load_flow(app, request.flow_id)
     now = app.clock.now()
     ensure_open(flow, now)
-    channel = _pick_channel(flow, account, request.channel)
+    channel = _pick_channel(app, flow, account, request.channel)
     if channel == "totp":
         return await _totp_window(app, flow, account, request.flow_id, now)
     if not request.switch_from_sms:
@@ -81,7 +88,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     # otherwise wait for nothing. The flow's send count and every cap still apply.
     retry_failed = await _in_cooldown_after_failed_delivery(app, flow, now)
     _check_send_allowed(app, flow, now, cooldown=not retry_failed)
-    where = destination.of_flow(flow, account)
+    where = where_to(app, flow, account)
     address = destination.address(app, flow, account)
     # Country allow-list, pumping breaker, per-number caps, send budgets (fail closed).
     await pumping.check_send(
@@ -263,7 +270,7 @@ async def _idempotent_replay(
         )
     status = await outcomes.message_status(app, flow.challenge_id)
     assert flow.last_sent_at is not None
-    where = destination.of_flow(flow, account)
+    where = where_to(app, flow, account)
     delivery = outcomes.DELIVERY[status] if status else "queued"
     return ChallengeView(
         challenge_id=flow.challenge_id,

@@ -87,6 +87,18 @@ def channel_not_available(channel: str) -> Failure:
     )
 
 
+def passkey_by_ceremony() -> Failure:
+    """Challenge with CHANNEL_PASSKEY: a passkey answers a WebAuthn challenge, which only
+    PasskeyService's ceremony carries (its options out, the browser's assertion in)."""
+    return Failure(
+        "FAILED_PRECONDITION",
+        "CHANNEL_NOT_AVAILABLE",
+        "a passkey answers through PasskeyService: BeginPasskeyAssertion, then "
+        "FinishPasskeyAssertion",
+        metadata={"channel": "passkey"},
+    )
+
+
 def session_invalid() -> Failure:
     return Failure("UNAUTHENTICATED", "SESSION_INVALID", "unknown or revoked session")
 

@@ -27,6 +27,7 @@ from authsvc.db import (
     Role,
     Session,
 )
+from authsvc.db.statements import factors
 from authsvc.errors import Failure, invalid_field
 from authsvc.federation.assertions import AssertionVerifier, Claims
 from authsvc.federation.failures import (
@@ -82,7 +83,7 @@ async def login_with_assertion(
     async with app.read() as db:
         row = (
             await db.execute(
-                select(Account, Organization.siret)
+                select(Account, Organization.siret, *factors.other_factors(Account.id))
                 .join(FederatedIdentity, FederatedIdentity.account_id == Account.id)
                 .join(Organization, Account.organization_id == Organization.id)
                 .where(
@@ -114,7 +115,8 @@ async def login_with_assertion(
             )
         raise failure
     assert row is not None
-    return await after_first_factor(app, row[0], device_token, client, method="federated")
+    others = destination.OtherFactors(has_totp=bool(row[2]), has_passkey=bool(row[3]))
+    return await after_first_factor(app, row[0], others, device_token, client, method="federated")
 
 
 async def request_link(
@@ -179,7 +181,8 @@ async def request_link(
             target=linked.id,
             issuer=claims.issuer,
         )
-    return pending_view(flow, linked)
+    others = await destination.other_factors(app, linked.id)
+    return pending_view(flow, linked, destination.factor_channels(app.settings, others))
 
 
 async def _propose(
@@ -278,7 +281,8 @@ async def request_unlink(
             target=linked.id,
             issuer=issuer,
         )
-    return pending_view(flow, account)
+    others = await destination.other_factors(app, account.id)
+    return pending_view(flow, account, destination.factor_channels(app.settings, others))
 
 
 async def apply(app: App, db: AsyncSession, flow: Flow) -> FederatedLinkResult:

@@ -68,9 +68,14 @@ def pending_view_of(
     )
 
 
-def pending_view(flow: Flow, account: Account) -> PendingFlowView:
+def pending_view(flow: Flow, account: Account, others: tuple[str, ...] = ()) -> PendingFlowView:
+    """`others`: the channels of the account's other factors (destination.factor_channels)
+    for a flow they may answer."""
     return pending_view_of(
-        flow.id, FlowPurpose(flow.purpose), flow.expires_at, destination.of_flow(flow, account)
+        flow.id,
+        FlowPurpose(flow.purpose),
+        flow.expires_at,
+        destination.of_flow(flow, account, others),
     )
 
 
@@ -182,13 +187,14 @@ async def _check_reserved(
     if app.passwords.needs_rehash(stored):
         await _rehash(app, account.id, stored, password)
     return await after_first_factor(
-        app, account, device_token, client, method="password", settles_password=True
+        app, account, account, device_token, client, method="password", settles_password=True
     )
 
 
 async def after_first_factor(
     app: App,
     account: FirstFactorHolder,
+    factors: destination.HasFactors,
     device_token: str | None,
     client: ClientInfo,
     *,
@@ -212,8 +218,10 @@ async def after_first_factor(
     where: destination.Destination | None = None
     not_ready: Failure | None = None
     try:
-        # The password's lookup read whether an authenticator app is confirmed (one trip).
-        where = destination.account_phone(account, totp=bool(getattr(account, "has_totp", False)))
+        # The first factor's lookup read the account's other factors (the same trip).
+        where = destination.account_phone(
+            account, destination.factor_channels(app.settings, factors)
+        )
     except Failure as failure:
         not_ready = failure
     # Both outcomes are prepared; the statement writes the one that applies. The session's

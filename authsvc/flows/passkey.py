@@ -23,14 +23,22 @@ from authsvc.db import FlowPurpose
 from authsvc.db.statements import flows, passkeys
 from authsvc.db.statements.flows import AccountRow, FlowRow
 from authsvc.errors import Failure
-from authsvc.flows import failures, grants, verify, webauthn_rp
+from authsvc.flows import failures, federated, grants, verify, webauthn_rp
 from authsvc.flows.challenge import ensure_open, load_flow
+from authsvc.flows.contact import ContactVerified
 from authsvc.flows.login import ClientInfo
 from authsvc.flows.views import LoginVerified
 from authsvc.policies import lockout
 
 CHANNEL = "passkey"
-_PURPOSES = (FlowPurpose.LOGIN, FlowPurpose.STEP_UP)
+# Every flow that takes the account's second factors (a contact being verified proves that
+# contact, by its own channel).
+_PURPOSES = (
+    FlowPurpose.LOGIN,
+    FlowPurpose.STEP_UP,
+    FlowPurpose.FEDERATED_LINK,
+    FlowPurpose.FEDERATED_UNLINK,
+)
 
 
 def cloned(metadata: dict[str, str]) -> Failure:
@@ -55,24 +63,22 @@ async def begin(app: App, flow_id: uuid.UUID) -> str:
     stored = await app.db.read(passkeys.of_account, account.id)
     if not stored:
         raise failures.channel_not_available(CHANNEL)
+    # The options are drawn first (their challenge is kept with the ceremony); the window
+    # they open may end sooner than `ttl_s` when a sent code is still valid (it keeps that
+    # code's expiry): the ceremony then expires with it, and the browser's own timeout is
+    # only a hint.
     ttl_s = app.settings.code_ttl_s
     options = webauthn_rp.assertion_options(
         app.settings,
         allow=[(one.credential_id, one.transports) for one in stored],
         timeout_s=ttl_s,
     )
-    challenge_id = uuid.uuid4()
-    expires_at = now + timedelta(seconds=ttl_s)
     window = flows.TotpWindow(
         flow_id=flow.id,
         now=now,
-        challenge={
-            "challenge_id": challenge_id,
-            "channel": CHANNEL,
-            "code_digest": None,  # the answer is a signature: nothing of it is kept
-            "code_expires_at": expires_at,
-            "idempotency_key": None,
-        },
+        channel=CHANNEL,
+        challenge_id=uuid.uuid4(),
+        code_expires_at=now + timedelta(seconds=ttl_s),
         started=audit.event(
             app.clock,
             "passkey.challenged",
@@ -84,15 +90,15 @@ async def begin(app: App, flow_id: uuid.UUID) -> str:
         ),
     )
     ceremony = passkeys.Ceremony(
-        id=challenge_id,
+        id=window.challenge_id,  # the window's, as written
         account_id=account.id,
         flow_id=flow.id,
         kind=passkeys.ASSERTION,
         challenge=options.challenge,
         created_at=now,
-        expires_at=expires_at,
+        expires_at=window.code_expires_at,  # the window's, as written
     )
-    if not await app.db.write(passkeys.start_assertion, window, ceremony):
+    if await app.db.write(passkeys.start_assertion, window, ceremony) is None:
         flow, _ = await load_flow(app, flow_id)
         ensure_open(flow, app.clock.now())
         raise failures.flow_failed()  # closed between the read and the write
@@ -101,7 +107,7 @@ async def begin(app: App, flow_id: uuid.UUID) -> str:
 
 async def finish(
     app: App, flow_id: uuid.UUID, credential_json: str, client: ClientInfo
-) -> LoginVerified | grants.IssuedGrant:
+) -> LoginVerified | grants.IssuedGrant | federated.FederatedLinkResult:
     webauthn_rp.require_configured(app.settings)
     try:
         credential = webauthn_rp.parse_assertion(credential_json)
@@ -143,7 +149,7 @@ async def finish(
         if failure.reason == "CODE_MISMATCH":
             raise cloned(failure.metadata) from None
         raise
-    assert isinstance(result, LoginVerified | grants.IssuedGrant)  # _PURPOSES
+    assert not isinstance(result, ContactVerified)  # _PURPOSES
     return result
 
 

@@ -88,7 +88,7 @@ async def authorize(
             metadata={"field": "new_values.login"},
         )
     # The code goes to the caller's own phone, or comes from their own authenticator app.
-    where = destination.account_phone(account, totp=account.has_totp)
+    where = destination.account_phone(account, destination.factor_channels(app.settings, account))
     flow = flow_row(
         app,
         FlowPurpose.STEP_UP,

@@ -41,20 +41,15 @@ def open_secret(app: App, factor_id: uuid.UUID, sealed: bytes) -> bytes:
 async def open_window(
     app: App, flow: FlowRow, account: AccountRow, now: datetime
 ) -> ChallengeView | None:
-    """Challenge with CHANNEL_TOTP: the attempt window opens, nothing is sent. None: the
-    flow closed between its read and this write (nothing written)."""
-    challenge_id = uuid.uuid4()
-    code_expires_at = now + timedelta(seconds=app.settings.code_ttl_s)
+    """Challenge with CHANNEL_TOTP: the attempt window opens, nothing is sent (a code sent and
+    still valid stays valid: flows.open_totp_window). None: the flow closed between its read
+    and this write (nothing written)."""
     window = flows.TotpWindow(
         flow_id=flow.id,
         now=now,
-        challenge={
-            "challenge_id": challenge_id,
-            "channel": "totp",
-            "code_digest": None,  # the code is the app's: nothing of it is kept on the flow
-            "code_expires_at": code_expires_at,
-            "idempotency_key": None,
-        },
+        channel="totp",
+        challenge_id=uuid.uuid4(),
+        code_expires_at=now + timedelta(seconds=app.settings.code_ttl_s),
         started=audit.event(
             app.clock,
             "totp.challenged",
@@ -65,13 +60,14 @@ async def open_window(
             channel="totp",
         ),
     )
-    if not await app.db.write(flows.open_totp_window, window):
+    opened = await app.db.write(flows.open_totp_window, window)
+    if opened is None:
         return None
     return ChallengeView(
-        challenge_id=challenge_id,
+        challenge_id=opened.challenge_id,
         channel="totp",
         masked_destination="",
-        code_expires_at=code_expires_at,
+        code_expires_at=opened.code_expires_at,
         resend_at=now,
         sends_remaining=max(app.settings.max_sends_per_flow - flow.send_count, 0),
         delivery_status="none",

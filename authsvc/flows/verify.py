@@ -23,7 +23,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authsvc import audit, metrics, sessions
+from authsvc import audit, metrics, sessions, validation
 from authsvc.app import App
 from authsvc.courier import notices
 from authsvc.db import AuditEvent, Flow, FlowPurpose, FlowStatus
@@ -51,27 +51,31 @@ async def verify(
     flow, account = await load_flow(app, request.flow_id)
     now = app.clock.now()
     ensure_open(flow, now)
-    by_app = flow.channel == "totp"  # the code is the authenticator app's: no digest kept
-    if (
-        flow.challenge_id is None
-        or (flow.code_digest is None and not by_app)
-        or flow.code_expires_at is None
-    ):
+    by_app = flow.channel == "totp"  # the code is the authenticator app's
+    # A sent code kept by a switch to the app or a passkey (flows.open_totp_window) still
+    # answers; a passkey window without one takes no code here (PasskeyService answers it).
+    sent = flow.code_digest
+    if flow.challenge_id is None or flow.code_expires_at is None or (sent is None and not by_app):
         raise failures.no_active_challenge()
     if flow.code_expires_at <= now:
         raise failures.code_expired()
+    # A code of a length no current factor takes is bad input, not a wrong code (nothing
+    # counted): the API took both lengths (a sent code's setting, the app's 6).
+    lengths = ((app.settings.code_digits,) if sent is not None else ()) + (
+        (totp.DIGITS,) if by_app else ()
+    )
+    validation.code(request.code, *lengths)
     # Limits, then the second factor's lock: before the code is even compared.
     await app.limits.verify(now, ip=request.client.ip_address, account_id=str(account.id))
     lockout.check_code_lock(app, account, now)
     claim: factors.StepClaim | None = None
     if by_app:
         claim = await totp.match(app, account.id, request.code, now)
-        matches = claim is not None
-    else:
-        assert flow.code_digest is not None
-        matches = app.keys.code_hasher.verify(
-            request.code, flow.challenge_id.bytes, flow.code_digest
-        )
+    # Both compared when both apply (the app's first): one answer, whichever it was.
+    matches = claim is not None or (
+        sent is not None
+        and app.keys.code_hasher.verify(request.code, flow.challenge_id.bytes, sent)
+    )
     if not matches:
         raise await _wrong_code(app, flow, account, now)
     if flow.purpose == FlowPurpose.LOGIN:

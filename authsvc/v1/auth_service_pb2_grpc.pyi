@@ -64,7 +64,10 @@ class AuthServiceStub:
     Challenge: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ChallengeRequest, _auth_service_pb2.ChallengeResponse]
     """Sends (or re-sends) a one-time code for a pending flow, on the requested channel. Each
     call issues a new code and the previous one stops working; it does not reset the flow's
-    count of wrong codes. With CHANNEL_TOTP nothing is sent.
+    count of wrong codes. With CHANNEL_TOTP nothing is sent and the attempt window opens; a
+    code sent by SMS or voice and still valid then stays valid for Verify (the window lasts as
+    long as that code: switching to the app never spends it). CHANNEL_PASSKEY is answered
+    through PasskeyService, not here (CHANNEL_NOT_AVAILABLE).
 
     Required permission: an authenticated backend. The flow_id is the end user's proof of
     the first factor (or of the session, for a step-up); no session token is needed.
@@ -167,7 +170,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Challenge: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ChallengeRequest, _auth_service_pb2.ChallengeResponse]  # type: ignore[assignment]
     """Sends (or re-sends) a one-time code for a pending flow, on the requested channel. Each
     call issues a new code and the previous one stops working; it does not reset the flow's
-    count of wrong codes. With CHANNEL_TOTP nothing is sent.
+    count of wrong codes. With CHANNEL_TOTP nothing is sent and the attempt window opens; a
+    code sent by SMS or voice and still valid then stays valid for Verify (the window lasts as
+    long as that code: switching to the app never spends it). CHANNEL_PASSKEY is answered
+    through PasskeyService, not here (CHANNEL_NOT_AVAILABLE).
 
     Required permission: an authenticated backend. The flow_id is the end user's proof of
     the first factor (or of the session, for a step-up); no session token is needed.
@@ -279,7 +285,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_auth_service_pb2.ChallengeResponse, _abc.Awaitable[_auth_service_pb2.ChallengeResponse]]:
         """Sends (or re-sends) a one-time code for a pending flow, on the requested channel. Each
         call issues a new code and the previous one stops working; it does not reset the flow's
-        count of wrong codes. With CHANNEL_TOTP nothing is sent.
+        count of wrong codes. With CHANNEL_TOTP nothing is sent and the attempt window opens; a
+        code sent by SMS or voice and still valid then stays valid for Verify (the window lasts as
+        long as that code: switching to the app never spends it). CHANNEL_PASSKEY is answered
+        through PasskeyService, not here (CHANNEL_NOT_AVAILABLE).
 
         Required permission: an authenticated backend. The flow_id is the end user's proof of
         the first factor (or of the session, for a step-up); no session token is needed.

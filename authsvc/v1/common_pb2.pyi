@@ -77,6 +77,12 @@ class _ChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Channel.Value
     """Time-based code (RFC 6238) from an authenticator app the account enrolled. Nothing is
     sent: the user reads the code in the app.
     """
+    CHANNEL_PASSKEY: _Channel.ValueType  # 5
+    """A passkey (WebAuthn credential) the account registered. Listed among a flow's channels
+    when the account has one and the server has passkeys configured; answered through
+    PasskeyService (BeginPasskeyAssertion, FinishPasskeyAssertion), never through Challenge
+    (CHANNEL_NOT_AVAILABLE) or Verify.
+    """
 
 class Channel(_Channel, metaclass=_ChannelEnumTypeWrapper):
     """A way to deliver or answer a one-time code."""
@@ -96,6 +102,12 @@ before it replaces the old one.
 CHANNEL_TOTP: Channel.ValueType  # 4
 """Time-based code (RFC 6238) from an authenticator app the account enrolled. Nothing is
 sent: the user reads the code in the app.
+"""
+CHANNEL_PASSKEY: Channel.ValueType  # 5
+"""A passkey (WebAuthn credential) the account registered. Listed among a flow's channels
+when the account has one and the server has passkeys configured; answered through
+PasskeyService (BeginPasskeyAssertion, FinishPasskeyAssertion), never through Challenge
+(CHANNEL_NOT_AVAILABLE) or Verify.
 """
 Global___Channel: _TypeAlias = Channel  # noqa: Y015
 

@@ -232,6 +232,7 @@ class FinishPasskeyAssertionResponse(_message.Message):
 
     LOGIN_FIELD_NUMBER: _builtins.int
     ACTION_GRANT_FIELD_NUMBER: _builtins.int
+    FEDERATED_LINK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def login(self) -> _auth_service_pb2.LoginVerification:
         """A login flow: the session and the device-trust token."""
@@ -240,17 +241,22 @@ class FinishPasskeyAssertionResponse(_message.Message):
     def action_grant(self) -> _auth_service_pb2.ActionGrant:
         """A step-up flow: the single-use grant for the sensitive action."""
 
+    @_builtins.property
+    def federated_link(self) -> _auth_service_pb2.FederatedLinkResult:
+        """A federated link or unlink flow: the identity linked to, or unlinked from, the account."""
+
     def __init__(
         self,
         *,
         login: _auth_service_pb2.LoginVerification | None = ...,
         action_grant: _auth_service_pb2.ActionGrant | None = ...,
+        federated_link: _auth_service_pb2.FederatedLinkResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "login", b"login", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "federated_link", b"federated_link", "login", b"login", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "login", b"login", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action_grant", b"action_grant", "federated_link", b"federated_link", "login", b"login", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["login", "action_grant"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["login", "action_grant", "federated_link"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

@@ -94,15 +94,18 @@ class PasskeyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BeginPasskeyAssertion(self, request, context):
-        """Starts answering a pending login or step-up flow with a passkey: the flow's current
-        challenge becomes a passkey one (as Challenge does for a code: the attempt window opens,
-        nothing is sent) and the request options list the account's passkeys.
+        """Starts answering a pending login, step-up or federated link/unlink flow with a passkey
+        (the flow lists CHANNEL_PASSKEY): the flow's current challenge becomes a passkey one (as
+        Challenge does for a code: the attempt window opens, nothing is sent) and the request
+        options list the account's passkeys. A code sent by SMS or voice and still valid stays
+        valid for Verify (the window then lasts as long as that code): switching to the passkey
+        never spends it.
 
         Required permission: an authenticated backend holding the flow id (from Login or
         AuthorizeSensitiveAction).
         Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
-        ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow is not a
-        login or step-up flow), NOT_IMPLEMENTED.
+        ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow verifies
+        a new contact), NOT_IMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

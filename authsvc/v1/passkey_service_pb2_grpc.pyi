@@ -77,15 +77,18 @@ class PasskeyServiceStub:
     PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
     """
     BeginPasskeyAssertion: _grpc.UnaryUnaryMultiCallable[_passkey_service_pb2.BeginPasskeyAssertionRequest, _passkey_service_pb2.BeginPasskeyAssertionResponse]
-    """Starts answering a pending login or step-up flow with a passkey: the flow's current
-    challenge becomes a passkey one (as Challenge does for a code: the attempt window opens,
-    nothing is sent) and the request options list the account's passkeys.
+    """Starts answering a pending login, step-up or federated link/unlink flow with a passkey
+    (the flow lists CHANNEL_PASSKEY): the flow's current challenge becomes a passkey one (as
+    Challenge does for a code: the attempt window opens, nothing is sent) and the request
+    options list the account's passkeys. A code sent by SMS or voice and still valid stays
+    valid for Verify (the window then lasts as long as that code): switching to the passkey
+    never spends it.
 
     Required permission: an authenticated backend holding the flow id (from Login or
     AuthorizeSensitiveAction).
     Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
-    ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow is not a
-    login or step-up flow), NOT_IMPLEMENTED.
+    ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow verifies
+    a new contact), NOT_IMPLEMENTED.
     """
     FinishPasskeyAssertion: _grpc.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyAssertionRequest, _passkey_service_pb2.FinishPasskeyAssertionResponse]
     """Finishes the flow with the browser's assertion: verified against the passkey's public key
@@ -131,15 +134,18 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
     """
     BeginPasskeyAssertion: _aio.UnaryUnaryMultiCallable[_passkey_service_pb2.BeginPasskeyAssertionRequest, _passkey_service_pb2.BeginPasskeyAssertionResponse]  # type: ignore[assignment]
-    """Starts answering a pending login or step-up flow with a passkey: the flow's current
-    challenge becomes a passkey one (as Challenge does for a code: the attempt window opens,
-    nothing is sent) and the request options list the account's passkeys.
+    """Starts answering a pending login, step-up or federated link/unlink flow with a passkey
+    (the flow lists CHANNEL_PASSKEY): the flow's current challenge becomes a passkey one (as
+    Challenge does for a code: the attempt window opens, nothing is sent) and the request
+    options list the account's passkeys. A code sent by SMS or voice and still valid stays
+    valid for Verify (the window then lasts as long as that code): switching to the passkey
+    never spends it.
 
     Required permission: an authenticated backend holding the flow id (from Login or
     AuthorizeSensitiveAction).
     Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
-    ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow is not a
-    login or step-up flow), NOT_IMPLEMENTED.
+    ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow verifies
+    a new contact), NOT_IMPLEMENTED.
     """
     FinishPasskeyAssertion: _aio.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyAssertionRequest, _passkey_service_pb2.FinishPasskeyAssertionResponse]  # type: ignore[assignment]
     """Finishes the flow with the browser's assertion: verified against the passkey's public key
@@ -200,15 +206,18 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _passkey_service_pb2.BeginPasskeyAssertionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_passkey_service_pb2.BeginPasskeyAssertionResponse, _abc.Awaitable[_passkey_service_pb2.BeginPasskeyAssertionResponse]]:
-        """Starts answering a pending login or step-up flow with a passkey: the flow's current
-        challenge becomes a passkey one (as Challenge does for a code: the attempt window opens,
-        nothing is sent) and the request options list the account's passkeys.
+        """Starts answering a pending login, step-up or federated link/unlink flow with a passkey
+        (the flow lists CHANNEL_PASSKEY): the flow's current challenge becomes a passkey one (as
+        Challenge does for a code: the attempt window opens, nothing is sent) and the request
+        options list the account's passkeys. A code sent by SMS or voice and still valid stays
+        valid for Verify (the window then lasts as long as that code): switching to the passkey
+        never spends it.
 
         Required permission: an authenticated backend holding the flow id (from Login or
         AuthorizeSensitiveAction).
         Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
-        ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow is not a
-        login or step-up flow), NOT_IMPLEMENTED.
+        ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow verifies
+        a new contact), NOT_IMPLEMENTED.
         """
 
     @_abc_1.abstractmethod

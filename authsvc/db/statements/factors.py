@@ -17,11 +17,12 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Connection, and_, bindparam, exists, or_, select, update
 
-from authsvc.db import SecondFactor
+from authsvc.db import PasskeyCredential, SecondFactor
 from authsvc.db.base import UTCDateTime
 from authsvc.db.statements import table
 
 FACTORS = table(SecondFactor)
+PASSKEYS = table(PasskeyCredential)
 TOTP = "totp"
 
 
@@ -51,6 +52,20 @@ def has_confirmed_totp(account_id: Any) -> Any:
             FACTORS.c.kind == TOTP,
             FACTORS.c.confirmed_at.is_not(None),
         )
+    )
+
+
+def has_passkey(account_id: Any) -> Any:
+    """SQL: whether the account (an id column or parameter) has a passkey registered."""
+    return exists(select(PASSKEYS.c.id).where(PASSKEYS.c.account_id == account_id))
+
+
+def other_factors(account_id: Any) -> tuple[Any, Any]:
+    """The columns `has_totp` and `has_passkey` of a lookup that reads an account: its flow
+    lists CHANNEL_TOTP and CHANNEL_PASSKEY when it has them (read in the same statement)."""
+    return (
+        has_confirmed_totp(account_id).label("has_totp"),
+        has_passkey(account_id).label("has_passkey"),
     )
 
 

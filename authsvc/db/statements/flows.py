@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Integer, bindparam, exists, or_, select, update
+from sqlalchemy import Connection, Integer, and_, bindparam, case, exists, null, or_, select, update
 
 from authsvc.db import Account, Flow, FlowPurpose, FlowStatus
 from authsvc.db.base import UTCDateTime
@@ -59,15 +59,17 @@ class AccountRow:
     code_locked_until: datetime | None
     code_window_failures: int
     code_failures_notified_at: datetime | None
-    # Whether the account has a confirmed authenticator app (CHANNEL_TOTP), read in the same
-    # lookup: not a column of accounts.
+    # Whether the account has a confirmed authenticator app (CHANNEL_TOTP) and a passkey
+    # (CHANNEL_PASSKEY), read in the same lookup: not columns of accounts.
     has_totp: bool = False
+    has_passkey: bool = False
 
 
 _FLOW_COLUMNS = [FLOWS.c[name] for name in FlowRow.__dataclass_fields__]
+_OTHER = ("has_totp", "has_passkey")  # the last two fields, in this order
 _ACCOUNT_COLUMNS = [
-    *(ACCOUNTS.c[name] for name in AccountRow.__dataclass_fields__ if name != "has_totp"),
-    factors.has_confirmed_totp(ACCOUNTS.c.id).label("has_totp"),
+    *(ACCOUNTS.c[name] for name in AccountRow.__dataclass_fields__ if name not in _OTHER),
+    *factors.other_factors(ACCOUNTS.c.id),
 ]
 _FIND = select(*_FLOW_COLUMNS, *_ACCOUNT_COLUMNS).join_from(
     FLOWS, ACCOUNTS, FLOWS.c.account_id == ACCOUNTS.c.id
@@ -87,7 +89,8 @@ def find(connection: Connection, flow_id: uuid.UUID) -> tuple[FlowRow, AccountRo
     columns: dict[str, Any] = dict(
         zip(AccountRow.__dataclass_fields__, row[len(_FLOW_COLUMNS) :], strict=True)
     )
-    columns["has_totp"] = bool(columns["has_totp"])  # SQLite answers 0 or 1
+    for name in _OTHER:
+        columns[name] = bool(columns[name])  # SQLite answers 0 or 1
     return FlowRow(**values), AccountRow(**columns)
 
 
@@ -178,36 +181,73 @@ def send_code(connection: Connection, send: CodeSend) -> bool:
 
 @dataclass(frozen=True)
 class TotpWindow:
-    """A CHANNEL_TOTP challenge: nothing is sent, the attempt window opens."""
+    """A challenge answered by a factor of the account's own (an authenticator app's code, a
+    passkey's assertion): nothing is sent, the attempt window opens."""
 
     flow_id: uuid.UUID
     now: datetime
-    challenge: dict[str, Any]  # the flow's new columns: challenge_id, channel, code_expires_at
+    channel: str  # "totp" or "passkey"
+    challenge_id: uuid.UUID  # the new challenge's, unless a sent code is still valid
+    code_expires_at: datetime  # likewise
     started: dict[str, Any]  # the audit row
 
 
-@functools.cache
-def _open_window(challenge: tuple[str, ...]) -> Any:
-    # No send is counted and no cooldown applies: nothing costs anything, and the app's code
-    # changes by itself. The flow's attempts (failed_attempts) are not reset: a new window
-    # gives no new guesses.
-    return (
-        update(FLOWS)
-        .where(
-            FLOWS.c.id == bindparam("b_flow_id", type_=FLOWS.c.id.type),
-            FLOWS.c.status == FlowStatus.PENDING.value,
-            FLOWS.c.expires_at > _NOW,
-        )
-        .values(**bound(FLOWS, challenge, "f_"))
-        .returning(FLOWS.c.id)
+@dataclass(frozen=True)
+class Window:
+    """The window as written: the challenge it answers and until when."""
+
+    challenge_id: uuid.UUID
+    code_expires_at: datetime
+
+
+# A code sent (SMS or voice) that still works. Switching to the app or a passkey keeps it:
+# the holder who asked for an SMS, then opened the app, may still type the SMS's code, which
+# would otherwise count as a wrong one. The window keeps that code's challenge id (its digest
+# is bound to it) and its expiry, so the code lives no longer than it was sent for.
+_SENT_CODE_LIVE = and_(FLOWS.c.code_digest.is_not(None), FLOWS.c.code_expires_at > _NOW)
+# No send is counted and no cooldown applies: nothing costs anything, and the app's code
+# changes by itself. The flow's attempts (failed_attempts) are not reset: a new window gives
+# no new guesses. Every SET expression reads the row as it was (SQL's rule): the test of a
+# live code is the same for the three columns.
+_OPEN_WINDOW = (
+    update(FLOWS)
+    .where(
+        FLOWS.c.id == bindparam("b_flow_id", type_=FLOWS.c.id.type),
+        FLOWS.c.status == FlowStatus.PENDING.value,
+        FLOWS.c.expires_at > _NOW,
     )
+    .values(
+        channel=bindparam("w_channel", type_=FLOWS.c.channel.type),
+        challenge_id=case(
+            (_SENT_CODE_LIVE, FLOWS.c.challenge_id),
+            else_=bindparam("w_challenge_id", type_=FLOWS.c.challenge_id.type),
+        ),
+        code_digest=case((_SENT_CODE_LIVE, FLOWS.c.code_digest), else_=null()),
+        code_expires_at=case(
+            (_SENT_CODE_LIVE, FLOWS.c.code_expires_at),
+            else_=bindparam("w_code_expires_at", type_=FLOWS.c.code_expires_at.type),
+        ),
+        # A retried Challenge with the sent code's key would name a channel no longer current.
+        idempotency_key=null(),
+    )
+    .returning(FLOWS.c.challenge_id, FLOWS.c.code_expires_at)
+)
 
 
-def open_totp_window(connection: Connection, window: TotpWindow) -> bool:
-    """Make a CHANNEL_TOTP challenge the flow's current one, with its audit row, only WHERE
-    the flow is still pending and unexpired. False: nothing written."""
-    params = {"b_flow_id": window.flow_id, "b_now": window.now, **prefixed(window.challenge, "f_")}
-    if connection.execute(_open_window(tuple(window.challenge)), params).first() is None:
-        return False
+def open_totp_window(connection: Connection, window: TotpWindow) -> Window | None:
+    """Make the factor's challenge the flow's current one, with its audit row, only WHERE the
+    flow is still pending and unexpired. None: nothing written."""
+    row = connection.execute(
+        _OPEN_WINDOW,
+        {
+            "b_flow_id": window.flow_id,
+            "b_now": window.now,
+            "w_channel": window.channel,
+            "w_challenge_id": window.challenge_id,
+            "w_code_expires_at": window.code_expires_at,
+        },
+    ).first()
+    if row is None:
+        return None
     audit.add(connection, window.started)
-    return True
+    return Window(challenge_id=row[0], code_expires_at=row[1])

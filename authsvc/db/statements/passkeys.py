@@ -135,15 +135,20 @@ def start_registration(connection: Connection, ceremony: Ceremony) -> None:
     connection.execute(insert(CEREMONIES).values(**_row(ceremony)))
 
 
-def start_assertion(connection: Connection, window: flows.TotpWindow, ceremony: Ceremony) -> bool:
+def start_assertion(
+    connection: Connection, window: flows.TotpWindow, ceremony: Ceremony
+) -> flows.Window | None:
     """Make the assertion the flow's current challenge (the attempt window, as a TOTP
-    challenge opens it) and keep its challenge, in one transaction; the flow's earlier
-    ceremonies go. False: the flow closed meanwhile, nothing written."""
-    if not flows.open_totp_window(connection, window):
-        return False
+    challenge opens it) and keep its challenge under the window's challenge id and expiry, in
+    one transaction; the flow's earlier ceremonies go. None: the flow closed meanwhile,
+    nothing written."""
+    opened = flows.open_totp_window(connection, window)
+    if opened is None:
+        return None
     connection.execute(delete(CEREMONIES).where(CEREMONIES.c.flow_id == ceremony.flow_id))
-    connection.execute(insert(CEREMONIES).values(**_row(ceremony)))
-    return True
+    row = {**_row(ceremony), "id": opened.challenge_id, "expires_at": opened.code_expires_at}
+    connection.execute(insert(CEREMONIES).values(**row))
+    return opened
 
 
 _CONSUMABLE = (

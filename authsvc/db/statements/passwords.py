@@ -96,8 +96,10 @@ class LoginAccount:
     code_locked_until: datetime | None
     # The account's security state when read (statements.logins compares it in the verdict).
     security_epoch: int
-    # A confirmed authenticator app (its flow lists CHANNEL_TOTP), read in the same lookup.
+    # A confirmed authenticator app and a passkey (its flow lists CHANNEL_TOTP and
+    # CHANNEL_PASSKEY), read in the same lookup.
     has_totp: bool
+    has_passkey: bool
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ _ACCOUNT_COLUMNS = (
     ACCOUNTS.c.code_window_failures,
     ACCOUNTS.c.code_locked_until,
     ACCOUNTS.c.security_epoch,
-    factors.has_confirmed_totp(ACCOUNTS.c.id).label("has_totp"),
+    *factors.other_factors(ACCOUNTS.c.id),
     ACCOUNTS.c.password_locked_until,
     ACCOUNTS.c.password_lock_count,
 )

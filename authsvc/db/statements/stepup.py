@@ -29,6 +29,7 @@ class Caller:
     phone_kind: str | None
     phone_masked: str | None
     has_totp: bool  # a confirmed authenticator app: the flow lists CHANNEL_TOTP
+    has_passkey: bool  # a passkey: the flow lists CHANNEL_PASSKEY
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,10 @@ class Parties:
     login_taken: bool
 
 
+_OTHER = ("has_totp", "has_passkey")  # the last two fields, in this order
 _CALLER = select(
-    *(ACCOUNTS.c[name] for name in Caller.__dataclass_fields__ if name != "has_totp"),
-    factors.has_confirmed_totp(ACCOUNTS.c.id),
+    *(ACCOUNTS.c[name] for name in Caller.__dataclass_fields__ if name not in _OTHER),
+    *factors.other_factors(ACCOUNTS.c.id),
 ).where(ACCOUNTS.c.id == bindparam("s_caller"))
 _TARGET = select(*(ACCOUNTS.c[name] for name in Target.__dataclass_fields__)).where(
     ACCOUNTS.c.id == bindparam("s_target")
@@ -87,7 +89,8 @@ def parties(
 
 def _caller(row: Any) -> Caller:
     columns: dict[str, Any] = dict(zip(Caller.__dataclass_fields__, row, strict=True))
-    columns["has_totp"] = bool(columns["has_totp"])  # SQLite answers 0 or 1
+    for name in _OTHER:
+        columns[name] = bool(columns[name])  # SQLite answers 0 or 1
     return Caller(**columns)
 
 
