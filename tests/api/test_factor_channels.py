@@ -162,7 +162,7 @@ async def step_up_flow(stub: Stub, session: str) -> common_pb2.PendingFlow:
 
 
 def challenge(
-    stub: Stub, flow_id: str, channel: common_pb2.Channel.ValueType = 0
+    stub: Stub, flow_id: str, channel: common_pb2.Channel.ValueType = common_pb2.CHANNEL_UNSPECIFIED
 ) -> grpc.aio.UnaryUnaryCall[pb.ChallengeRequest, pb.ChallengeResponse]:
     return stub.Challenge(pb.ChallengeRequest(flow_id=flow_id, channel=channel, client=CLIENT))
 
