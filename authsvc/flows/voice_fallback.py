@@ -44,19 +44,25 @@ class VoiceFallback:
         if settings.voice_fallback_after_s <= 0:
             return 0
         now = self._app.clock.now()
-        due = await self._app.db.read(
-            voice_fallback.sms_awaiting_receipt,
-            now,
-            now - timedelta(seconds=settings.voice_fallback_after_s),
-            settings.max_sends_per_flow,
-        )
         switched = 0
-        for awaiting in due:
-            if awaiting.challenge_id in self._tried:
-                continue
-            self._tried.add(awaiting.challenge_id)
-            if await self._switch(awaiting):
-                switched += 1
+        last: voice_fallback.Awaiting | None = None
+        while True:  # every page: those refused here stay candidates, ahead of newer ones
+            due = await self._app.db.read(
+                voice_fallback.sms_awaiting_receipt,
+                now,
+                now - timedelta(seconds=settings.voice_fallback_after_s),
+                settings.max_sends_per_flow,
+                last,
+            )
+            for awaiting in due:
+                if awaiting.challenge_id in self._tried:
+                    continue
+                self._tried.add(awaiting.challenge_id)
+                if await self._switch(awaiting):
+                    switched += 1
+            if len(due) < voice_fallback.BATCH:
+                break
+            last = due[-1]
         if len(self._tried) > 100_000:  # challenges live minutes: forget the old ones
             self._tried.clear()
         return switched

@@ -20,6 +20,7 @@ from authsvc.config import HttpGateway, ProviderName, Settings
 from authsvc.courier import receipts
 from authsvc.courier.dispatcher import Dispatcher
 from authsvc.db import Flow, MessageStatus, OutboxMessage, Receipt
+from authsvc.db.statements import voice_fallback as voice_fallback_statements
 from authsvc.flows.voice_fallback import VoiceFallback
 from authsvc.server import Server, create_server
 from authsvc.v1 import auth_service_pb2 as pb
@@ -155,6 +156,39 @@ async def test_the_switch_respects_the_caps(
         async with server.app.read() as db:
             flow = await db.scalar(select(Flow).where(Flow.id == uuid.UUID(flow_id)))
         assert flow is not None and flow.send_count == 1 and flow.channel == "sms"
+    finally:
+        await dispatcher.close()
+        await server.stop(grace=0)
+
+
+async def test_refused_switches_never_hide_the_newer_ones(
+    settings: Settings, clock: FrozenClock, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidates a switch refused stay candidates until their code expires: a page of
+    them must not hide a newer SMS (before: one unordered page of BATCH rows, re-read every
+    time). Pages of 2 here: two refused (their shared number at its hourly cap), then one due."""
+    monkeypatch.setattr(voice_fallback_statements, "BATCH", 2)
+    # A cap of 4 an hour lets 2 through at once (ratelimit.Limit.cap), then one per 30 min.
+    server = await start(settings, clock, gateway, phone_sends_per_hour=4)
+    dispatcher = Dispatcher(server.app)
+    fallback = VoiceFallback(server.app)
+    try:
+        async with aio_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.AuthServiceStub(channel)
+            for login, phone in (
+                ("alice", "+33612345001"),
+                ("bob", "+33612345001"),  # the same number: its burst is then spent
+                ("carol", "+33612345003"),
+            ):
+                await sms_code(stub, server, login, phone)
+                assert await dispatcher.run_once() == 1
+                clock.advance(1)  # sent one after the other
+            clock.advance(AFTER_S)
+            assert await fallback.run_once() == 1  # Carol's, behind the two refused
+            assert await fallback.run_once() == 0
+            assert await dispatcher.run_once() == 1
+        voice = [m for m in await messages(server) if m.channel == "voice"]
+        assert len(voice) == 1
     finally:
         await dispatcher.close()
         await server.stop(grace=0)

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, select, tuple_
 
 from authsvc.db import Flow, FlowStatus, MessageStatus, OutboxMessage
 
@@ -24,14 +24,21 @@ class Awaiting:
     flow_id: uuid.UUID
     challenge_id: uuid.UUID
     ip_address: str  # the end user's, at the flow's start: the per-IP send limit is theirs
+    sent_at: datetime  # with challenge_id, the page's position (`after`)
 
 
 def sms_awaiting_receipt(
-    connection: Connection, now: datetime, sent_before: datetime, max_sends: int
+    connection: Connection,
+    now: datetime,
+    sent_before: datetime,
+    max_sends: int,
+    after: Awaiting | None = None,
 ) -> list[Awaiting]:
-    """The flows whose SMS code is sent and unconfirmed."""
+    """A page of the flows whose SMS code is sent and unconfirmed, oldest first, after the
+    last of the previous page (`after`). Pages in a stable order: the candidates a switch
+    refused stay candidates until their code expires, and must not hide the newer ones."""
     query = (
-        select(Flow.id, OutboxMessage.id, Flow.ip_address)
+        select(Flow.id, OutboxMessage.id, Flow.ip_address, OutboxMessage.sent_at)
         .join(OutboxMessage, OutboxMessage.id == Flow.challenge_id)
         .where(
             and_(
@@ -44,6 +51,12 @@ def sms_awaiting_receipt(
                 OutboxMessage.sent_at <= sent_before,
             )
         )
+        .order_by(OutboxMessage.sent_at, OutboxMessage.id)
         .limit(BATCH)
     )
-    return [Awaiting(row[0], row[1], row[2]) for row in connection.execute(query)]
+    if after is not None:
+        query = query.where(
+            tuple_(OutboxMessage.sent_at, OutboxMessage.id)
+            > tuple_(after.sent_at, after.challenge_id)
+        )
+    return [Awaiting(*row) for row in connection.execute(query)]
