@@ -59,4 +59,5 @@ def sms_awaiting_receipt(
             tuple_(OutboxMessage.sent_at, OutboxMessage.id)
             > tuple_(after.sent_at, after.challenge_id)
         )
-    return [Awaiting(*row) for row in connection.execute(query)]
+    # sent_at is set on every row the WHERE kept (a sent message): never None here.
+    return [Awaiting(row[0], row[1], row[2], row[3] or now) for row in connection.execute(query)]
