@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
+from authsvc.accounts import revocation
 from authsvc.app import App
 from authsvc.courier.notices import notify
 from authsvc.db import (
@@ -297,6 +298,16 @@ async def apply(app: App, db: AsyncSession, flow: Flow) -> FederatedLinkResult:
                 FederatedIdentity.account_id == flow.target_account_id,
                 FederatedIdentity.issuer == flow.federated_issuer,
             )
+        )
+        # A way in removed: what it opened ends with it (an identity unlinked because it was
+        # taken over must not leave its sessions and trusted devices behind), as for any
+        # credential change; the holder's own session that asked stays.
+        own = flow.account_id == flow.target_account_id
+        await revocation.end_trust(
+            db,
+            flow.target_account_id,
+            app.clock.now(),
+            keep_session=flow.session_id if own else None,
         )
         linked = False
     else:

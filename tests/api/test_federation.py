@@ -23,6 +23,7 @@ from support import (
     LANDLINE,
     MOBILE,
     OTHER_SIRET,
+    PASSWORD,
     SIRET,
     Inbox,
     Seeded,
@@ -375,6 +376,57 @@ async def test_admin_proposes_member_links_and_unlinks_with_codes(
     assert not gone.federated_link.linked
     after = await failure_of(stub.Login(federated(mint(idp, clock, sub="ne-member"))))
     assert after.reason == "IDENTITY_NOT_LINKED"
+
+
+async def test_unlinking_ends_what_the_identity_opened(
+    stub: Stub,
+    accounts: AccountServiceAsyncStub,
+    inbox: Inbox,
+    alice: Seeded,
+    idp: Path,
+    clock: FrozenClock,
+) -> None:
+    """An identity unlinked (taken over, say) leaves no session or trusted device behind; the
+    holder's session that unlinked it stays (before: the federated session lived on)."""
+    own = (await sign_in(stub, inbox, alice)).session.token
+    await link_own(stub, accounts, inbox, own, mint(idp, clock))
+    first = await stub.Login(federated(mint(idp, clock)))
+    await stub.Challenge(pb.ChallengeRequest(flow_id=first.pending_flow.flow_id, client=CLIENT))
+    through_it = (
+        await stub.Verify(
+            pb.VerifyRequest(
+                flow_id=first.pending_flow.flow_id,
+                code=await inbox.code_to(MOBILE),
+                client=CLIENT,
+            )
+        )
+    ).login
+    unlink = (
+        await accounts.UnlinkFederatedIdentity(
+            apb.UnlinkFederatedIdentityRequest(session_token=own, issuer=DEV_ISSUER, client=CLIENT)
+        )
+    ).pending_flow
+    await stub.Challenge(pb.ChallengeRequest(flow_id=unlink.flow_id, client=CLIENT))
+    await stub.Verify(
+        pb.VerifyRequest(flow_id=unlink.flow_id, code=await inbox.code_to(MOBILE), client=CLIENT)
+    )
+    ended = await failure_of(
+        stub.ValidateSession(pb.ValidateSessionRequest(session_token=through_it.session.token))
+    )
+    assert (ended.code, ended.reason) == (grpc.StatusCode.UNAUTHENTICATED, "SESSION_INVALID")
+    kept = await stub.ValidateSession(pb.ValidateSessionRequest(session_token=own))
+    assert kept.account_id == str(alice.account_id)
+    # The device the federated login trusted asks for a code again (password login).
+    again = await stub.Login(
+        pb.LoginRequest(
+            organization_siret=alice.organization_siret,
+            login=alice.login,
+            password=pb.PasswordCredential(password=PASSWORD),
+            device_token=through_it.device_token,
+            client=CLIENT,
+        )
+    )
+    assert again.HasField("pending_flow")
 
 
 # ---- keys published at a URL, rotated ------------------------------------------------------
