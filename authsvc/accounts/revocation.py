@@ -1,6 +1,6 @@
 """What ends when an account's credentials change (a new password, a new phone, a second
-factor removed, a federated identity unlinked): one function, so that every such change ends the same things in the same
-order, in the caller's transaction.
+factor removed, a federated identity unlinked): one function, so that every such change ends
+the same things in the same order, in the caller's transaction.
 
 1. The account row first, its security epoch raised: a login whose first factor was checked
    before this commits is refused by its verdict (db/statements/logins.py); on PostgreSQL the
