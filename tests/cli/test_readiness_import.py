@@ -92,6 +92,6 @@ def test_import_keeps_every_row_and_reports_the_not_ready(
 
     assert run(["readiness", "--org", SIRET, "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "account_id,login,display_name,issue" and len(lines) > 5
+    assert lines[0] == "account_id,login,display_name,issue,other_factors" and len(lines) > 5
     assert run(["readiness", "--org", SIRET]) == 0
     assert "without phone" in capsys.readouterr().out
