@@ -388,7 +388,7 @@ def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
             "login": i.login,
             "display_name": i.display_name,
             "issue": i.issue,
-            "other_factors": " ".join(i.other_factors),
+            "other_factors": list(i.other_factors),
         }
         for i in report.issues
     ]
@@ -400,9 +400,7 @@ def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
                     "siret": args.org,
                     **counts,
                     "other_factors": others,
-                    "accounts": [
-                        {**i, "other_factors": i["other_factors"].split()} for i in issues
-                    ],
+                    "accounts": issues,
                 },
                 ensure_ascii=False,
                 indent=2,
@@ -414,7 +412,7 @@ def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
             fieldnames=["account_id", "login", "display_name", "issue", "other_factors"],
         )
         writer.writeheader()
-        writer.writerows(issues)
+        writer.writerows({**i, "other_factors": " ".join(i["other_factors"])} for i in issues)
     else:
         print(f"{name} ({args.org})")
         for key, value in counts.items():
@@ -425,7 +423,8 @@ def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
         if issues:
             print("\n  login                  issue               other factors")
             for issue in issues:
-                print(f"  {issue['login']:<22} {issue['issue']:<19} {issue['other_factors']}")
+                others_of = " ".join(issue["other_factors"])
+                print(f"  {issue['login']:<22} {issue['issue']:<19} {others_of}")
     return 0
 
 
