@@ -358,12 +358,21 @@ def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
         elif args.format == "json":
             _write(json.dumps(data, ensure_ascii=False, indent=2) + "\n", args.output)
         elif args.format == "table":
-            lines = [data["title"], "  siret           ready/total  admins ready  emails  name"]
+            lines = [
+                data["title"],
+                "  siret           ready/total  admins ready  emails  app*  passkey*  name",
+            ]
             lines += [
                 f"  {o['siret']}  {o['ready']:>5}/{o['accounts_total']:<5}  "
-                f"{o['ready_administrators']:>12}  {o['campaign']['emails_sent']:>6}  {o['name']}"
+                f"{o['ready_administrators']:>12}  {o['campaign']['emails_sent']:>6}  "
+                f"{o['other_factors']['with_authenticator_app']:>4}  "
+                f"{o['other_factors']['with_passkey']:>8}  {o['name']}"
                 + ("  (no administrator can act)" if o["without_ready_administrator"] else "")
                 for o in data["organizations"]
+            ]
+            lines += [
+                "  * accounts with an authenticator app, with a passkey: information, not part "
+                "of readiness"
             ]
             _write("\n".join(lines) + "\n", args.output)
         else:
@@ -372,37 +381,50 @@ def cmd_readiness(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     name, report = asyncio.run(_readiness(settings, args.org))
     counts = {k: v for k, v in dataclasses.asdict(report).items() if k != "issues"}
+    others = counts.pop("other_factors")  # information, shown apart: not part of readiness
     issues = [
         {
             "account_id": str(i.account_id),
             "login": i.login,
             "display_name": i.display_name,
             "issue": i.issue,
+            "other_factors": list(i.other_factors),
         }
         for i in report.issues
     ]
     if args.format == "json":
         print(
             json.dumps(
-                {"organization": name, "siret": args.org, **counts, "accounts": issues},
+                {
+                    "organization": name,
+                    "siret": args.org,
+                    **counts,
+                    "other_factors": others,
+                    "accounts": issues,
+                },
                 ensure_ascii=False,
                 indent=2,
             )
         )
     elif args.format == "csv":
         writer = csv.DictWriter(
-            sys.stdout, fieldnames=["account_id", "login", "display_name", "issue"]
+            sys.stdout,
+            fieldnames=["account_id", "login", "display_name", "issue", "other_factors"],
         )
         writer.writeheader()
-        writer.writerows(issues)
+        writer.writerows({**i, "other_factors": " ".join(i["other_factors"])} for i in issues)
     else:
         print(f"{name} ({args.org})")
         for key, value in counts.items():
             print(f"  {key.replace('_', ' '):<26} {value}")
+        print("  other factors (information, not part of readiness)")
+        for key, value in others.items():
+            print(f"    {key.replace('_', ' '):<24} {value}")
         if issues:
-            print("\n  login                  issue")
+            print("\n  login                  issue               other factors")
             for issue in issues:
-                print(f"  {issue['login']:<22} {issue['issue']}")
+                others_of = " ".join(issue["other_factors"])
+                print(f"  {issue['login']:<22} {issue['issue']:<19} {others_of}")
     return 0
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
+import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from authsvc.cli import main
-from authsvc.db import Account, AccountStatus, Organization
+from authsvc.db import Account, AccountStatus, Organization, PasskeyCredential, SecondFactor
 
 RELAY = "21180001500011"
 MEMBER_A = "21800000000008"
@@ -40,11 +42,67 @@ async def _signed_in_once(database_url: str, siret: str, logins: list[str]) -> N
         await engine.dispose()
 
 
+async def give_other_factors(
+    database_url: str,
+    siret: str,
+    *,
+    apps: tuple[str, ...] = (),
+    pending_apps: tuple[str, ...] = (),
+    passkeys: tuple[str, ...] = (),
+) -> None:
+    """The rows an enrolment leaves (the ORM models that accounts/factors.py and
+    accounts/passkeys.py add): a confirmed app, an enrolment never confirmed, a passkey. The
+    readiness reports read only that they exist, so the secret and the key are stand-ins."""
+    engine = create_async_engine(database_url)
+    try:
+        async with AsyncSession(engine) as db, db.begin():
+            org = select(Organization.id).where(Organization.siret == siret).scalar_subquery()
+            rows = await db.execute(
+                select(Account.login, Account.id, Account.created_at).where(
+                    Account.organization_id == org
+                )
+            )
+            accounts = {login: (id_, created) for login, id_, created in rows.all()}
+            for login in apps + pending_apps:
+                id_, created = accounts[login]
+                db.add(
+                    SecondFactor(
+                        id=uuid.uuid4(),
+                        account_id=id_,
+                        kind="totp",
+                        name="Work phone",
+                        secret_sealed=os.urandom(48),
+                        confirmed_at=created if login in apps else None,
+                        last_used_step=None,
+                        created_at=created,
+                        last_used_at=None,
+                    )
+                )
+            for login in passkeys:
+                id_, created = accounts[login]
+                db.add(
+                    PasskeyCredential(
+                        id=uuid.uuid4(),
+                        account_id=id_,
+                        credential_id=os.urandom(32),
+                        public_key=os.urandom(77),
+                        sign_count=0,
+                        name="Laptop",
+                        transports="internal",
+                        created_at=created,
+                        last_used_at=None,
+                    )
+                )
+    finally:
+        await engine.dispose()
+
+
 def build_relay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str | None = None
 ) -> Path:
-    """A relay and two members: A's only administrator never signed in, B has ready accounts.
-    On `database_url` (already migrated) or a new SQLite file."""
+    """A relay and two members: A's only administrator never signed in (but has a passkey), B
+    has ready accounts, and authenticator apps and a passkey (`give_other_factors`). On
+    `database_url` (already migrated) or a new SQLite file."""
     database_url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("AUTHSVC_DATABASE_URL", database_url)
     monkeypatch.setenv("AUTHSVC_SECRET_KEY_FILE", str(tmp_path / "secret.key"))
@@ -87,6 +145,18 @@ def build_relay(
     assert run(["import-accounts", str(path), "--org", MEMBER_B]) == 0  # imported, one not ready
     # B's accounts that signed in once (their phone got a code): ready.
     asyncio.run(_signed_in_once(database_url, MEMBER_B, ["admin", "agent0", "agent1", "agent2"]))
+    # Other second factors, which change nobody's readiness: B's apps on a ready agent and on a
+    # not-ready one, an enrolment never confirmed, a passkey; A's administrator's passkey.
+    asyncio.run(
+        give_other_factors(
+            database_url,
+            MEMBER_B,
+            apps=("agent0", "agent3"),
+            pending_apps=("agent4",),
+            passkeys=("agent1",),
+        )
+    )
+    asyncio.run(give_other_factors(database_url, MEMBER_A, passkeys=("admin",)))
     members = tmp_path / "members.csv"
     members.write_text(f"siret;nom\n{MEMBER_A};Aubigny\n{MEMBER_B};Bourges\n")
     assert run(["relay", "import", "--relay", RELAY, str(members)]) == 0

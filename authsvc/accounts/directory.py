@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, and_, select
 
 from authsvc.app import App
 from authsvc.db import Account, AccountStatus, Organization, Role
+from authsvc.db.statements import factors, passkeys
 from authsvc.phones import mask_email
 from authsvc.policies.permissions import require_admin
 from authsvc.sessions import SessionInfo
@@ -49,12 +50,31 @@ async def administrators_of(
     return name or "", views
 
 
+# The second factors beyond the phone's codes, in FactorKind's order. Information only: the
+# rules that make an account ready (`account_issues`) name none of them, so an account with
+# only SMS or voice codes is ready and one with an app but no verified phone is not.
+TOTP = factors.TOTP
+PASSKEY = "passkey"
+
+
 @dataclass(frozen=True)
 class AccountIssue:
     account_id: uuid.UUID
     login: str
     display_name: str
     issue: str  # no_phone | invalid_phone | phone_unverified | pending_activation
+    # Information, not part of readiness: the account's other second factors (TOTP, PASSKEY).
+    other_factors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OtherFactors:
+    """Information, not part of readiness: how many accounts have each other second factor."""
+
+    # A confirmed authenticator app (a pending enrolment is none).
+    with_authenticator_app: int = 0
+    # At least one passkey.
+    with_passkey: int = 0
 
 
 @dataclass
@@ -72,6 +92,8 @@ class Readiness:
     # Accounts with no issue at all.
     ready: int = 0
     issues: list[AccountIssue] = field(default_factory=list)
+    # Counted apart from everything above: no other factor changes `ready`.
+    other_factors: OtherFactors = field(default_factory=OtherFactors)
 
 
 ISSUES = ("no_phone", "invalid_phone", "phone_unverified", "pending_activation")
@@ -89,21 +111,41 @@ def account_issues(account: Account) -> list[str]:
     return issues
 
 
+def other_factor_columns() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """Per account row, whether it has a confirmed app and a passkey: two correlated EXISTS on
+    the factors' indexed account_id, read in the statement that lists the accounts (never one
+    query per account)."""
+    return (
+        factors.has_confirmed_totp(Account.id).label("has_authenticator_app"),
+        passkeys.has_passkey(Account.id).label("has_passkey"),
+    )
+
+
+def other_factors(has_authenticator_app: object, has_passkey: object) -> tuple[str, ...]:
+    """The kinds an account row's EXISTS columns say it has (SQLite answers 0/1)."""
+    return tuple(
+        kind for kind, has in ((TOTP, has_authenticator_app), (PASSKEY, has_passkey)) if has
+    )
+
+
 async def readiness(app: App, organization_id: uuid.UUID) -> Readiness:
     """What the organisation must fix before two-factor enforcement."""
     async with app.read() as db:
-        accounts = list(
-            await db.scalars(
-                select(Account)
+        rows = (
+            await db.execute(
+                select(Account, *other_factor_columns())
                 .where(Account.organization_id == organization_id)
                 .order_by(Account.login)
             )
-        )
-    report = Readiness(accounts_total=len(accounts))
-    kinds = Counter(a.phone_kind for a in accounts)
+        ).all()
+    report = Readiness(accounts_total=len(rows))
+    kinds = Counter(account.phone_kind for account, _, _ in rows)
     report.mobile, report.landline = kinds["mobile"], kinds["landline"]
-    for account in accounts:
+    extra: Counter[str] = Counter()
+    for account, has_app, has_passkey in rows:
         issues = account_issues(account)
+        others = other_factors(has_app, has_passkey)
+        extra.update(others)
         if account.phone_kind is None:
             report.without_phone += 1
         elif account.phone_verified_at is not None:
@@ -116,8 +158,10 @@ async def readiness(app: App, organization_id: uuid.UUID) -> Readiness:
             report.ready_administrators += not issues
         report.ready += not issues
         report.issues += [
-            AccountIssue(account.id, account.login, account.display_name, issue) for issue in issues
+            AccountIssue(account.id, account.login, account.display_name, issue, others)
+            for issue in issues
         ]
+    report.other_factors = OtherFactors(extra[TOTP], extra[PASSKEY])
     return report
 
 

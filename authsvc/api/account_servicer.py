@@ -223,12 +223,15 @@ class AccountServicer(pb_grpc.AccountServiceServicer):
             reachable_administrators=report.reachable_administrators,
             ready=report.ready,
             ready_administrators=report.ready_administrators,
+            with_authenticator_app=report.other_factors.with_authenticator_app,
+            with_passkey=report.other_factors.with_passkey,
             accounts=[
                 pb.AccountReadiness(
                     account_id=str(issue.account_id),
                     login=issue.login,
                     display_name=issue.display_name,
                     issue=ISSUE_TO_PB[issue.issue],
+                    other_factors=[convert.FACTOR_KIND_TO_PB[k] for k in issue.other_factors],
                 )
                 for issue in report.issues
             ],

@@ -14,8 +14,12 @@ from authsvc.errors import invalid_field
 from authsvc.flows.login import ClientInfo
 from authsvc.flows.views import IssuedSession, PendingFlowView
 from authsvc.policies.permissions import Action
-from authsvc.v1 import common_pb2
+from authsvc.v1 import common_pb2, factor_service_pb2
 
+FACTOR_KIND_TO_PB = {
+    "totp": factor_service_pb2.FACTOR_KIND_TOTP,
+    "passkey": factor_service_pb2.FACTOR_KIND_PASSKEY,
+}
 CHANNEL_TO_PB = {
     "sms": common_pb2.CHANNEL_SMS,
     "voice": common_pb2.CHANNEL_VOICE,

@@ -20,13 +20,11 @@ from authsvc.v1 import factor_service_pb2_grpc as pb_grpc
 
 Ctx = ServicerContext[Any, Any]
 
-KIND_TO_PB = {"totp": pb.FACTOR_KIND_TOTP, "passkey": pb.FACTOR_KIND_PASSKEY}
-
 
 def factor(view: factors.FactorView) -> pb.Factor:
     shown = pb.Factor(
         factor_id=str(view.id),
-        kind=KIND_TO_PB[view.kind],
+        kind=convert.FACTOR_KIND_TO_PB[view.kind],
         name=view.name,
         create_time=convert.timestamp(view.confirmed_at),
     )

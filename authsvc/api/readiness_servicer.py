@@ -40,6 +40,8 @@ def counts(report: Readiness) -> pb.ReadinessCounts:
         administrators=report.administrators,
         reachable_administrators=report.reachable_administrators,
         ready_administrators=report.ready_administrators,
+        with_authenticator_app=report.other_factors.with_authenticator_app,
+        with_passkey=report.other_factors.with_passkey,
     )
 
 

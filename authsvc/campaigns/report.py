@@ -1,6 +1,8 @@
 """The readiness report of `authsvc readiness` for one organisation or a relay's members: one
 JSON-able structure, which the JSON output prints as is and the HTML page (report_html.py) draws.
-Accounts appear masked only (first letter of the email and its domain) with what they lack."""
+Accounts appear masked only (first letter of the email and its domain) with what they lack.
+`other_factors` (the counts of an organisation, the kinds of an account) is information only:
+an authenticator app or a passkey never makes an account ready."""
 
 from __future__ import annotations
 
@@ -18,16 +20,21 @@ from authsvc.phones import mask_email
 
 async def _not_ready(app: App, organization_id: Any) -> list[dict[str, Any]]:
     async with app.read() as db:
-        accounts = list(
-            await db.scalars(
-                select(Account)
+        rows = (
+            await db.execute(
+                select(Account, *directory.other_factor_columns())
                 .where(Account.organization_id == organization_id)
                 .order_by(Account.email, Account.id)
             )
-        )
+        ).all()
     return [
-        {"account": mask_email(account.email), "issues": issues}
-        for account in accounts
+        {
+            "account": mask_email(account.email),
+            "issues": issues,
+            # Information: what else it could sign in with (it is not ready all the same).
+            "other_factors": list(directory.other_factors(has_app, has_passkey)),
+        }
+        for account, has_app, has_passkey in rows
         if (issues := directory.account_issues(account))
     ]
 

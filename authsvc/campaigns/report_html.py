@@ -37,6 +37,13 @@ _LABELS = (
     ("ready_administrators", "Administrateurs prêts"),
 )
 
+# Information, apart from the figures above: no other factor makes an account ready.
+_OTHER_FACTORS = (
+    ("with_authenticator_app", "Avec une application d'authentification"),
+    ("with_passkey", "Avec une clé d'accès (passkey)"),
+)
+_FACTOR_NAMES = {"totp": "application d'authentification", "passkey": "clé d'accès"}
+
 
 def _percent(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 1) if whole else 100.0
@@ -85,6 +92,11 @@ def _organization(entry: dict[str, Any]) -> str:
     figures = "".join(
         f'<dt>{label}</dt><dd data-figure="{key}">{entry[key]}</dd>' for key, label in _LABELS
     )
+    others = entry["other_factors"]
+    other_figures = "".join(
+        f'<dt>{label}</dt><dd data-figure="{key}">{others[key]}</dd>'
+        for key, label in _OTHER_FACTORS
+    )
     admins = (
         "".join(
             f"<li>{escape(a['display_name'])} · {escape(a['masked_email'])} · "
@@ -105,12 +117,15 @@ def _organization(entry: dict[str, Any]) -> str:
     )
     rows = "".join(
         f'<tr data-account="{escape(item["account"])}"><td>{escape(item["account"])}</td>'
-        f"<td>{escape(', '.join(_ISSUES[i] for i in item['issues']))}</td></tr>"
+        f"<td>{escape(', '.join(_ISSUES[i] for i in item['issues']))}</td>"
+        f"<td data-other-factors>"
+        f"{escape(', '.join(_FACTOR_NAMES[k] for k in item['other_factors']) or '—')}</td></tr>"
         for item in entry["not_ready"]
     )
     table = (
-        f"<table><thead><tr><th>Compte</th><th>Ce qui manque</th></tr></thead><tbody>{rows}"
-        "</tbody></table>"
+        "<table><thead><tr><th>Compte</th><th>Ce qui manque</th>"
+        "<th>Autres facteurs (pour information)</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
         if rows
         else "<p>Tous les comptes sont prêts.</p>"
     )
@@ -126,7 +141,10 @@ def _organization(entry: dict[str, Any]) -> str:
         f'<div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
         f'aria-valuenow="{share}"><span style="width:{share}%"></span></div>'
         f'<p><span data-figure="ready_percent">{share}</span> % des comptes prêts</p>'
-        f"<dl>{figures}</dl><h3>Administrateurs</h3><ul>{admins}</ul>"
+        f"<dl>{figures}</dl><h3>Autres facteurs, pour information</h3>"
+        "<p>Ils n'entrent pas dans les comptes prêts : un compte est prêt avec son numéro "
+        "vérifié, qu'il ait ou non une application d'authentification ou une clé d'accès.</p>"
+        f'<dl class="information">{other_figures}</dl><h3>Administrateurs</h3><ul>{admins}</ul>'
         f"<p>{campaign_text}</p><h3>Tendance</h3>{_trend_svg(entry['trend'])}"
         f"<h3>Comptes à préparer ({len(entry['not_ready'])})</h3>{table}</section>"
     )

@@ -13,6 +13,7 @@ organisation; a member acts only on their own account. Errors follow common.prot
 """
 
 from authsvc.v1 import common_pb2 as _common_pb2
+from authsvc.v1 import factor_service_pb2 as _factor_service_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -940,6 +941,7 @@ class AccountReadiness(_message.Message):
     LOGIN_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     ISSUE_FIELD_NUMBER: _builtins.int
+    OTHER_FACTORS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Account id."""
     login: _builtins.str
@@ -948,6 +950,15 @@ class AccountReadiness(_message.Message):
     """Display name."""
     issue: Global___ReadinessIssue.ValueType
     """What to fix."""
+    @_builtins.property
+    def other_factors(self) -> _containers.RepeatedScalarFieldContainer[_factor_service_pb2.FactorKind.ValueType]:
+        """Information, not part of readiness: the account's other second factors, each kind once
+        (FACTOR_KIND_TOTP: a confirmed authenticator app, a pending enrolment is not one;
+        FACTOR_KIND_PASSKEY: at least one passkey), in the enum's order; empty when it has none.
+        The same on every entry of the account. Having one never makes an account ready: an
+        account is ready by the rules alone (see `ready`).
+        """
+
     def __init__(
         self,
         *,
@@ -955,10 +966,11 @@ class AccountReadiness(_message.Message):
         login: _builtins.str = ...,
         display_name: _builtins.str = ...,
         issue: Global___ReadinessIssue.ValueType = ...,
+        other_factors: _abc.Iterable[_factor_service_pb2.FactorKind.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "display_name", b"display_name", "issue", b"issue", "login", b"login"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "display_name", b"display_name", "issue", b"issue", "login", b"login", "other_factors", b"other_factors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -981,6 +993,8 @@ class GetOrganizationReadinessResponse(_message.Message):
     ACCOUNTS_FIELD_NUMBER: _builtins.int
     READY_FIELD_NUMBER: _builtins.int
     READY_ADMINISTRATORS_FIELD_NUMBER: _builtins.int
+    WITH_AUTHENTICATOR_APP_FIELD_NUMBER: _builtins.int
+    WITH_PASSKEY_FIELD_NUMBER: _builtins.int
     accounts_total: _builtins.int
     """All accounts of the organisation."""
     with_verified_phone: _builtins.int
@@ -1003,6 +1017,16 @@ class GetOrganizationReadinessResponse(_message.Message):
     """Active administrators whose phone passed a code: they can act on the switch day. Zero
     means nobody in the organisation can fix anything (its relay lists it first).
     """
+    with_authenticator_app: _builtins.int
+    """Information, not part of readiness: accounts with a confirmed authenticator app (TOTP; a
+    pending enrolment does not count). Such an app never makes an account ready, and an account
+    without one is not less ready: `ready` counts the rules alone (activated, with a phone that
+    passed a code), so an account with only SMS or voice codes is ready.
+    """
+    with_passkey: _builtins.int
+    """Information, not part of readiness: accounts with at least one passkey (as for
+    `with_authenticator_app`, it changes nothing in `ready`).
+    """
     @_builtins.property
     def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountReadiness]:
         """The accounts to look at, one entry per issue."""
@@ -1021,10 +1045,12 @@ class GetOrganizationReadinessResponse(_message.Message):
         accounts: _abc.Iterable[Global___AccountReadiness] | None = ...,
         ready: _builtins.int = ...,
         ready_administrators: _builtins.int = ...,
+        with_authenticator_app: _builtins.int = ...,
+        with_passkey: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "accounts_total", b"accounts_total", "administrators", b"administrators", "landline", b"landline", "mobile", b"mobile", "pending_activation", b"pending_activation", "reachable_administrators", b"reachable_administrators", "ready", b"ready", "ready_administrators", b"ready_administrators", "with_verified_phone", b"with_verified_phone", "without_phone", b"without_phone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "accounts_total", b"accounts_total", "administrators", b"administrators", "landline", b"landline", "mobile", b"mobile", "pending_activation", b"pending_activation", "reachable_administrators", b"reachable_administrators", "ready", b"ready", "ready_administrators", b"ready_administrators", "with_authenticator_app", b"with_authenticator_app", "with_passkey", b"with_passkey", "with_verified_phone", b"with_verified_phone", "without_phone", b"without_phone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

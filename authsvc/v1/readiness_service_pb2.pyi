@@ -277,6 +277,8 @@ class ReadinessCounts(_message.Message):
     ADMINISTRATORS_FIELD_NUMBER: _builtins.int
     REACHABLE_ADMINISTRATORS_FIELD_NUMBER: _builtins.int
     READY_ADMINISTRATORS_FIELD_NUMBER: _builtins.int
+    WITH_AUTHENTICATOR_APP_FIELD_NUMBER: _builtins.int
+    WITH_PASSKEY_FIELD_NUMBER: _builtins.int
     accounts_total: _builtins.int
     """Accounts of the organisation."""
     ready: _builtins.int
@@ -297,6 +299,12 @@ class ReadinessCounts(_message.Message):
     """Active administrators with a phone."""
     ready_administrators: _builtins.int
     """Active administrators with a phone that received a code: they can act."""
+    with_authenticator_app: _builtins.int
+    """Information, not part of readiness: accounts with a confirmed authenticator app (TOTP).
+    It never makes an account ready nor one without it unready (`ready` counts the rules alone).
+    """
+    with_passkey: _builtins.int
+    """Information, not part of readiness: accounts with at least one passkey."""
     def __init__(
         self,
         *,
@@ -310,10 +318,12 @@ class ReadinessCounts(_message.Message):
         administrators: _builtins.int = ...,
         reachable_administrators: _builtins.int = ...,
         ready_administrators: _builtins.int = ...,
+        with_authenticator_app: _builtins.int = ...,
+        with_passkey: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_total", b"accounts_total", "administrators", b"administrators", "landline", b"landline", "mobile", b"mobile", "pending_activation", b"pending_activation", "reachable_administrators", b"reachable_administrators", "ready", b"ready", "ready_administrators", b"ready_administrators", "with_verified_phone", b"with_verified_phone", "without_phone", b"without_phone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_total", b"accounts_total", "administrators", b"administrators", "landline", b"landline", "mobile", b"mobile", "pending_activation", b"pending_activation", "reachable_administrators", b"reachable_administrators", "ready", b"ready", "ready_administrators", b"ready_administrators", "with_authenticator_app", b"with_authenticator_app", "with_passkey", b"with_passkey", "with_verified_phone", b"with_verified_phone", "without_phone", b"without_phone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

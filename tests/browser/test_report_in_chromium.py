@@ -26,6 +26,8 @@ FIGURES = (
     "administrators",
     "ready_administrators",
 )
+OTHER_FACTORS = ("with_authenticator_app", "with_passkey")
+NAMES = {"totp": "application d'authentification", "passkey": "clé d'accès"}
 
 
 @pytest.fixture
@@ -102,8 +104,23 @@ def test_the_html_report_shows_the_figures_of_the_json_in_chromium(
                     assert point.get_attribute("data-day") == day["day"]
                     assert point.get_attribute("data-ready") == str(day["ready"])
                     assert point.get_attribute("data-total") == str(day["accounts_total"])
+                # The other factors, shown apart from the readiness figures.
+                others = section.locator("dl.information")
+                assert {
+                    key: others.locator(f'[data-figure="{key}"]').inner_text()
+                    for key in OTHER_FACTORS
+                } == {key: str(entry["other_factors"][key]) for key in OTHER_FACTORS}
+                assert section.locator("dl:not(.information) [data-figure^='with_']").count() == 0
                 rows = section.locator("tbody tr")
                 assert rows.count() == len(entry["not_ready"])
+                shown_factors = sorted(
+                    rows.nth(i).locator("td[data-other-factors]").inner_text()
+                    for i in range(rows.count())
+                )
+                assert shown_factors == sorted(
+                    ", ".join(NAMES[kind] for kind in item["other_factors"]) or "—"
+                    for item in entry["not_ready"]
+                )
                 alert = section.locator('[data-figure="without_ready_administrator"]').count()
                 assert alert == (1 if entry["without_ready_administrator"] else 0)
             resources = page.evaluate("performance.getEntriesByType('resource').length")

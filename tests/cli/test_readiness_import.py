@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
+from relay_setup import give_other_factors
 
 from authsvc.cli import main
 
@@ -79,9 +81,15 @@ def test_import_keeps_every_row_and_reports_the_not_ready(
         ).fetchone()
     assert queued == (4,)
 
+    # agent3 (no phone) has an app: information, it stays not ready.
+    database_url = f"sqlite+aiosqlite:///{env / 'cli.db'}"
+    asyncio.run(give_other_factors(database_url, SIRET, apps=("agent3",)))
     assert run(["readiness", "--org", SIRET, "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["accounts_total"] == 5 and report["without_phone"] == 2
+    assert report["other_factors"] == {"with_authenticator_app": 1, "with_passkey": 0}
+    assert {a["login"]: a["other_factors"] for a in report["accounts"]}["agent3"] == ["totp"]
+    assert {a["login"] for a in report["accounts"] if a["other_factors"]} == {"agent3"}
     assert report["pending_activation"] == 4 and report["administrators"] == 1
     assert {(a["login"], a["issue"]) for a in report["accounts"]} >= {
         ("agent3", "no_phone"),
@@ -92,6 +100,11 @@ def test_import_keeps_every_row_and_reports_the_not_ready(
 
     assert run(["readiness", "--org", SIRET, "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "account_id,login,display_name,issue" and len(lines) > 5
+    assert lines[0] == "account_id,login,display_name,issue,other_factors" and len(lines) > 5
+    rows_of_agent3 = [row for row in csv.DictReader(lines) if row["login"] == "agent3"]
+    assert rows_of_agent3 and all(row["other_factors"] == "totp" for row in rows_of_agent3)
     assert run(["readiness", "--org", SIRET]) == 0
-    assert "without phone" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "without phone" in table
+    assert "other factors (information, not part of readiness)" in table
+    assert "with authenticator app" in table

@@ -42,11 +42,20 @@ def test_a_relays_morning_from_the_command_line(
         "a•••@bourges.example"
     }
     assert "agent3" not in json.dumps(report)  # accounts appear masked only
+    # The other factors, apart from the readiness counts: B's two confirmed apps (not the
+    # pending enrolment) and its passkey; A's passkey in A only. Nobody became ready by them.
+    assert second["other_factors"] == {"with_authenticator_app": 2, "with_passkey": 1}
+    assert first["other_factors"] == {"with_authenticator_app": 0, "with_passkey": 1}
+    assert first["ready"] == 0
+    assert sorted(item["other_factors"] for item in second["not_ready"]) == [[], [], [], ["totp"]]
+    assert [item["other_factors"] for item in first["not_ready"]] == [["passkey"]]
 
     assert run(["readiness", "--relay", RELAY]) == 0
     table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[-3:] == ["app*", "passkey*", "name"]
     assert table[2].split()[:2] == [MEMBER_A, "0/1"] and "no administrator can act" in table[2]
-    assert table[3].split()[:4] == [MEMBER_B, "4/8", "1", "4"]
+    assert table[3].split()[:6] == [MEMBER_B, "4/8", "1", "4", "2", "1"]
+    assert "information, not part of readiness" in table[4]
 
     out = tmp_path / "report.html"
     assert run(["readiness", "--relay", RELAY, "--format", "html", "-o", str(out)]) == 0
