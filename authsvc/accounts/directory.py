@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, and_, select
 
 from authsvc.app import App
 from authsvc.db import Account, AccountStatus, Organization, Role
-from authsvc.db.statements import factors, passkeys
+from authsvc.db.statements import factors
 from authsvc.phones import mask_email
 from authsvc.policies.permissions import require_admin
 from authsvc.sessions import SessionInfo
@@ -117,7 +117,7 @@ def other_factor_columns() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     query per account)."""
     return (
         factors.has_confirmed_totp(Account.id).label("has_authenticator_app"),
-        passkeys.has_passkey(Account.id).label("has_passkey"),
+        factors.has_passkey(Account.id).label("has_passkey"),
     )
 
 

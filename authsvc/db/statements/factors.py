@@ -56,7 +56,8 @@ def has_confirmed_totp(account_id: Any) -> Any:
 
 
 def has_passkey(account_id: Any) -> Any:
-    """SQL: whether the account (an id column or parameter) has a passkey registered."""
+    """SQL: whether the account (an id column or parameter) has a passkey registered (a
+    removed passkey's row is deleted: every row is an active one)."""
     return exists(select(PASSKEYS.c.id).where(PASSKEYS.c.account_id == account_id))
 
 

@@ -24,7 +24,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
-    exists,
     insert,
     or_,
     select,
@@ -74,12 +73,6 @@ _ONE = select(*_STORED).where(
     CREDENTIALS.c.credential_id
     == bindparam("p_credential_id", type_=CREDENTIALS.c.credential_id.type),
 )
-
-
-def has_passkey(account_id: Any) -> Any:
-    """SQL: whether the account (an id column or parameter) has a passkey. A removed passkey's
-    row is deleted (factors.remove), so every row is an active one."""
-    return exists(select(CREDENTIALS.c.id).where(CREDENTIALS.c.account_id == account_id))
 
 
 def of_account(connection: Connection, account_id: uuid.UUID) -> list[StoredCredential]:
