@@ -125,7 +125,7 @@ async def rows_read(server: Server, observer: AsyncConnection) -> dict[str, int]
     """Rows read so far, per table, once every connection of the server has flushed them."""
     await server.app.engine.dispose()
     database = make_url(server.app.settings.database_url).database
-    for _ in range(500):  # a hang guard, not a measurement: the backends leave within ms
+    for _ in range(3000):  # a hang guard (30 s), not a measurement: backends leave within ms
         others = await observer.scalar(
             text(
                 "SELECT count(*) FROM pg_stat_activity "
