@@ -175,12 +175,17 @@ async def _totp_window(
     return view
 
 
+_PHONE_CHANNELS = ("sms", "voice")
+
+
 def next_channel(channels: tuple[str, ...], channel: str, delivery: str) -> str | None:
     """The channel to offer after a message that did not arrive: voice after an SMS on a mobile
     (a mobile can take a call), whatever else the destination takes otherwise."""
     if delivery not in ("undelivered", "failed"):
         return None
-    others = [other for other in channels if other != channel]
+    # The same destination's other channel only (the proto's contract): the app or a passkey
+    # is the flow's to offer from its channels, not a delivery's fallback.
+    others = [other for other in channels if other != channel and other in _PHONE_CHANNELS]
     if channel == "sms" and "voice" in others:
         return "voice"
     return others[0] if others else None
