@@ -171,6 +171,11 @@ class RateLimits(BaseModel):
     # requester pays, per destination and in all, never the destination's own caps.
     send_unverified_destination: Rate = Rate(count=3, period_s=3600)
     send_unverified_requester: Rate = Rate(count=10, period_s=3600)
+    # Opening an authenticator app's or a passkey's window (Challenge with CHANNEL_TOTP,
+    # BeginPasskeyAssertion) sends nothing, but writes the flow and an audit row: per flow (a
+    # flow lives 15 minutes at most) and per client network.
+    factor_window_flow: Rate = Rate(count=10, period_s=300)
+    factor_window_ip: Rate = Rate(count=100, period_s=60)
 
 
 def loosened_rates(model: BaseModel, path: str = "") -> list[str]:

@@ -59,7 +59,8 @@ class PasskeyServicer(pb_grpc.PasskeyServiceServicer):
         self, request: pb.BeginPasskeyAssertionRequest, context: Ctx
     ) -> pb.BeginPasskeyAssertionResponse:
         flow_id = validation.flow_id(request.flow_id)
-        options = await passkey.begin(self._app, flow_id)
+        ip = convert.client_info(request.client).ip_address if request.HasField("client") else ""
+        options = await passkey.begin(self._app, flow_id, ip_address=ip or None)
         return pb.BeginPasskeyAssertionResponse(request_options_json=options)
 
     @rpc("FinishPasskeyAssertion")

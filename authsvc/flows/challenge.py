@@ -77,7 +77,7 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
     ensure_open(flow, now)
     channel = _pick_channel(app, flow, account, request.channel)
     if channel == "totp":
-        return await _totp_window(app, flow, account, request.flow_id, now)
+        return await _totp_window(app, flow, account, request, now)
     if not request.switch_from_sms:
         replay = await _idempotent_replay(app, flow, account, request, channel, now)
         if replay is not None:
@@ -162,14 +162,16 @@ async def challenge(app: App, request: ChallengeRequest) -> ChallengeView:
 
 
 async def _totp_window(
-    app: App, flow: FlowRow, account: AccountRow, flow_id: uuid.UUID, now: datetime
+    app: App, flow: FlowRow, account: AccountRow, request: ChallengeRequest, now: datetime
 ) -> ChallengeView:
-    """The app's code needs no send: no send limit, cooldown or budget applies; the lock of
-    the second factor does (no window opens while it is locked)."""
+    """The app's code needs no send: no send limit, cooldown or budget applies; the window's
+    own limits (it writes the flow and an audit row) and the lock of the second factor do
+    (no window opens while it is locked)."""
+    await app.limits.factor_window(now, flow_id=str(flow.id), ip=request.ip_address or None)
     lockout.check_code_lock(app, account, now)
     view = await totp.open_window(app, flow, account, now)
     if view is None:
-        flow, _ = await load_flow(app, flow_id)
+        flow, _ = await load_flow(app, request.flow_id)
         ensure_open(flow, now)
         raise failures.flow_failed()  # unreachable unless clocks disagree between replicas
     return view

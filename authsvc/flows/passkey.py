@@ -51,14 +51,17 @@ def cloned(metadata: dict[str, str]) -> Failure:
     )
 
 
-async def begin(app: App, flow_id: uuid.UUID) -> str:
-    """The request options (JSON) for the flow's account's passkeys."""
+async def begin(app: App, flow_id: uuid.UUID, *, ip_address: str | None = None) -> str:
+    """The request options (JSON) for the flow's account's passkeys. `ip_address`: the end
+    user's, when the backend gave it (the window's per-network limit)."""
     webauthn_rp.require_configured(app.settings)
     flow, account = await load_flow(app, flow_id)
     now = app.clock.now()
     ensure_open(flow, now)
     if flow.purpose not in _PURPOSES:
         raise failures.channel_not_available(CHANNEL)
+    # The window writes the flow, a ceremony and an audit row: its own limits, as the app's.
+    await app.limits.factor_window(now, flow_id=str(flow.id), ip=ip_address)
     lockout.check_code_lock(app, account, now)
     stored = await app.db.read(passkeys.of_account, account.id)
     if not stored:

@@ -129,25 +129,40 @@ def _json_object(text: str) -> dict[str, object]:
         raise Malformed(f"1 to {MAX_JSON} characters of JSON")
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting deeper than the interpreter's stack
         raise Malformed("not JSON") from None
     if not isinstance(value, dict):
         raise Malformed("not a JSON object")
     return value
 
 
+# What the library's parsers raise on JSON of the wrong shape: their own exception, and the
+# base64url decoder's on a field that is not (binascii.Error and the non-ASCII str's
+# UnicodeEncodeError are ValueErrors; a non-str field a TypeError). A parser never sees a
+# secret: the messages are the library's, about the structure.
+_UNPARSABLE = (WebAuthnException, ValueError, TypeError, KeyError, RecursionError)
+
+
 def parse_registration(text: str) -> RegistrationCredential:
     try:
         return parse_registration_credential_json(_json_object(text))
-    except WebAuthnException as error:  # InvalidJSONStructure, undecodable base64url
-        raise Malformed(str(error)) from None
+    except _UNPARSABLE as error:  # InvalidJSONStructure, undecodable base64url
+        raise Malformed(_structure(error)) from None
 
 
 def parse_assertion(text: str) -> AuthenticationCredential:
     try:
         return parse_authentication_credential_json(_json_object(text))
-    except WebAuthnException as error:
-        raise Malformed(str(error)) from None
+    except _UNPARSABLE as error:
+        raise Malformed(_structure(error)) from None
+
+
+def _structure(error: Exception) -> str:
+    """The answer's message: the library's own words for its exception, the kind of the
+    decoders' (their messages may quote the bytes they choked on)."""
+    if isinstance(error, WebAuthnException):
+        return str(error)
+    return f"a field is not of the expected form ({type(error).__name__})"
 
 
 # What the library may raise on a well-formed answer it cannot verify: its own exceptions,

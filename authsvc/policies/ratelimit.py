@@ -167,6 +167,8 @@ class RateLimitPolicy:
         self.send_unverified_requester = rate(
             "send.unverified.requester", "requester", limits.send_unverified_requester
         )
+        self.factor_window_flow = rate("factor_window.flow", "flow", limits.factor_window_flow)
+        self.factor_window_ip = rate("factor_window.ip", "ip", limits.factor_window_ip)
         # The /48 tier of each per-IP limit: the same name with ".48", `factor` times the budget.
         self._wide = {
             limit.name: Limit(
@@ -182,6 +184,7 @@ class RateLimitPolicy:
                 self.step_up_ip,
                 self.send_ip,
                 self.change_password_ip,
+                self.factor_window_ip,
             )
         }
 
@@ -278,6 +281,14 @@ class RateLimitPolicy:
                 ],
             )
         )
+
+    async def factor_window(self, now: datetime, *, flow_id: str, ip: str | None) -> None:
+        """Before a window for the app's code or a passkey opens: the flow's budget (only its
+        id's holder spends it), and the client network's when the caller gave it."""
+        checks = [(self.factor_window_flow, self.key("flow", flow_id))]
+        if ip is not None:
+            checks += self.ip_checks(self.factor_window_ip, ip)
+        self._refuse(await self._decide(now, checks))
 
     async def step_up(self, now: datetime, *, ip: str, account_id: str) -> None:
         self._refuse(

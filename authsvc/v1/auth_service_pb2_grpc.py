@@ -103,8 +103,9 @@ class AuthServiceServicer:
         call issues a new code and the previous one stops working; it does not reset the flow's
         count of wrong codes. With CHANNEL_TOTP nothing is sent and the attempt window opens; a
         code sent by SMS or voice and still valid then stays valid for Verify (the window lasts as
-        long as that code: switching to the app never spends it). CHANNEL_PASSKEY is answered
-        through PasskeyService, not here (CHANNEL_NOT_AVAILABLE).
+        long as that code: switching to the app never spends it; windows have limits of their
+        own, per flow and per client network). CHANNEL_PASSKEY is answered through
+        PasskeyService, not here (CHANNEL_NOT_AVAILABLE).
 
         Required permission: an authenticated backend. The flow_id is the end user's proof of
         the first factor (or of the session, for a step-up); no session token is needed.

@@ -27,7 +27,7 @@ from authsvc.v1 import common_pb2 as authsvc_dot_v1_dot_common__pb2
 from authsvc.v1 import factor_service_pb2 as authsvc_dot_v1_dot_factor__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n authsvc/v1/passkey_service.proto\x12\nauthsvc.v1\x1a\x1d\x61uthsvc/v1/auth_service.proto\x1a\x17\x61uthsvc/v1/common.proto\x1a\x1f\x61uthsvc/v1/factor_service.proto\"M\n\x1f\x42\x65ginPasskeyRegistrationRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0bgrant_token\x18\x02 \x01(\t\"V\n BeginPasskeyRegistrationResponse\x12\x13\n\x0b\x63\x65remony_id\x18\x01 \x01(\t\x12\x1d\n\x15\x63reation_options_json\x18\x02 \x01(\t\"u\n FinishPasskeyRegistrationRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65remony_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63redential_json\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"G\n!FinishPasskeyRegistrationResponse\x12\"\n\x06\x66\x61\x63tor\x18\x01 \x01(\x0b\x32\x12.authsvc.v1.Factor\"/\n\x1c\x42\x65ginPasskeyAssertionRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\"=\n\x1d\x42\x65ginPasskeyAssertionResponse\x12\x1c\n\x14request_options_json\x18\x01 \x01(\t\"t\n\x1d\x46inishPasskeyAssertionRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63redential_json\x18\x02 \x01(\t\x12)\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\xc6\x01\n\x1e\x46inishPasskeyAssertionResponse\x12.\n\x05login\x18\x01 \x01(\x0b\x32\x1d.authsvc.v1.LoginVerificationH\x00\x12/\n\x0c\x61\x63tion_grant\x18\x02 \x01(\x0b\x32\x17.authsvc.v1.ActionGrantH\x00\x12\x39\n\x0e\x66\x65\x64\x65rated_link\x18\x03 \x01(\x0b\x32\x1f.authsvc.v1.FederatedLinkResultH\x00\x42\x08\n\x06result2\xe0\x03\n\x0ePasskeyService\x12u\n\x18\x42\x65ginPasskeyRegistration\x12+.authsvc.v1.BeginPasskeyRegistrationRequest\x1a,.authsvc.v1.BeginPasskeyRegistrationResponse\x12x\n\x19\x46inishPasskeyRegistration\x12,.authsvc.v1.FinishPasskeyRegistrationRequest\x1a-.authsvc.v1.FinishPasskeyRegistrationResponse\x12l\n\x15\x42\x65ginPasskeyAssertion\x12(.authsvc.v1.BeginPasskeyAssertionRequest\x1a).authsvc.v1.BeginPasskeyAssertionResponse\x12o\n\x16\x46inishPasskeyAssertion\x12).authsvc.v1.FinishPasskeyAssertionRequest\x1a*.authsvc.v1.FinishPasskeyAssertionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n authsvc/v1/passkey_service.proto\x12\nauthsvc.v1\x1a\x1d\x61uthsvc/v1/auth_service.proto\x1a\x17\x61uthsvc/v1/common.proto\x1a\x1f\x61uthsvc/v1/factor_service.proto\"M\n\x1f\x42\x65ginPasskeyRegistrationRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0bgrant_token\x18\x02 \x01(\t\"V\n BeginPasskeyRegistrationResponse\x12\x13\n\x0b\x63\x65remony_id\x18\x01 \x01(\t\x12\x1d\n\x15\x63reation_options_json\x18\x02 \x01(\t\"u\n FinishPasskeyRegistrationRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x65remony_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63redential_json\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"G\n!FinishPasskeyRegistrationResponse\x12\"\n\x06\x66\x61\x63tor\x18\x01 \x01(\x0b\x32\x12.authsvc.v1.Factor\"Z\n\x1c\x42\x65ginPasskeyAssertionRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12)\n\x06\x63lient\x18\x02 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"=\n\x1d\x42\x65ginPasskeyAssertionResponse\x12\x1c\n\x14request_options_json\x18\x01 \x01(\t\"t\n\x1d\x46inishPasskeyAssertionRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63redential_json\x18\x02 \x01(\t\x12)\n\x06\x63lient\x18\x03 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"\xc6\x01\n\x1e\x46inishPasskeyAssertionResponse\x12.\n\x05login\x18\x01 \x01(\x0b\x32\x1d.authsvc.v1.LoginVerificationH\x00\x12/\n\x0c\x61\x63tion_grant\x18\x02 \x01(\x0b\x32\x17.authsvc.v1.ActionGrantH\x00\x12\x39\n\x0e\x66\x65\x64\x65rated_link\x18\x03 \x01(\x0b\x32\x1f.authsvc.v1.FederatedLinkResultH\x00\x42\x08\n\x06result2\xe0\x03\n\x0ePasskeyService\x12u\n\x18\x42\x65ginPasskeyRegistration\x12+.authsvc.v1.BeginPasskeyRegistrationRequest\x1a,.authsvc.v1.BeginPasskeyRegistrationResponse\x12x\n\x19\x46inishPasskeyRegistration\x12,.authsvc.v1.FinishPasskeyRegistrationRequest\x1a-.authsvc.v1.FinishPasskeyRegistrationResponse\x12l\n\x15\x42\x65ginPasskeyAssertion\x12(.authsvc.v1.BeginPasskeyAssertionRequest\x1a).authsvc.v1.BeginPasskeyAssertionResponse\x12o\n\x16\x46inishPasskeyAssertion\x12).authsvc.v1.FinishPasskeyAssertionRequest\x1a*.authsvc.v1.FinishPasskeyAssertionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINISHPASSKEYREGISTRATIONRESPONSE']._serialized_start=423
   _globals['_FINISHPASSKEYREGISTRATIONRESPONSE']._serialized_end=494
   _globals['_BEGINPASSKEYASSERTIONREQUEST']._serialized_start=496
-  _globals['_BEGINPASSKEYASSERTIONREQUEST']._serialized_end=543
-  _globals['_BEGINPASSKEYASSERTIONRESPONSE']._serialized_start=545
-  _globals['_BEGINPASSKEYASSERTIONRESPONSE']._serialized_end=606
-  _globals['_FINISHPASSKEYASSERTIONREQUEST']._serialized_start=608
-  _globals['_FINISHPASSKEYASSERTIONREQUEST']._serialized_end=724
-  _globals['_FINISHPASSKEYASSERTIONRESPONSE']._serialized_start=727
-  _globals['_FINISHPASSKEYASSERTIONRESPONSE']._serialized_end=925
-  _globals['_PASSKEYSERVICE']._serialized_start=928
-  _globals['_PASSKEYSERVICE']._serialized_end=1408
+  _globals['_BEGINPASSKEYASSERTIONREQUEST']._serialized_end=586
+  _globals['_BEGINPASSKEYASSERTIONRESPONSE']._serialized_start=588
+  _globals['_BEGINPASSKEYASSERTIONRESPONSE']._serialized_end=649
+  _globals['_FINISHPASSKEYASSERTIONREQUEST']._serialized_start=651
+  _globals['_FINISHPASSKEYASSERTIONREQUEST']._serialized_end=767
+  _globals['_FINISHPASSKEYASSERTIONRESPONSE']._serialized_start=770
+  _globals['_FINISHPASSKEYASSERTIONRESPONSE']._serialized_end=968
+  _globals['_PASSKEYSERVICE']._serialized_start=971
+  _globals['_PASSKEYSERVICE']._serialized_end=1451
 # @@protoc_insertion_point(module_scope)

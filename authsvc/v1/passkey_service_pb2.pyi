@@ -155,16 +155,25 @@ class BeginPasskeyAssertionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
-    """The pending login or step-up flow."""
+    """The pending flow (login, step-up, federated link or unlink)."""
+    @_builtins.property
+    def client(self) -> _common_pb2.ClientContext:
+        """The end user's context. Optional; client.ip_address, when given, is also charged for the
+        window (AUTHSVC_RATE_LIMITS factor_window_ip), as Challenge charges it. The flow's own
+        budget applies either way (factor_window_flow).
+        """
+
     def __init__(
         self,
         *,
         flow_id: _builtins.str = ...,
+        client: _common_pb2.ClientContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client", b"client"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["flow_id", b"flow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client", b"client", "flow_id", b"flow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,7 +105,8 @@ class PasskeyServiceServicer:
         AuthorizeSensitiveAction).
         Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
         ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow verifies
-        a new contact), NOT_IMPLEMENTED.
+        a new contact), RATE_LIMITED (windows opened on the flow or from the client's network),
+        NOT_IMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

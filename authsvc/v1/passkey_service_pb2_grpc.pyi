@@ -88,7 +88,8 @@ class PasskeyServiceStub:
     AuthorizeSensitiveAction).
     Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
     ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow verifies
-    a new contact), NOT_IMPLEMENTED.
+    a new contact), RATE_LIMITED (windows opened on the flow or from the client's network),
+    NOT_IMPLEMENTED.
     """
     FinishPasskeyAssertion: _grpc.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyAssertionRequest, _passkey_service_pb2.FinishPasskeyAssertionResponse]
     """Finishes the flow with the browser's assertion: verified against the passkey's public key
@@ -145,7 +146,8 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     AuthorizeSensitiveAction).
     Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
     ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow verifies
-    a new contact), NOT_IMPLEMENTED.
+    a new contact), RATE_LIMITED (windows opened on the flow or from the client's network),
+    NOT_IMPLEMENTED.
     """
     FinishPasskeyAssertion: _aio.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyAssertionRequest, _passkey_service_pb2.FinishPasskeyAssertionResponse]  # type: ignore[assignment]
     """Finishes the flow with the browser's assertion: verified against the passkey's public key
@@ -217,7 +219,8 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         AuthorizeSensitiveAction).
         Errors: INVALID_FIELD, FLOW_NOT_FOUND, FLOW_EXPIRED, FLOW_COMPLETED, FLOW_FAILED,
         ACCOUNT_LOCKED, CHANNEL_NOT_AVAILABLE (the account has no passkey, or the flow verifies
-        a new contact), NOT_IMPLEMENTED.
+        a new contact), RATE_LIMITED (windows opened on the flow or from the client's network),
+        NOT_IMPLEMENTED.
         """
 
     @_abc_1.abstractmethod

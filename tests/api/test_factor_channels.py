@@ -22,7 +22,7 @@ from support import step_up as grant_for
 
 from authsvc.clock import FrozenClock
 from authsvc.config import DEV_ISSUER, Rate, RateLimits, Settings
-from authsvc.db import Flow
+from authsvc.db import AuditEvent, Flow
 from authsvc.federation import devidp
 from authsvc.server import Server
 from authsvc.v1 import account_service_pb2 as apb
@@ -391,3 +391,65 @@ class TestEightDigitCodes:
         assert (odd.code, odd.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
         granted = await verify(stub, up.flow_id, sms_code)
         assert granted.action_grant.action == CHANGE_PASSWORD
+
+
+# ---- the windows' limits --------------------------------------------------------------------
+
+
+async def test_windows_have_limits_of_their_own(
+    stub: Stub, passkeys: Passkeys, holder: Holder, alice: Seeded, server: Server
+) -> None:
+    """A window sends nothing but writes the flow and an audit row: the flow's budget is shared
+    by the app's and the passkey's windows (before: 600 windows on one flow, 600 audit rows)."""
+    budget = server.app.settings.rate_limits.factor_window_flow.count
+    flow = await login_flow(stub, alice)
+    for opened in range(budget):
+        if opened % 2:
+            await passkeys.BeginPasskeyAssertion(
+                ppb.BeginPasskeyAssertionRequest(flow_id=flow.flow_id, client=CLIENT)
+            )
+        else:
+            await challenge(stub, flow.flow_id, TOTP)
+    for call in (
+        challenge(stub, flow.flow_id, TOTP),
+        passkeys.BeginPasskeyAssertion(ppb.BeginPasskeyAssertionRequest(flow_id=flow.flow_id)),
+    ):
+        refused = await failure_of(call)
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+        )
+        assert refused.retry_after
+    async with server.app.read() as db:
+        windows = await db.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.event_type.in_(("totp.challenged", "passkey.challenged")))
+        )
+    assert windows == budget
+    # Another flow has its own budget: the holder is not locked out by one flow's windows.
+    other = await login_flow(stub, alice)
+    assert (await challenge(stub, other.flow_id, TOTP)).channel == TOTP
+
+
+class TestWindowsPerNetwork:
+    """The client's network is charged too (Challenge always gives it)."""
+
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        tight = settings.rate_limits.model_copy(
+            update={"factor_window_ip": Rate(count=2, period_s=60)}
+        )
+        return settings.model_copy(update={"rate_limits": tight})
+
+    async def test_windows_are_charged_to_the_clients_network(
+        self, stub: Stub, holder: Holder, alice: Seeded
+    ) -> None:
+        flows = [await login_flow(stub, alice) for _ in range(3)]
+        for flow in flows[:2]:
+            await challenge(stub, flow.flow_id, TOTP)
+        refused = await failure_of(challenge(stub, flows[2].flow_id, TOTP))
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+        )
