@@ -574,7 +574,12 @@ def cmd_client(args: argparse.Namespace) -> int:
                         action=common_pb2.SensitiveAction.Value(
                             _STEP_UP_ACTIONS[args.sensitive_action]
                         ),
-                        new_values=pb.ActionValues(),
+                        # remove-factor names the factor: the grant removes that one only.
+                        new_values=(
+                            pb.ActionValues(factor_id=args.factor)
+                            if args.factor is not None
+                            else pb.ActionValues()
+                        ),
                         client=client,
                     )
                 )
@@ -753,6 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("assertion")
     stepping = actions.add_parser("step-up", help="open a step-up flow (a fresh code, a grant)")
     stepping.add_argument("sensitive_action", choices=sorted(_STEP_UP_ACTIONS))
+    stepping.add_argument(
+        "--factor", help="remove-factor: the factor's id (ListFactors), which the grant names"
+    )
     enrol = actions.add_parser(
         "totp-enrol", help="enrol an authenticator app (after `step-up enrol-factor`)"
     )

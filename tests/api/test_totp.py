@@ -76,6 +76,11 @@ def code_at(uri: str, at: datetime, *, offset_s: int = 0) -> str:
     return str(parsed.at(at.timestamp() + offset_s))
 
 
+def of(factor_id: str) -> pb.ActionValues:
+    """The values of a REMOVE_FACTOR grant: the factor it removes."""
+    return pb.ActionValues(factor_id=factor_id)
+
+
 def phone_messages(inbox: Inbox) -> int:
     return sum(message["channel"] in ("sms", "voice") for message in inbox.messages())
 
@@ -381,13 +386,15 @@ async def test_an_administrator_lists_and_removes_a_members_app(
                 session_token=outsider_session,
                 action=REMOVE,
                 target_account_id=target,
-                new_values=pb.ActionValues(),
+                new_values=pb.ActionValues(factor_id=factor_id),
                 client=CLIENT,
             )
         )
     )
     assert refused.reason == "PERMISSION_DENIED"
-    own_grant = await grant_for(stub, inbox, outsider_session, REMOVE, phone=OTHER_ADMIN_PHONE)
+    own_grant = await grant_for(
+        stub, inbox, outsider_session, REMOVE, values=of(factor_id), phone=OTHER_ADMIN_PHONE
+    )
     foreign = await failure_of(
         factors.RemoveFactor(
             fpb.RemoveFactorRequest(
@@ -415,7 +422,15 @@ async def test_an_administrator_lists_and_removes_a_members_app(
     )
     assert [(f.factor_id, f.name) for f in listed.factors] == [(factor_id, "Work phone")]
     assert "secret" not in str(listed).lower()
-    grant = await grant_for(stub, inbox, admin_session, REMOVE, target=target, phone="+33611223344")
+    grant = await grant_for(
+        stub,
+        inbox,
+        admin_session,
+        REMOVE,
+        target=target,
+        values=of(factor_id),
+        phone="+33611223344",
+    )
     removed = await factors.RemoveFactor(
         fpb.RemoveFactorRequest(
             session_token=admin_session,
@@ -444,7 +459,7 @@ async def test_the_holder_removes_their_own_app_and_keeps_their_session(
     first = await sign_in(stub, inbox, alice)
     second = (await sign_in(stub, inbox, alice)).session.token
     factor_id, _ = await enrol(stub, factors, inbox, first.session.token, clock)
-    grant = await grant_for(stub, inbox, first.session.token, REMOVE)
+    grant = await grant_for(stub, inbox, first.session.token, REMOVE, values=of(factor_id))
     removed = await factors.RemoveFactor(
         fpb.RemoveFactorRequest(
             session_token=first.session.token, grant_token=grant.grant_token, factor_id=factor_id
