@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import grpc
@@ -14,16 +17,27 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from passkey_authenticator import AT, UP, UV, SoftAuthenticator, b64url
-from sqlalchemy import func, select
-from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of, seed_account, sign_in
+from sqlalchemy import func, select, text
+from support import (
+    CLIENT,
+    PASSWORD,
+    Inbox,
+    Seeded,
+    failure_of,
+    open_step_up,
+    seed_account,
+    sign_in,
+)
 from support import step_up as grant_for
 
+from authsvc.clock import FrozenClock
 from authsvc.config import Rate, RateLimits, Settings
 from authsvc.db import (
     Account,
     ActionGrant,
     AuditEvent,
     OutboxMessage,
+    PasskeyCeremony,
     PasskeyCredential,
     Role,
     Session,
@@ -134,6 +148,42 @@ async def security_epoch(server: Server, who: Seeded) -> int:
         epoch = await db.scalar(select(Account.security_epoch).where(Account.id == who.account_id))
     assert epoch is not None
     return int(epoch)
+
+
+async def credentials_of(server: Server, who: Seeded) -> int:
+    async with server.app.read() as db:
+        counted = await db.scalar(
+            select(func.count())
+            .select_from(PasskeyCredential)
+            .where(PasskeyCredential.account_id == who.account_id)
+        )
+    return int(counted or 0)
+
+
+async def ceremonies_of(server: Server, who: Seeded) -> int:
+    async with server.app.read() as db:
+        counted = await db.scalar(
+            select(func.count())
+            .select_from(PasskeyCeremony)
+            .where(PasskeyCeremony.account_id == who.account_id)
+        )
+    return int(counted or 0)
+
+
+async def waiting_on_locks(server: Server, count: int) -> None:
+    """PostgreSQL: until `count` other backends wait on a lock (or ten seconds)."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while asyncio.get_running_loop().time() < deadline:
+        async with server.app.read() as db:
+            waiting = await db.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+            )
+        if (waiting or 0) >= count:
+            return
+        await asyncio.sleep(0.02)
 
 
 async def stored_counter(server: Server) -> int:
@@ -739,3 +789,205 @@ async def test_an_administrator_removes_a_members_passkey(
     flow = await login_flow(stub, alice)
     refused = await failure_of(begin(passkeys, flow.flow_id))
     assert refused.reason == "CHANNEL_NOT_AVAILABLE"
+
+
+# ---- the cap on passkeys per account ---------------------------------------------------------
+
+
+async def test_registration_beyond_the_cap_is_refused_and_spends_nothing(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    server.app.settings = server.app.settings.model_copy(update={"max_passkeys_per_account": 2})
+    session = (await sign_in(stub, inbox, alice)).session.token
+    first = await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    full = await failure_of(
+        passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(
+                session_token=session, grant_token=grant.grant_token
+            )
+        )
+    )
+    assert (full.code, full.reason, full.metadata) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "FACTOR_LIMIT_REACHED",
+        {"limit": "2"},
+    )
+    # One removed, the same grant (not spent by the refusal) registers a third.
+    removal = await grant_for(stub, inbox, session, REMOVE, values=of(first.factor_id))
+    await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=session, grant_token=removal.grant_token, factor_id=first.factor_id
+        )
+    )
+    begun = await passkeys.BeginPasskeyRegistration(
+        ppb.BeginPasskeyRegistrationRequest(session_token=session, grant_token=grant.grant_token)
+    )
+    await passkeys.FinishPasskeyRegistration(
+        ppb.FinishPasskeyRegistrationRequest(
+            session_token=session,
+            ceremony_id=begun.ceremony_id,
+            credential_json=SoftAuthenticator().create(begun.creation_options_json),
+            name="Third",
+        )
+    )
+    assert await credentials_of(server, alice) == 2
+
+
+async def test_concurrent_registrations_at_the_cap_only_one_wins(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    """Five registrations of one account finishing at once, one place left under the cap: the
+    count and the insert are one decision behind the account's row lock, so exactly one is
+    stored. (Each needs its own ceremony: the options of one started registration, whose
+    row is copied under four more challenges, as if their starts had interleaved.)"""
+    server.app.settings = server.app.settings.model_copy(update={"max_passkeys_per_account": 2})
+    session = (await sign_in(stub, inbox, alice)).session.token
+    await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    begun = await passkeys.BeginPasskeyRegistration(
+        ppb.BeginPasskeyRegistrationRequest(session_token=session, grant_token=grant.grant_token)
+    )
+    ceremonies = [(begun.ceremony_id, begun.creation_options_json)]
+    now = server.app.clock.now()
+    async with server.app.write() as db:
+        for _ in range(4):
+            ceremony_id, challenge = uuid.uuid4(), os.urandom(32)
+            db.add(
+                PasskeyCeremony(
+                    id=ceremony_id,
+                    account_id=alice.account_id,
+                    flow_id=None,
+                    kind="registration",
+                    challenge=challenge,
+                    created_at=now,
+                    expires_at=now + timedelta(minutes=5),
+                )
+            )
+            options = {**json.loads(begun.creation_options_json), "challenge": b64url(challenge)}
+            ceremonies.append((str(ceremony_id), json.dumps(options)))
+    calls = [
+        passkeys.FinishPasskeyRegistration(
+            ppb.FinishPasskeyRegistrationRequest(
+                session_token=session,
+                ceremony_id=ceremony_id,
+                credential_json=SoftAuthenticator().create(options),
+                name="Racing",
+            )
+        )
+        for ceremony_id, options in ceremonies
+    ]
+    if server.app.db.dialect == "sqlite":
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    else:
+        # PostgreSQL: the test holds the account's row until every registration waits on it
+        # (each for the cap's lock, or, were there none, for its INSERT's foreign-key check),
+        # so that all of them decide at the same moment, the worst case, every time.
+        async with server.app.write() as holder:
+            await holder.execute(
+                select(Account.id).where(Account.id == alice.account_id).with_for_update()
+            )
+            racing = asyncio.gather(*calls, return_exceptions=True)
+            await waiting_on_locks(server, len(calls))
+        outcomes = await racing
+    won = [o for o in outcomes if isinstance(o, ppb.FinishPasskeyRegistrationResponse)]
+    lost = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert (len(won), len(lost)) == (1, 4)
+    assert {reason_of(error) for error in lost} == {"FACTOR_LIMIT_REACHED"}
+    assert await credentials_of(server, alice) == 2
+
+
+# ---- ceremonies leave no rows behind ---------------------------------------------------------
+
+
+async def test_a_used_ceremony_leaves_no_row_and_abandoned_ones_do_not_pile_up(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server, clock: FrozenClock
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    await register(stub, passkeys, inbox, session, device)
+    assert await ceremonies_of(server, alice) == 0  # the registration's, taken: deleted
+    flow = await login_flow(stub, alice)
+    await finish(passkeys, flow.flow_id, device.get(await begin(passkeys, flow.flow_id)))
+    assert await ceremonies_of(server, alice) == 0  # the assertion's, taken: deleted
+    flow = await login_flow(stub, alice)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    options = await begin(passkeys, flow.flow_id)
+    await failure_of(finish(passkeys, flow.flow_id, device.get(options, signer=other_key)))
+    assert await ceremonies_of(server, alice) == 0  # refused, but taken all the same
+    # Flows opened, their passkey begun, then abandoned: each keeps its ceremony until it
+    # expires; the account's next start deletes the expired ones.
+    for _ in range(5):
+        abandoned = await login_flow(stub, alice)
+        await begin(passkeys, abandoned.flow_id)
+    assert await ceremonies_of(server, alice) == 5
+    clock.advance(server.app.settings.code_ttl_s + 1)
+    flow = await login_flow(stub, alice)
+    await begin(passkeys, flow.flow_id)
+    assert await ceremonies_of(server, alice) == 1
+    # A registration started and abandoned: the next start replaces it, expired ones go too.
+    for _ in range(3):
+        grant = await grant_for(stub, inbox, session, ENROLL)
+        await passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(
+                session_token=session, grant_token=grant.grant_token
+            )
+        )
+    assert await ceremonies_of(server, alice) == 2  # the flow's assertion, one registration
+
+
+# ---- a removal's grant names its factor ------------------------------------------------------
+
+
+async def test_a_removal_grant_removes_the_factor_it_names_only(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    first = await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    second = await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    grant = await grant_for(stub, inbox, session, REMOVE, values=of(first.factor_id))
+    other = await failure_of(
+        factors.RemoveFactor(
+            fpb.RemoveFactorRequest(
+                session_token=session, grant_token=grant.grant_token, factor_id=second.factor_id
+            )
+        )
+    )
+    assert (other.code, other.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "GRANT_VALUES_MISMATCH",
+    )
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    assert sorted(f.factor_id for f in listed.factors) == sorted(
+        [first.factor_id, second.factor_id]
+    )
+    # Not spent: it removes the factor it was made for.
+    await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=session, grant_token=grant.grant_token, factor_id=first.factor_id
+        )
+    )
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    assert [f.factor_id for f in listed.factors] == [second.factor_id]
+    # The step-up names exactly one factor id, in its one spelling.
+    for values, field in (
+        (pb.ActionValues(), "new_values.factor_id"),
+        (pb.ActionValues(factor_id="not-an-id"), "new_values.factor_id"),
+        (pb.ActionValues(factor_id=second.factor_id.replace("-", "")), "new_values.factor_id"),
+    ):
+        bad = await failure_of(open_step_up(stub, session, REMOVE, values=values))
+        assert (bad.code, bad.reason, bad.metadata) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_FIELD",
+            {"field": field},
+        )
+    enrol = await failure_of(open_step_up(stub, session, ENROLL, values=of(second.factor_id)))
+    assert (enrol.reason, enrol.metadata) == ("INVALID_FIELD", {"field": "new_values.factor_id"})
+    # An upper-case spelling of the same id binds the same way.
+    upper = await grant_for(stub, inbox, session, REMOVE, values=of(second.factor_id.upper()))
+    await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=session, grant_token=upper.grant_token, factor_id=second.factor_id
+        )
+    )
