@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from passkey_authenticator import AT, UP, UV, SoftAuthenticator, b64url
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from support import (
     CLIENT,
     PASSWORD,
@@ -27,6 +27,7 @@ from support import (
     open_step_up,
     seed_account,
     sign_in,
+    waiting_on_locks,
 )
 from support import step_up as grant_for
 
@@ -168,22 +169,6 @@ async def ceremonies_of(server: Server, who: Seeded) -> int:
             .where(PasskeyCeremony.account_id == who.account_id)
         )
     return int(counted or 0)
-
-
-async def waiting_on_locks(server: Server, count: int) -> None:
-    """PostgreSQL: until `count` other backends wait on a lock (or ten seconds)."""
-    deadline = asyncio.get_running_loop().time() + 10.0
-    while asyncio.get_running_loop().time() < deadline:
-        async with server.app.read() as db:
-            waiting = await db.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"
-                )
-            )
-        if (waiting or 0) >= count:
-            return
-        await asyncio.sleep(0.02)
 
 
 async def stored_counter(server: Server) -> int:

@@ -28,13 +28,14 @@ from support import (
     failure_of,
     seed_account,
     sign_in,
+    waiting_on_locks,
 )
 from support import step_up as grant_for
 
 from authsvc import cli
 from authsvc.clock import FrozenClock
 from authsvc.config import Rate, RateLimits, Settings
-from authsvc.db import AuditEvent, Role, SecondFactor
+from authsvc.db import Account, AuditEvent, Role, SecondFactor
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import common_pb2, factor_service_pb2_grpc
@@ -584,3 +585,63 @@ async def test_the_client_enrols_an_app_with_a_qr_code_in_the_terminal(
     async with server.app.read() as db:
         row = await db.scalar(select(SecondFactor))
     assert row is not None and row.confirmed_at is not None and row.name == "Work phone"
+
+
+async def test_concurrent_enrolments_leave_one_pending_app(
+    stub: Stub, factors: Factors, inbox: Inbox, alice: Seeded, server: Server, clock: FrozenClock
+) -> None:
+    """Three enrolments of one account at once (three grants): each replaces the one before it,
+    queued on the account's row, so one pending app stays, never three, and none fails. On
+    PostgreSQL the test holds the account's row until all of them wait, the worst case."""
+    session = (await sign_in(stub, inbox, alice)).session.token
+    tokens = [(await grant_for(stub, inbox, session, ENROLL)).grant_token for _ in range(3)]
+    calls = [
+        factors.BeginTotpEnrollment(
+            fpb.BeginTotpEnrollmentRequest(session_token=session, grant_token=token, name="App")
+        )
+        for token in tokens
+    ]
+    if server.app.db.dialect == "sqlite":
+        begun = await asyncio.gather(*calls)
+    else:
+        async with server.app.write() as holder:
+            await holder.execute(
+                select(Account.id).where(Account.id == alice.account_id).with_for_update()
+            )
+            racing = asyncio.gather(*calls)
+            await waiting_on_locks(server, len(calls))
+        begun = await racing
+    async with server.app.read() as db:
+        pending = (
+            await db.scalars(
+                select(SecondFactor.id).where(
+                    SecondFactor.account_id == alice.account_id,
+                    SecondFactor.confirmed_at.is_(None),
+                )
+            )
+        ).all()
+    assert len(pending) == 1
+    (kept,) = [started for started in begun if started.factor_id == str(pending[0])]
+    for started in begun:
+        if started is kept:
+            continue
+        replaced = await failure_of(
+            factors.ConfirmTotpEnrollment(
+                fpb.ConfirmTotpEnrollmentRequest(
+                    session_token=session,
+                    factor_id=started.factor_id,
+                    code=code_at(started.otpauth_uri, clock.now()),
+                    client=CLIENT,
+                )
+            )
+        )
+        assert replaced.reason == "FACTOR_NOT_FOUND"
+    confirmed = await factors.ConfirmTotpEnrollment(
+        fpb.ConfirmTotpEnrollmentRequest(
+            session_token=session,
+            factor_id=kept.factor_id,
+            code=code_at(kept.otpauth_uri, clock.now()),
+            client=CLIENT,
+        )
+    )
+    assert confirmed.factor.factor_id == kept.factor_id
