@@ -588,6 +588,8 @@ def cmd_client(args: argparse.Namespace) -> int:
                 _show(opened)
             elif args.action in ("totp-enrol", "totp-confirm"):
                 _totp(args, state, channel, client)
+            elif args.action == "remove-factor":
+                _remove_factor(args, state, channel)
             elif args.action == "whoami":
                 _show(
                     stub.ValidateSession(
@@ -651,6 +653,21 @@ def _totp(args: argparse.Namespace, state: dict[str, str], channel: Any, client:
         )
     )
     _show(confirmed)
+
+
+def _remove_factor(args: argparse.Namespace, state: dict[str, str], channel: Any) -> None:
+    """Remove a factor with the grant of `step-up remove-factor --factor ID` (made for it)."""
+    from authsvc.v1 import factor_service_pb2 as fpb
+    from authsvc.v1 import factor_service_pb2_grpc as fpb_grpc
+
+    removed = fpb_grpc.FactorServiceStub(channel).RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=state.get("session_token", ""),
+            grant_token=state.pop("grant_token", ""),
+            factor_id=args.factor,
+        )
+    )
+    _show(removed)
 
 
 def _print_rpc_error(error: grpc.RpcError) -> None:
@@ -768,6 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     confirm = actions.add_parser("totp-confirm", help="confirm the app with its first code")
     confirm.add_argument("code")
     confirm.add_argument("--factor")
+    remove = actions.add_parser(
+        "remove-factor", help="remove a factor (after `step-up remove-factor --factor ID`)"
+    )
+    remove.add_argument("factor", help="the factor's id (the one the grant was made for)")
     actions.add_parser("whoami", help="validate the current session")
     actions.add_parser("logout", help="revoke the current session")
     return parser

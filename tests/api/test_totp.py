@@ -559,7 +559,8 @@ async def test_the_client_enrols_an_app_with_a_qr_code_in_the_terminal(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """README's walk-through: step-up, challenge, verify, totp-enrol, totp-confirm."""
+    """README's walk-through: step-up, challenge, verify, totp-enrol, totp-confirm; then
+    step-up remove-factor --factor, challenge, verify, remove-factor."""
     monkeypatch.chdir(tmp_path)  # the client keeps its state in var/client.json
     monkeypatch.setenv("AUTHSVC_CLIENT_API_KEY", TEST_API_KEY)
     session = (await sign_in(stub, inbox, alice)).session.token
@@ -585,6 +586,13 @@ async def test_the_client_enrols_an_app_with_a_qr_code_in_the_terminal(
     async with server.app.read() as db:
         row = await db.scalar(select(SecondFactor))
     assert row is not None and row.confirmed_at is not None and row.name == "Work phone"
+    # And removes it: the step-up names the factor, its grant removes that one.
+    await client("step-up", "remove-factor", "--factor", str(row.id))
+    await client("challenge")
+    await client("verify", await inbox.code_to(MOBILE))
+    await client("remove-factor", str(row.id))
+    async with server.app.read() as db:
+        assert await db.scalar(select(SecondFactor)) is None
 
 
 async def test_concurrent_enrolments_leave_one_pending_app(
