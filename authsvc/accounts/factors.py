@@ -338,6 +338,9 @@ async def remove(
     own = holder.id == caller.account_id
     now = app.clock.now()
     async with app.write() as db:
+        # The holder's row first, as a passkey's clone detection and every completion take it
+        # (then the factor's): a removal racing them queues instead of deadlocking.
+        await db.get_one(Account, holder.id, with_for_update=True)
         name = await db.scalar(
             select(table.name).where(table.id == factor_id, table.account_id == holder.id)
         )

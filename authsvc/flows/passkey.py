@@ -4,11 +4,11 @@ BeginPasskeyAssertion makes a passkey challenge the flow's current one (as a TOT
 does: nothing is sent, the attempt window opens, the flow's attempts are not reset) and keeps
 the WebAuthn challenge under the flow's challenge id. FinishPasskeyAssertion checks, in this
 order: the flow open with that challenge current, the limits and the factor's lock (as Verify),
-the ceremony taken once (one conditional UPDATE), the assertion (py_webauthn: signature,
+the ceremony taken once (one conditional DELETE), the assertion (py_webauthn: signature,
 challenge, origin, rp id, user verification), the counter. Every refused assertion counts as
-a wrong code. A right one completes the flow through Verify's own completion (flows/verify.py),
-the counter claimed in its transaction: a concurrent assertion that stored the same or a later
-counter first undoes it.
+a wrong code, but a clone's (below: its flow fails instead). A right one completes the flow
+through Verify's own completion (flows/verify.py), the counter claimed in its transaction: a
+concurrent assertion that stored the same or a later counter first undoes it.
 
 A counter that does not move forward (read before the claim, or the claim losing) means two
 copies of the private key: a clone. It is refused and, in ONE transaction (`_disable_clone`),
@@ -16,7 +16,9 @@ the credential is disabled (it answers no flow any more; ListFactors shows it di
 its holder removes it), the trust that may rest on the copy ends (accounts/revocation.end_trust:
 the security epoch, every pending flow of the account, this one included, its trusted devices
 and ALL its sessions, since any of them may have been opened with the copy), the holder is told
-by email and the detection audited. Only whoever holds the private key can trigger this: the
+by email and the detection audited. Counting it as a wrong code would add nothing: the flow
+is failed and the passkey answers no other. Only whoever holds the private key can trigger
+this: the
 signature over this ceremony's challenge was verified with the stored public key first, so a
 stranger cannot disable someone's passkey or end their sessions this way.
 """
