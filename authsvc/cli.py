@@ -596,7 +596,12 @@ def cmd_client(args: argparse.Namespace) -> int:
                         action=common_pb2.SensitiveAction.Value(
                             _STEP_UP_ACTIONS[args.sensitive_action]
                         ),
-                        new_values=pb.ActionValues(),
+                        # remove-factor names the factor: the grant removes that one only.
+                        new_values=(
+                            pb.ActionValues(factor_id=args.factor)
+                            if args.factor is not None
+                            else pb.ActionValues()
+                        ),
                         client=client,
                     )
                 )
@@ -605,6 +610,8 @@ def cmd_client(args: argparse.Namespace) -> int:
                 _show(opened)
             elif args.action in ("totp-enrol", "totp-confirm"):
                 _totp(args, state, channel, client)
+            elif args.action == "remove-factor":
+                _remove_factor(args, state, channel)
             elif args.action == "whoami":
                 _show(
                     stub.ValidateSession(
@@ -668,6 +675,21 @@ def _totp(args: argparse.Namespace, state: dict[str, str], channel: Any, client:
         )
     )
     _show(confirmed)
+
+
+def _remove_factor(args: argparse.Namespace, state: dict[str, str], channel: Any) -> None:
+    """Remove a factor with the grant of `step-up remove-factor --factor ID` (made for it)."""
+    from authsvc.v1 import factor_service_pb2 as fpb
+    from authsvc.v1 import factor_service_pb2_grpc as fpb_grpc
+
+    removed = fpb_grpc.FactorServiceStub(channel).RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=state.get("session_token", ""),
+            grant_token=state.pop("grant_token", ""),
+            factor_id=args.factor,
+        )
+    )
+    _show(removed)
 
 
 def _print_rpc_error(error: grpc.RpcError) -> None:
@@ -775,6 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("assertion")
     stepping = actions.add_parser("step-up", help="open a step-up flow (a fresh code, a grant)")
     stepping.add_argument("sensitive_action", choices=sorted(_STEP_UP_ACTIONS))
+    stepping.add_argument(
+        "--factor", help="remove-factor: the factor's id (ListFactors), which the grant names"
+    )
     enrol = actions.add_parser(
         "totp-enrol", help="enrol an authenticator app (after `step-up enrol-factor`)"
     )
@@ -782,6 +807,10 @@ def build_parser() -> argparse.ArgumentParser:
     confirm = actions.add_parser("totp-confirm", help="confirm the app with its first code")
     confirm.add_argument("code")
     confirm.add_argument("--factor")
+    remove = actions.add_parser(
+        "remove-factor", help="remove a factor (after `step-up remove-factor --factor ID`)"
+    )
+    remove.add_argument("factor", help="the factor's id (the one the grant was made for)")
     actions.add_parser("whoami", help="validate the current session")
     actions.add_parser("logout", help="revoke the current session")
     return parser

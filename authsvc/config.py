@@ -222,6 +222,8 @@ PRODUCTION_AT_MOST_DEFAULT: Final = (
     "api_keys_refresh_s",
     # A campaign link opens a contact verification: a longer life leaves it in a mailbox longer.
     "campaign_link_ttl_s",
+    # More passkeys per account: more credentials an attacker with a session could plant.
+    "max_passkeys_per_account",
 )
 PRODUCTION_AT_LEAST_DEFAULT: Final = ("pumping_prefix_hidden_digits",)
 # The /48 tier of every per-IP limit is this many times the /64 budget: more loosens them all.
@@ -407,6 +409,10 @@ class Settings(BaseSettings):
     webauthn_rp_id: str = Field(default="localhost", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
     webauthn_rp_name: str = Field(default="PEP's", min_length=1, max_length=64)
     webauthn_origins: list[str] = []
+    # The most passkeys one account may hold (a disabled one counts until it is removed):
+    # beyond it, registration answers FACTOR_LIMIT_REACHED. Each is a row and an entry of
+    # every assertion's allowCredentials; production may only lower it.
+    max_passkeys_per_account: int = Field(default=10, ge=1, le=50)
 
     # Federated login (Net-entreprises): trusted issuers and this service's client id ("aud").
     federation_client_id: str = "authsvc"

@@ -88,6 +88,17 @@ def flow_id(value: str, field: str = "flow_id") -> uuid.UUID:
     return parsed
 
 
+def factor_id(value: str, field: str = "factor_id") -> uuid.UUID:
+    """A second factor's id (a passkey's or an app's): the 36-character form only."""
+    try:
+        parsed = uuid.UUID(value) if len(value) == 36 else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise invalid_field(field, "not a factor id")
+    return parsed
+
+
 def token(value: str, field: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise invalid_field(field, "not a token issued by this service")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from authsvc.accounts import create_account, create_organization
 from authsvc.db import Organization, Role
@@ -290,3 +290,19 @@ async def step_up(
     verified = await stub.Verify(pb.VerifyRequest(flow_id=flow.flow_id, code=code, client=CLIENT))
     assert verified.WhichOneof("result") == "action_grant"
     return verified.action_grant
+
+
+async def waiting_on_locks(server: Server, count: int) -> None:
+    """PostgreSQL: until `count` other backends wait on a lock (or ten seconds)."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while asyncio.get_running_loop().time() < deadline:
+        async with server.app.read() as db:
+            waiting = await db.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+            )
+        if (waiting or 0) >= count:
+            return
+        await asyncio.sleep(0.02)

@@ -6,7 +6,9 @@ that makes the change, so a refusal (a factor already enrolled, no such factor) 
 The secret is drawn here (160 bits from the OS, RFC 4226's recommended length), shown once in
 BeginTotpEnrollment's answer and sealed at rest; nothing else ever returns it. A factor counts
 only once its holder proved one code from it (ConfirmTotpEnrollment), and that code's time step
-is stored so it cannot then complete a flow as well.
+is stored so it cannot then complete a flow as well. An account holds at most one confirmed app
+and at most one pending enrolment (partial unique indexes, db/factor.py): a new enrolment
+replaces the pending one.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class FactorView:
     name: str
     confirmed_at: datetime
     last_used_at: datetime | None
+    # A passkey disabled when a clone of it was detected: it answers no flow; remove it.
+    disabled_at: datetime | None = None
 
 
 def factor_not_found() -> Failure:
@@ -75,12 +79,7 @@ def already_enrolled() -> Failure:
 
 
 def parse_factor_id(value: str, field: str = "factor_id") -> uuid.UUID:
-    try:
-        if len(value) != 36:
-            raise ValueError(value)
-        return uuid.UUID(value)
-    except ValueError:
-        raise invalid_field(field, "not a factor id") from None
+    return validation.factor_id(value, field)
 
 
 def factor_name(value: str) -> str:
@@ -119,7 +118,10 @@ async def begin_totp(app: App, caller: SessionInfo, *, grant_token: str, name: s
     secret_base32 = base64.b32encode(secret).decode("ascii").rstrip("=")
     factor_id = uuid.uuid4()
     async with app.write() as db:
-        account = await db.get_one(Account, caller.account_id)
+        # The account's row locked (PostgreSQL; SQLite writers are serialised): concurrent
+        # enrolments of one account queue here, so each replaces the one before it and the
+        # partial unique index (one pending enrolment per account) never refuses one.
+        account = await db.get_one(Account, caller.account_id, with_for_update=True)
         confirmed = await db.scalar(
             select(SecondFactor.id).where(
                 SecondFactor.account_id == account.id,
@@ -327,14 +329,18 @@ async def remove(
     kind: str,
     notice: str,
 ) -> int:
-    """Remove a second factor of any kind (`table` holds it): the grant redeemed in the
-    transaction that deletes (a refusal spends nothing), the holder's sessions revoked (but
-    the caller's own when the holder removes it), the holder told by email (`notice`).
+    """Remove a second factor of any kind (`table` holds it): the grant (made for this
+    factor) redeemed in the transaction that deletes (a refusal spends nothing), the holder's
+    sessions revoked (but the caller's own when the holder removes it), the holder told by
+    email (`notice`).
     Returns how many sessions were revoked."""
     holder = await factor_holder(app, caller, account_id)
     own = holder.id == caller.account_id
     now = app.clock.now()
     async with app.write() as db:
+        # The holder's row first, as a passkey's clone detection and every completion take it
+        # (then the factor's): a removal racing them queues instead of deadlocking.
+        await db.get_one(Account, holder.id, with_for_update=True)
         name = await db.scalar(
             select(table.name).where(table.id == factor_id, table.account_id == holder.id)
         )
@@ -347,7 +353,9 @@ async def remove(
             token=grant_token,
             action=Action.REMOVE_FACTOR,
             target=holder.id,
-            values=grants.ActionValues(),
+            # Bound to this factor: a grant the holder gave to remove another one does not
+            # remove this one (GRANT_VALUES_MISMATCH).
+            values=grants.ActionValues(factor_id=str(factor_id)),
         )
         removed = await db.execute(
             delete(table).where(table.id == factor_id, table.account_id == holder.id)

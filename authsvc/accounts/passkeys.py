@@ -4,7 +4,11 @@ authenticator app: accounts/factors.py).
 
 Registration redeems its step-up grant when it starts (BeginPasskeyRegistration), in the
 transaction that keeps the ceremony's challenge; the finish then needs the same account's
-session and that challenge, taken once. Several passkeys per account, each named.
+session and that challenge, taken once. Several passkeys per account, each named, at most
+`max_passkeys_per_account` (a disabled one counts until it is removed): checked when the
+registration starts (before the grant: a refusal spends nothing) and decided when it finishes,
+in the transaction that stores the credential, behind the account's row lock (two
+registrations at the cap: one wins).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from authsvc import audit
 from authsvc.accounts import factors
@@ -56,6 +61,21 @@ def rejected(metadata: dict[str, str] | None = None) -> Failure:
     )
 
 
+def too_many(limit: int) -> Failure:
+    return Failure(
+        "FAILED_PRECONDITION",
+        "FACTOR_LIMIT_REACHED",
+        f"this account has {limit} passkeys already, the most it may hold: remove one first",
+        metadata={"limit": str(limit)},
+    )
+
+
+async def _count(db: AsyncSession, account_id: uuid.UUID) -> int:
+    return int(
+        (await db.execute(statements.COUNT_OF_ACCOUNT, {"p_account_id": account_id})).scalar_one()
+    )
+
+
 def malformed(error: webauthn_rp.Malformed) -> Failure:
     return invalid_field("credential_json", f"not a PublicKeyCredential's JSON: {error}")
 
@@ -68,8 +88,11 @@ async def begin_registration(app: App, caller: SessionInfo, *, grant_token: str)
     webauthn_rp.require_configured(app.settings)
     now = app.clock.now()
     ceremony_id = uuid.uuid4()
+    limit = app.settings.max_passkeys_per_account
     async with app.write() as db:
         account = await db.get_one(Account, caller.account_id)
+        if await _count(db, account.id) >= limit:
+            raise too_many(limit)  # before the grant: a refusal spends nothing
         await grants.redeem(
             app,
             db,
@@ -149,8 +172,13 @@ async def finish_registration(
             )
         raise rejected() from None
     factor_id = uuid.uuid4()
+    limit = app.settings.max_passkeys_per_account
     try:
         async with app.write() as db:
+            # The cap's decision: the account's row locked, then the count (statements).
+            await db.execute(statements.LOCK_ACCOUNT, {"p_account_id": caller.account_id})
+            if await _count(db, caller.account_id) >= limit:
+                raise too_many(limit)
             db.add(
                 PasskeyCredential(
                     id=factor_id,
@@ -162,6 +190,7 @@ async def finish_registration(
                     transports=new.transports,
                     created_at=now,
                     last_used_at=None,
+                    disabled_at=None,
                 )
             )
             await db.flush()
@@ -186,7 +215,8 @@ async def finish_registration(
 async def list_passkeys(
     app: App, caller: SessionInfo, account_id: uuid.UUID | None
 ) -> list[FactorView]:
-    """The holder's passkeys (same permission as ListFactors: accounts/factors.py)."""
+    """The holder's passkeys (same permission as ListFactors: accounts/factors.py), the
+    disabled ones too (with when): their holder is to see them and remove them."""
     holder = await factors.factor_holder(app, caller, account_id)
     async with app.read() as db:
         rows = (
@@ -196,12 +226,16 @@ async def list_passkeys(
                     PasskeyCredential.name,
                     PasskeyCredential.created_at,
                     PasskeyCredential.last_used_at,
+                    PasskeyCredential.disabled_at,
                 )
                 .where(PasskeyCredential.account_id == holder.id)
                 .order_by(PasskeyCredential.created_at, PasskeyCredential.id)
             )
         ).all()
-    return [FactorView(id_, KIND, name, created, used) for id_, name, created, used in rows]
+    return [
+        FactorView(id_, KIND, name, created, used, disabled)
+        for id_, name, created, used, disabled in rows
+    ]
 
 
 async def remove_passkey(

@@ -43,6 +43,7 @@ def action_values(app: App, action: Action, values: pb.ActionValues) -> grants.A
         catalogue=app.settings.services,
         default_region=app.settings.default_region,
         organization_sirets=list(values.organization_sirets),
+        factor_id=values.factor_id if values.HasField("factor_id") else None,
     )
 
 

@@ -1,4 +1,4 @@
-"""FactorService: authenticator apps (TOTP) as second factors; see
+"""FactorService: authenticator apps (TOTP) and passkeys as second factors; see
 proto/authsvc/v1/factor_service.proto."""
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def factor(view: factors.FactorView) -> pb.Factor:
     )
     if view.last_used_at is not None:
         shown.last_use_time.CopyFrom(convert.timestamp(view.last_used_at))
+    if view.disabled_at is not None:
+        shown.disable_time.CopyFrom(convert.timestamp(view.disabled_at))
     return shown
 
 

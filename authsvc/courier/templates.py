@@ -315,6 +315,19 @@ def _passkey_removed(*, display_name: str, factor_name: str, by: str, service: s
     )
 
 
+def _passkey_cloned(*, display_name: str, factor_name: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : une copie de votre clé d'accès a été détectée",
+        f"Bonjour {display_name},",
+        f"La clé d'accès (passkey) « {factor_name} » de votre compte {service} a répondu avec "
+        "un compteur qui ne progressait pas : une copie de la clé existe. Elle est désactivée, "
+        "vos sessions ouvertes ont été fermées et vos appareils de confiance oubliés.",
+        "Retirez cette clé de votre compte, enregistrez-en une nouvelle et prévenez "
+        "l'administrateur des comptes de votre organisation.",
+        signature=service,
+    )
+
+
 def _factor_removed(*, display_name: str, factor_name: str, by: str, service: str) -> EmailText:
     return _mail(
         f"{service} : une application d'authentification a été retirée",
@@ -456,6 +469,7 @@ _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
     "factor_removed": (_factor_removed, {"display_name", "factor_name", "by", "service"}),
     "passkey_removed": (_passkey_removed, {"display_name", "factor_name", "by", "service"}),
+    "passkey_cloned": (_passkey_cloned, {"display_name", "factor_name", "service"}),
     "code_failures": (_code_failures, {"display_name", "service"}),
     "wrong_codes": (_wrong_codes, {"display_name", "service"}),
     "federated_link_proposed": (

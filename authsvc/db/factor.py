@@ -31,6 +31,15 @@ class SecondFactor(Base):
             postgresql_where=text("kind = 'totp' AND confirmed_at IS NOT NULL"),
             sqlite_where=text("kind = 'totp' AND confirmed_at IS NOT NULL"),
         ),
+        # At most one pending enrolment per account: a new one replaces it (factors.begin_totp),
+        # and two concurrent ones cannot both stay.
+        Index(
+            "uq_second_factors_one_pending_totp",
+            "account_id",
+            unique=True,
+            postgresql_where=text("kind = 'totp' AND confirmed_at IS NULL"),
+            sqlite_where=text("kind = 'totp' AND confirmed_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)

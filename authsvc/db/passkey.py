@@ -8,7 +8,14 @@ proves nothing without the private key held by the authenticator), so nothing is
 A ceremony row is the challenge of one registration or assertion in progress, drawn by the
 service and kept here, never trusted from the browser: it is bound to its account (and, for an
 assertion, to its flow, its id being the flow's current challenge id), expires, and is used at
-most once (`consumed_at` set by one conditional UPDATE that returns the challenge).
+most once: one conditional DELETE takes it and returns the challenge (a used ceremony leaves
+no row behind; an unanswered one is replaced by its account's next ceremony of the kind, and
+expired ones go when the account starts another: db/statements/passkeys.py).
+
+A credential whose signature counter went back (a clone of its private key exists) is disabled
+(`disabled_at`), not deleted: it answers no flow any more, its holder sees it disabled in
+ListFactors and removes it, and its credential id stays taken (the copy cannot register it
+again).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class PasskeyCredential(Base):
     transports: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
+    # Set when a clone was detected (flows/passkey.py): the credential satisfies nothing since.
+    disabled_at: Mapped[datetime | None]
 
 
 class PasskeyCeremony(Base):
@@ -49,4 +58,3 @@ class PasskeyCeremony(Base):
     challenge: Mapped[bytes] = mapped_column(LargeBinary(64))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
-    consumed_at: Mapped[datetime | None]

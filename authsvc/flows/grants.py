@@ -43,14 +43,20 @@ class ActionValues:
     service_codes: tuple[str, ...] = field(default=())
     # SIRETs, validated and sorted (relay membership, a relay's campaign).
     organization_sirets: tuple[str, ...] = field(default=())
+    # The factor a REMOVE_FACTOR grant removes (its id as str(uuid): one spelling only).
+    factor_id: str | None = None
 
     def canonical(self, action: Action, target: uuid.UUID | None) -> str:
-        # organization_sirets appears only when given: the digests of the other actions stay
-        # what they were before the field existed.
-        extra = {"organization_sirets": list(self.organization_sirets)}
+        # organization_sirets and factor_id appear only when given: the digests of the other
+        # actions stay what they were before the fields existed.
+        extra: dict[str, object] = {}
+        if self.organization_sirets:
+            extra["organization_sirets"] = list(self.organization_sirets)
+        if self.factor_id is not None:
+            extra["factor_id"] = self.factor_id
         return json.dumps(
             {
-                **(extra if self.organization_sirets else {}),
+                **extra,
                 "action": action.value,
                 "target": str(target) if target else "",
                 "email": self.email,
@@ -77,10 +83,12 @@ def normalise(
     catalogue: dict[str, str],
     default_region: str,
     organization_sirets: list[str] | None = None,
+    factor_id: str | None = None,
 ) -> ActionValues:
     """Check that the action gets exactly the values it needs, valid, and normalise them."""
     sirets = organization_sirets or []
     given = {
+        "factor_id": factor_id is not None,
         "organization_sirets": bool(sirets),
         "email": email is not None,
         "phone": phone is not None,
@@ -99,6 +107,9 @@ def normalise(
         needed, allowed = {"service_codes"}, set()
     elif action in (Action.ADD_RELAY_MEMBERS, Action.REMOVE_RELAY_MEMBERS):
         needed, allowed = {"organization_sirets"}, set()
+    elif action is Action.REMOVE_FACTOR:
+        # The grant removes one factor, the one named: not any other of the account's.
+        needed, allowed = {"factor_id"}, set()
     elif action is Action.START_READINESS_CAMPAIGN:
         # Empty: the caller's own organisation; SIRETs: those members of the caller's relay.
         needed, allowed = set(), {"organization_sirets"}
@@ -135,6 +146,11 @@ def normalise(
         service_codes=codes,
         organization_sirets=tuple(
             sorted({validation.siret(s, "new_values.organization_sirets") for s in sirets})
+        ),
+        factor_id=(
+            str(validation.factor_id(factor_id, "new_values.factor_id"))
+            if factor_id is not None
+            else None
         ),
     )
 

@@ -4,11 +4,23 @@ BeginPasskeyAssertion makes a passkey challenge the flow's current one (as a TOT
 does: nothing is sent, the attempt window opens, the flow's attempts are not reset) and keeps
 the WebAuthn challenge under the flow's challenge id. FinishPasskeyAssertion checks, in this
 order: the flow open with that challenge current, the limits and the factor's lock (as Verify),
-the ceremony taken once (one conditional UPDATE), the assertion (py_webauthn: signature,
-challenge, origin, rp id, user verification), the counter (a counter that does not move forward
-is a clone: refused). Every refused assertion counts as a wrong code. A right one completes the
-flow through Verify's own completion (flows/verify.py), the counter claimed in its transaction:
-a concurrent assertion that stored the same or a later counter first undoes it (a clone too).
+the ceremony taken once (one conditional DELETE), the assertion (py_webauthn: signature,
+challenge, origin, rp id, user verification), the counter. Every refused assertion counts as
+a wrong code, but a clone's (below: its flow fails instead). A right one completes the flow
+through Verify's own completion (flows/verify.py), the counter claimed in its transaction: a
+concurrent assertion that stored the same or a later counter first undoes it.
+
+A counter that does not move forward (read before the claim, or the claim losing) means two
+copies of the private key: a clone. It is refused and, in ONE transaction (`_disable_clone`),
+the credential is disabled (it answers no flow any more; ListFactors shows it disabled until
+its holder removes it), the trust that may rest on the copy ends (accounts/revocation.end_trust:
+the security epoch, every pending flow of the account, this one included, its trusted devices
+and ALL its sessions, since any of them may have been opened with the copy), the holder is told
+by email and the detection audited. Counting it as a wrong code would add nothing: the flow
+is failed and the passkey answers no other. Only whoever holds the private key can trigger
+this: the
+signature over this ceremony's challenge was verified with the stored public key first, so a
+stranger cannot disable someone's passkey or end their sessions this way.
 """
 
 from __future__ import annotations
@@ -17,8 +29,10 @@ import uuid
 from datetime import datetime, timedelta
 
 from authsvc import audit
-from authsvc.accounts.passkeys import ceremony_invalid, malformed, rejected
+from authsvc.accounts import revocation
+from authsvc.accounts.passkeys import KIND, ceremony_invalid, malformed, rejected
 from authsvc.app import App
+from authsvc.courier.notices import notify
 from authsvc.db import FlowPurpose
 from authsvc.db.statements import flows, passkeys
 from authsvc.db.statements.flows import AccountRow, FlowRow
@@ -41,13 +55,13 @@ _PURPOSES = (
 )
 
 
-def cloned(metadata: dict[str, str]) -> Failure:
-    """`metadata`: the count's attempts_remaining (a clone's answer counts as a wrong one)."""
+def cloned() -> Failure:
+    """No attempts_remaining: the flow failed with the trust the copy may have earned."""
     return Failure(
         "PERMISSION_DENIED",
         "PASSKEY_CLONED",
-        "this passkey's signature counter went back: a copy of it exists; remove it",
-        metadata=metadata,
+        "this passkey's signature counter went back: a copy of it exists; the passkey is "
+        "disabled and the account's sessions ended",
     )
 
 
@@ -141,26 +155,32 @@ async def finish(
     except webauthn_rp.Rejected:
         raise await _refused(app, flow, account, now, "PASSKEY_REJECTED") from None
     if not webauthn_rp.counter_moves_forward(stored.sign_count, sign_count):
-        await _record_clone(app, account, stored.id, stored.sign_count, sign_count)
-        raise await _refused(app, flow, account, now, "PASSKEY_CLONED")
+        raise await _disable_clone(app, flow, account, stored, sign_count)
     claim = passkeys.CounterClaim(stored.id, sign_count, now)
     try:
         result = await verify.complete_by_factor(app, flow, account, client, now, claim)
-    except Failure as failure:
-        # The counter's claim lost to a concurrent assertion with the same or a later
-        # counter (Verify counted it as a replayed code): a clone as well.
-        if failure.reason == "CODE_MISMATCH":
-            raise cloned(failure.metadata) from None
-        raise
+    except verify.ClaimLost:
+        # A concurrent assertion stored the same or a later counter first (or disabled the
+        # credential): a clone as well; the completion was undone whole.
+        raise await _disable_clone(app, flow, account, stored, sign_count) from None
     assert not isinstance(result, ContactVerified)  # _PURPOSES
     return result
 
 
-async def _record_clone(
-    app: App, account: AccountRow, credential_row_id: uuid.UUID, stored: int, new: int
-) -> None:
-    """The clone's own audit row: which passkey, and the counters (not secrets)."""
+async def _disable_clone(
+    app: App, flow: FlowRow, account: AccountRow, stored: passkeys.StoredCredential, new: int
+) -> Failure:
+    """A verified assertion whose counter did not move forward (module docstring): disable
+    the credential, end the account's trust, tell the holder, audit; once (a later detection
+    on the disabled credential only adds its audit row). The answer: PASSKEY_CLONED."""
+    now = app.clock.now()
     async with app.write() as db:
+        # The account's row first, as every completion locks it (then the flow, then the
+        # credential): the two cannot deadlock on PostgreSQL.
+        await db.execute(passkeys.LOCK_ACCOUNT, {"p_account_id": account.id})
+        name = (
+            await db.execute(passkeys.DISABLE, passkeys.disable_params(stored.id, now))
+        ).scalar()
         audit.record(
             db,
             app.clock,
@@ -169,10 +189,34 @@ async def _record_clone(
             organization_id=account.organization_id,
             actor=account.id,
             target=account.id,
-            factor_id=str(credential_row_id),
-            stored_sign_count=str(stored),
+            factor_id=str(stored.id),
+            flow_id=str(flow.id),
+            stored_sign_count=str(stored.sign_count),
             sign_count=str(new),
+            disabled="now" if name is not None else "already",
         )
+        if name is not None:
+            ended = await revocation.end_trust(db, account.id, now)
+            # The passkey's name only: nothing of the credential (none of it is secret
+            # anyway, but the mail need not say more than which one).
+            notify(app, db, account, "passkey_cloned", factor_name=name)
+            audit.record(
+                db,
+                app.clock,
+                "factor.disabled",
+                outcome="PASSKEY_CLONED",
+                organization_id=account.organization_id,
+                actor=account.id,
+                target=account.id,
+                kind=KIND,
+                factor_id=str(stored.id),
+                sessions_revoked=str(ended.sessions),
+                devices_revoked=str(ended.devices),
+                flows_failed=str(ended.flows),
+            )
+    if name is not None:
+        app.outbox_ready.set()
+    return cloned()
 
 
 async def _refused(
@@ -183,6 +227,4 @@ async def _refused(
     failure = await verify.count_failed_answer(app, flow, account, now, outcome=outcome)
     if failure.reason != "CODE_MISMATCH":
         return failure
-    if outcome == "PASSKEY_CLONED":
-        return cloned(failure.metadata)
     return rejected(failure.metadata)

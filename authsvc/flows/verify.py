@@ -93,6 +93,8 @@ async def _complete_login(
     client: ClientInfo,
     now: datetime,
     claim: claims.Claim | None,
+    *,
+    count_lost_claim: bool = True,
 ) -> LoginVerified:
     """A right code on a login flow: the session, the device's trust, the phone verified and
     every counter reset, in one decision (one statement on PostgreSQL). An app's code adds the
@@ -133,6 +135,8 @@ async def _complete_login(
         await decide(codes.complete_login, right)
     except codes.Refused as refused:
         if refused.why == "replayed":
+            if not count_lost_claim:
+                raise ClaimLost from None
             raise await _wrong_code(app, flow, account, now, replayed=True) from None
         raise await _refused(app, flow.id, refused.why, superseded=challenge_id) from None
     return LoginVerified(issued, trust.token, trust.expires_at)
@@ -207,6 +211,8 @@ async def _complete_on_session(
     account: AccountRow,
     now: datetime,
     claim: claims.Claim | None,
+    *,
+    count_lost_claim: bool = True,
 ) -> grants.IssuedGrant | ContactVerified | federated.FederatedLinkResult:
     """A right code on a step-up, contact or federated flow: its completion runs in the
     winner's ORM transaction (grants, contacts and links are written there), with the same
@@ -249,8 +255,16 @@ async def _complete_on_session(
             return await _complete(app, db, flow, account)
     except codes.Refused as refused:
         if refused.why == "replayed":
+            if not count_lost_claim:
+                raise ClaimLost from None
             raise await _wrong_code(app, read, account, now, replayed=True) from None
         raise await _refused(app, flow_id, refused.why, superseded=challenge_id) from None
+
+
+class ClaimLost(Exception):
+    """complete_by_factor: the factor's claim lost (its counter did not move forward when the
+    completion stored it), the completion undone whole, nothing counted: the factor decides
+    what that means (a passkey: a clone)."""
 
 
 # Channels answered by a factor other than the phone: their failures' audit rows say which.
@@ -268,11 +282,16 @@ async def complete_by_factor(
     """Complete the flow's current challenge as a right code does (the same decisions: a
     session and device trust for a login, a grant for a step-up), for a factor that checked
     its own answer (a passkey's assertion) and claims `claim` in the completion's transaction.
-    The caller checked the flow open, its challenge current and the factor unlocked."""
+    The caller checked the flow open, its challenge current and the factor unlocked. Raises
+    ClaimLost when the claim is refused (nothing written, nothing counted)."""
     assert flow.challenge_id is not None
     if flow.purpose == FlowPurpose.LOGIN:
-        return await _complete_login(app, flow, flow.challenge_id, account, client, now, claim)
-    return await _complete_on_session(app, flow, flow.challenge_id, account, now, claim)
+        return await _complete_login(
+            app, flow, flow.challenge_id, account, client, now, claim, count_lost_claim=False
+        )
+    return await _complete_on_session(
+        app, flow, flow.challenge_id, account, now, claim, count_lost_claim=False
+    )
 
 
 async def count_failed_answer(

@@ -635,6 +635,7 @@ class ActionValues(_message.Message):
       - SENSITIVE_ACTION_CHANGE_OWN_PASSWORD: nothing. The new password (or its digest) is never
         sent here; the grant binds to the action and the account only, and the password is given
         to the password-change operation together with the grant.
+      - SENSITIVE_ACTION_REMOVE_FACTOR: factor_id (the factor RemoveFactor will remove).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -646,6 +647,7 @@ class ActionValues(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     SERVICE_CODES_FIELD_NUMBER: _builtins.int
     ORGANIZATION_SIRETS_FIELD_NUMBER: _builtins.int
+    FACTOR_ID_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     """New email address."""
     phone: _builtins.str
@@ -656,6 +658,8 @@ class ActionValues(_message.Message):
     """Login of the account to create, unique within the organisation."""
     role: _common_pb2.Role.ValueType
     """Role of the account to create. ROLE_UNSPECIFIED: not given."""
+    factor_id: _builtins.str
+    """The second factor to remove (a Factor's factor_id; SENSITIVE_ACTION_REMOVE_FACTOR)."""
     @_builtins.property
     def service_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Codes of the platform services to grant access to (from the service catalogue)."""
@@ -676,15 +680,18 @@ class ActionValues(_message.Message):
         role: _common_pb2.Role.ValueType = ...,
         service_codes: _abc.Iterable[_builtins.str] | None = ...,
         organization_sirets: _abc.Iterable[_builtins.str] | None = ...,
+        factor_id: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_email", b"_email", "_login", b"_login", "_phone", b"_phone", "display_name", b"display_name", "email", b"email", "login", b"login", "phone", b"phone"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_email", b"_email", "_factor_id", b"_factor_id", "_login", b"_login", "_phone", b"_phone", "display_name", b"display_name", "email", b"email", "factor_id", b"factor_id", "login", b"login", "phone", b"phone"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_email", b"_email", "_login", b"_login", "_phone", b"_phone", "display_name", b"display_name", "email", b"email", "login", b"login", "organization_sirets", b"organization_sirets", "phone", b"phone", "role", b"role", "service_codes", b"service_codes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "_email", b"_email", "_factor_id", b"_factor_id", "_login", b"_login", "_phone", b"_phone", "display_name", b"display_name", "email", b"email", "factor_id", b"factor_id", "login", b"login", "organization_sirets", b"organization_sirets", "phone", b"phone", "role", b"role", "service_codes", b"service_codes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
     _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015
     _WhichOneofReturnType__email: _TypeAlias = _typing.Literal["email"]  # noqa: Y015
     _WhichOneofArgType__email: _TypeAlias = _typing.Literal["_email", b"_email"]  # noqa: Y015
+    _WhichOneofReturnType__factor_id: _TypeAlias = _typing.Literal["factor_id"]  # noqa: Y015
+    _WhichOneofArgType__factor_id: _TypeAlias = _typing.Literal["_factor_id", b"_factor_id"]  # noqa: Y015
     _WhichOneofReturnType__login: _TypeAlias = _typing.Literal["login"]  # noqa: Y015
     _WhichOneofArgType__login: _TypeAlias = _typing.Literal["_login", b"_login"]  # noqa: Y015
     _WhichOneofReturnType__phone: _TypeAlias = _typing.Literal["phone"]  # noqa: Y015
@@ -693,6 +700,8 @@ class ActionValues(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__display_name) -> _WhichOneofReturnType__display_name | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__email) -> _WhichOneofReturnType__email | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__factor_id) -> _WhichOneofReturnType__factor_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__login) -> _WhichOneofReturnType__login | None: ...
     @_typing.overload

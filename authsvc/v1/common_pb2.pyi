@@ -323,7 +323,8 @@ class _SensitiveActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sensi
     """
     SENSITIVE_ACTION_REMOVE_FACTOR: _SensitiveAction.ValueType  # 10
     """A user removes one of their own second factors (no target), or an administrator removes a
-    member's factor (target: the member, in the same organisation). ActionValues stays empty.
+    member's factor (target: the member, in the same organisation). ActionValues holds the
+    factor_id (required): the grant removes that factor only.
     """
 
 class SensitiveAction(_SensitiveAction, metaclass=_SensitiveActionEnumTypeWrapper):
@@ -371,7 +372,8 @@ BeginTotpEnrollment). No target; ActionValues stays empty.
 """
 SENSITIVE_ACTION_REMOVE_FACTOR: SensitiveAction.ValueType  # 10
 """A user removes one of their own second factors (no target), or an administrator removes a
-member's factor (target: the member, in the same organisation). ActionValues stays empty.
+member's factor (target: the member, in the same organisation). ActionValues holds the
+factor_id (required): the grant removes that factor only.
 """
 Global___SensitiveAction: _TypeAlias = SensitiveAction  # noqa: Y015
 
@@ -569,13 +571,19 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_PASSKEY_CLONED: _ErrorReason.ValueType  # 55
     """PERMISSION_DENIED. The passkey's signature counter did not move forward: two copies of
-    its private key exist (a cloned authenticator). Refused, counted as a wrong code and
-    audited; the holder should remove the passkey (FactorService.RemoveFactor).
+    its private key exist (a cloned authenticator). Refused and audited; the passkey is
+    disabled (it answers no flow; ListFactors shows its disable_time), the flow and every
+    other pending flow of the account fail, its sessions and trusted devices are revoked and
+    the holder is told by email. The holder should remove the passkey (RemoveFactor).
     """
     ERROR_REASON_PASSKEY_CEREMONY_INVALID: _ErrorReason.ValueType  # 56
     """NOT_FOUND. The passkey ceremony is unknown, expired, already answered or not this
     account's or flow's: ask for new options (BeginPasskeyRegistration or
     BeginPasskeyAssertion). Nothing is counted.
+    """
+    ERROR_REASON_FACTOR_LIMIT_REACHED: _ErrorReason.ValueType  # 57
+    """FAILED_PRECONDITION. The account holds the most passkeys it may (setting
+    max_passkeys_per_account; ErrorInfo metadata "limit"): remove one first.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -771,13 +779,19 @@ Counted as a wrong code (ErrorInfo metadata attempts_remaining).
 """
 ERROR_REASON_PASSKEY_CLONED: ErrorReason.ValueType  # 55
 """PERMISSION_DENIED. The passkey's signature counter did not move forward: two copies of
-its private key exist (a cloned authenticator). Refused, counted as a wrong code and
-audited; the holder should remove the passkey (FactorService.RemoveFactor).
+its private key exist (a cloned authenticator). Refused and audited; the passkey is
+disabled (it answers no flow; ListFactors shows its disable_time), the flow and every
+other pending flow of the account fail, its sessions and trusted devices are revoked and
+the holder is told by email. The holder should remove the passkey (RemoveFactor).
 """
 ERROR_REASON_PASSKEY_CEREMONY_INVALID: ErrorReason.ValueType  # 56
 """NOT_FOUND. The passkey ceremony is unknown, expired, already answered or not this
 account's or flow's: ask for new options (BeginPasskeyRegistration or
 BeginPasskeyAssertion). Nothing is counted.
+"""
+ERROR_REASON_FACTOR_LIMIT_REACHED: ErrorReason.ValueType  # 57
+"""FAILED_PRECONDITION. The account holds the most passkeys it may (setting
+max_passkeys_per_account; ErrorInfo metadata "limit"): remove one first.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -26,33 +26,33 @@ from authsvc.v1 import common_pb2 as authsvc_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61uthsvc/v1/factor_service.proto\x12\nauthsvc.v1\x1a\x17\x61uthsvc/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x06\x46\x61\x63tor\x12\x11\n\tfactor_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.authsvc.v1.FactorKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x1a\x42\x65ginTotpEnrollmentRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0bgrant_token\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xa2\x01\n\x1b\x42\x65ginTotpEnrollmentResponse\x12\x11\n\tfactor_id\x18\x01 \x01(\t\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\x12\x15\n\rsecret_base32\x18\x03 \x01(\t\x12\x13\n\x0bqr_code_svg\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x01\n\x1c\x43onfirmTotpEnrollmentRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x11\n\tfactor_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12)\n\x06\x63lient\x18\x04 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"C\n\x1d\x43onfirmTotpEnrollmentResponse\x12\"\n\x06\x66\x61\x63tor\x18\x01 \x01(\x0b\x32\x12.authsvc.v1.Factor\"?\n\x12ListFactorsRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\":\n\x13ListFactorsResponse\x12#\n\x07\x66\x61\x63tors\x18\x01 \x03(\x0b\x32\x12.authsvc.v1.Factor\"h\n\x13RemoveFactorRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0bgrant_token\x18\x02 \x01(\t\x12\x11\n\tfactor_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\"0\n\x14RemoveFactorResponse\x12\x18\n\x10revoked_sessions\x18\x01 \x01(\x05*X\n\nFactorKind\x12\x1b\n\x17\x46\x41\x43TOR_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41\x43TOR_KIND_TOTP\x10\x01\x12\x17\n\x13\x46\x41\x43TOR_KIND_PASSKEY\x10\x02\x32\x88\x03\n\rFactorService\x12\x66\n\x13\x42\x65ginTotpEnrollment\x12&.authsvc.v1.BeginTotpEnrollmentRequest\x1a\'.authsvc.v1.BeginTotpEnrollmentResponse\x12l\n\x15\x43onfirmTotpEnrollment\x12(.authsvc.v1.ConfirmTotpEnrollmentRequest\x1a).authsvc.v1.ConfirmTotpEnrollmentResponse\x12N\n\x0bListFactors\x12\x1e.authsvc.v1.ListFactorsRequest\x1a\x1f.authsvc.v1.ListFactorsResponse\x12Q\n\x0cRemoveFactor\x12\x1f.authsvc.v1.RemoveFactorRequest\x1a .authsvc.v1.RemoveFactorResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61uthsvc/v1/factor_service.proto\x12\nauthsvc.v1\x1a\x17\x61uthsvc/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x01\n\x06\x46\x61\x63tor\x12\x11\n\tfactor_id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.authsvc.v1.FactorKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64isable_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x1a\x42\x65ginTotpEnrollmentRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0bgrant_token\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xa2\x01\n\x1b\x42\x65ginTotpEnrollmentResponse\x12\x11\n\tfactor_id\x18\x01 \x01(\t\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\x12\x15\n\rsecret_base32\x18\x03 \x01(\t\x12\x13\n\x0bqr_code_svg\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x01\n\x1c\x43onfirmTotpEnrollmentRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x11\n\tfactor_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12)\n\x06\x63lient\x18\x04 \x01(\x0b\x32\x19.authsvc.v1.ClientContext\"C\n\x1d\x43onfirmTotpEnrollmentResponse\x12\"\n\x06\x66\x61\x63tor\x18\x01 \x01(\x0b\x32\x12.authsvc.v1.Factor\"?\n\x12ListFactorsRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\":\n\x13ListFactorsResponse\x12#\n\x07\x66\x61\x63tors\x18\x01 \x03(\x0b\x32\x12.authsvc.v1.Factor\"h\n\x13RemoveFactorRequest\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x13\n\x0bgrant_token\x18\x02 \x01(\t\x12\x11\n\tfactor_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\"0\n\x14RemoveFactorResponse\x12\x18\n\x10revoked_sessions\x18\x01 \x01(\x05*X\n\nFactorKind\x12\x1b\n\x17\x46\x41\x43TOR_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x46\x41\x43TOR_KIND_TOTP\x10\x01\x12\x17\n\x13\x46\x41\x43TOR_KIND_PASSKEY\x10\x02\x32\x88\x03\n\rFactorService\x12\x66\n\x13\x42\x65ginTotpEnrollment\x12&.authsvc.v1.BeginTotpEnrollmentRequest\x1a\'.authsvc.v1.BeginTotpEnrollmentResponse\x12l\n\x15\x43onfirmTotpEnrollment\x12(.authsvc.v1.ConfirmTotpEnrollmentRequest\x1a).authsvc.v1.ConfirmTotpEnrollmentResponse\x12N\n\x0bListFactors\x12\x1e.authsvc.v1.ListFactorsRequest\x1a\x1f.authsvc.v1.ListFactorsResponse\x12Q\n\x0cRemoveFactor\x12\x1f.authsvc.v1.RemoveFactorRequest\x1a .authsvc.v1.RemoveFactorResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authsvc.v1.factor_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FACTORKIND']._serialized_start=1022
-  _globals['_FACTORKIND']._serialized_end=1110
+  _globals['_FACTORKIND']._serialized_start=1072
+  _globals['_FACTORKIND']._serialized_end=1160
   _globals['_FACTOR']._serialized_start=106
-  _globals['_FACTOR']._serialized_end=285
-  _globals['_BEGINTOTPENROLLMENTREQUEST']._serialized_start=287
-  _globals['_BEGINTOTPENROLLMENTREQUEST']._serialized_end=373
-  _globals['_BEGINTOTPENROLLMENTRESPONSE']._serialized_start=376
-  _globals['_BEGINTOTPENROLLMENTRESPONSE']._serialized_end=538
-  _globals['_CONFIRMTOTPENROLLMENTREQUEST']._serialized_start=541
-  _globals['_CONFIRMTOTPENROLLMENTREQUEST']._serialized_end=670
-  _globals['_CONFIRMTOTPENROLLMENTRESPONSE']._serialized_start=672
-  _globals['_CONFIRMTOTPENROLLMENTRESPONSE']._serialized_end=739
-  _globals['_LISTFACTORSREQUEST']._serialized_start=741
-  _globals['_LISTFACTORSREQUEST']._serialized_end=804
-  _globals['_LISTFACTORSRESPONSE']._serialized_start=806
-  _globals['_LISTFACTORSRESPONSE']._serialized_end=864
-  _globals['_REMOVEFACTORREQUEST']._serialized_start=866
-  _globals['_REMOVEFACTORREQUEST']._serialized_end=970
-  _globals['_REMOVEFACTORRESPONSE']._serialized_start=972
-  _globals['_REMOVEFACTORRESPONSE']._serialized_end=1020
-  _globals['_FACTORSERVICE']._serialized_start=1113
-  _globals['_FACTORSERVICE']._serialized_end=1505
+  _globals['_FACTOR']._serialized_end=335
+  _globals['_BEGINTOTPENROLLMENTREQUEST']._serialized_start=337
+  _globals['_BEGINTOTPENROLLMENTREQUEST']._serialized_end=423
+  _globals['_BEGINTOTPENROLLMENTRESPONSE']._serialized_start=426
+  _globals['_BEGINTOTPENROLLMENTRESPONSE']._serialized_end=588
+  _globals['_CONFIRMTOTPENROLLMENTREQUEST']._serialized_start=591
+  _globals['_CONFIRMTOTPENROLLMENTREQUEST']._serialized_end=720
+  _globals['_CONFIRMTOTPENROLLMENTRESPONSE']._serialized_start=722
+  _globals['_CONFIRMTOTPENROLLMENTRESPONSE']._serialized_end=789
+  _globals['_LISTFACTORSREQUEST']._serialized_start=791
+  _globals['_LISTFACTORSREQUEST']._serialized_end=854
+  _globals['_LISTFACTORSRESPONSE']._serialized_start=856
+  _globals['_LISTFACTORSRESPONSE']._serialized_end=914
+  _globals['_REMOVEFACTORREQUEST']._serialized_start=916
+  _globals['_REMOVEFACTORREQUEST']._serialized_end=1020
+  _globals['_REMOVEFACTORRESPONSE']._serialized_start=1022
+  _globals['_REMOVEFACTORRESPONSE']._serialized_end=1070
+  _globals['_FACTORSERVICE']._serialized_start=1163
+  _globals['_FACTORSERVICE']._serialized_end=1555
 # @@protoc_insertion_point(module_scope)

@@ -68,6 +68,7 @@ class Factor(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_USE_TIME_FIELD_NUMBER: _builtins.int
+    DISABLE_TIME_FIELD_NUMBER: _builtins.int
     factor_id: _builtins.str
     """Identifier of the factor (RemoveFactor's factor_id)."""
     kind: Global___FactorKind.ValueType
@@ -82,6 +83,13 @@ class Factor(_message.Message):
     def last_use_time(self) -> _timestamp_pb2.Timestamp:
         """When a code from it was last accepted; unset if never."""
 
+    @_builtins.property
+    def disable_time(self) -> _timestamp_pb2.Timestamp:
+        """Set: when the factor was disabled. A passkey is disabled when a copy of it was detected
+        (its signature counter did not move forward: ERROR_REASON_PASSKEY_CLONED); it answers no
+        flow any more and still counts towards the account's passkeys until RemoveFactor.
+        """
+
     def __init__(
         self,
         *,
@@ -90,10 +98,11 @@ class Factor(_message.Message):
         name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         last_use_time: _timestamp_pb2.Timestamp | None = ...,
+        disable_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_use_time", b"last_use_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disable_time", b"disable_time", "last_use_time", b"last_use_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "factor_id", b"factor_id", "kind", b"kind", "last_use_time", b"last_use_time", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disable_time", b"disable_time", "factor_id", b"factor_id", "kind", b"kind", "last_use_time", b"last_use_time", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,7 +301,7 @@ class RemoveFactorRequest(_message.Message):
     session_token: _builtins.str
     """The caller's session token."""
     grant_token: _builtins.str
-    """The grant of SENSITIVE_ACTION_REMOVE_FACTOR."""
+    """The grant of SENSITIVE_ACTION_REMOVE_FACTOR, made for this factor_id."""
     factor_id: _builtins.str
     """The factor to remove (a Factor's factor_id)."""
     account_id: _builtins.str

@@ -87,7 +87,9 @@ class FactorServiceStub:
 
     Required permission: a session of the holder with a grant for SENSITIVE_ACTION_REMOVE_FACTOR
     (no target), or of a ROLE_ADMIN account of the holder's organisation with their own grant
-    for SENSITIVE_ACTION_REMOVE_FACTOR whose target is the holder. A refusal spends nothing.
+    for SENSITIVE_ACTION_REMOVE_FACTOR whose target is the holder. The grant names the factor
+    (ActionValues.factor_id): a grant made for another factor answers GRANT_VALUES_MISMATCH.
+    A refusal spends nothing.
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED, GRANT_REQUIRED,
     GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
     GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, FACTOR_NOT_FOUND.
@@ -140,7 +142,9 @@ class FactorServiceAsyncStub(FactorServiceStub):
 
     Required permission: a session of the holder with a grant for SENSITIVE_ACTION_REMOVE_FACTOR
     (no target), or of a ROLE_ADMIN account of the holder's organisation with their own grant
-    for SENSITIVE_ACTION_REMOVE_FACTOR whose target is the holder. A refusal spends nothing.
+    for SENSITIVE_ACTION_REMOVE_FACTOR whose target is the holder. The grant names the factor
+    (ActionValues.factor_id): a grant made for another factor answers GRANT_VALUES_MISMATCH.
+    A refusal spends nothing.
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED, GRANT_REQUIRED,
     GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
     GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, FACTOR_NOT_FOUND.
@@ -214,7 +218,9 @@ class FactorServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Required permission: a session of the holder with a grant for SENSITIVE_ACTION_REMOVE_FACTOR
         (no target), or of a ROLE_ADMIN account of the holder's organisation with their own grant
-        for SENSITIVE_ACTION_REMOVE_FACTOR whose target is the holder. A refusal spends nothing.
+        for SENSITIVE_ACTION_REMOVE_FACTOR whose target is the holder. The grant names the factor
+        (ActionValues.factor_id): a grant made for another factor answers GRANT_VALUES_MISMATCH.
+        A refusal spends nothing.
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PERMISSION_DENIED, GRANT_REQUIRED,
         GRANT_NOT_FOUND, GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH,
         GRANT_TARGET_MISMATCH, GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, FACTOR_NOT_FOUND.

@@ -17,8 +17,9 @@ off: every RPC here answers NOT_IMPLEMENTED.
 A passkey answers the second factor of a login or step-up flow like a code does: the same
 attempt counts and locks, and the same result (a session and device trust, or the grant bound
 to the session, action, target and values). Its signature counter must move forward (or stay
-0 on authenticators that keep none); a counter going back means a cloned credential and is
-refused (PASSKEY_CLONED). Listing and removing passkeys is FactorService's (ListFactors,
+0 on authenticators that keep none); a counter going back means a cloned credential: refused
+(PASSKEY_CLONED), the passkey disabled and the account's trust ended. At most
+AUTHSVC_MAX_PASSKEYS_PER_ACCOUNT passkeys per account (FACTOR_LIMIT_REACHED). Listing and removing passkeys is FactorService's (ListFactors,
 RemoveFactor, FACTOR_KIND_PASSKEY). Errors follow common.proto.
 """
 

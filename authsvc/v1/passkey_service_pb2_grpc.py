@@ -68,10 +68,12 @@ class PasskeyServiceServicer:
         account is replaced. Recorded (factor.enrolment_started, kind passkey).
 
         Required permission: a session, and a grant for SENSITIVE_ACTION_ENROLL_FACTOR (no target,
-        no values), redeemed here. A refusal spends nothing.
+        no values), redeemed here. A refusal spends nothing: an account holding the most passkeys
+        it may (AUTHSVC_MAX_PASSKEYS_PER_ACCOUNT, a disabled one included) answers
+        FACTOR_LIMIT_REACHED before the grant is spent.
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_REQUIRED, GRANT_NOT_FOUND,
         GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH,
-        GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, NOT_IMPLEMENTED.
+        GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, FACTOR_LIMIT_REACHED, NOT_IMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,9 +87,11 @@ class PasskeyServiceServicer:
 
         Required permission: a session of the account that began the registration.
         A credential_json that is not a PublicKeyCredential's answers INVALID_FIELD and uses
-        nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED.
+        nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED; the cap,
+        reached meanwhile (another registration finished first), FACTOR_LIMIT_REACHED, decided
+        with the insert (of registrations finishing at once at the cap, one wins).
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID,
-        PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
+        PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, FACTOR_LIMIT_REACHED, NOT_IMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,8 +120,12 @@ class PasskeyServiceServicer:
         """Finishes the flow with the browser's assertion: verified against the passkey's public key
         (challenge, origin, relying party, user presence and verification), its signature counter
         stored only if it moves forward, in the transaction that completes the flow exactly as
-        Verify does. A refused assertion counts as a wrong code. Recorded (code.verified or
-        code.failed, channel passkey).
+        Verify does. A refused assertion counts as a wrong code, but a clone's (PASSKEY_CLONED: a
+        valid signature whose counter did not move forward): then, in one transaction, the passkey
+        is disabled, this flow and the account's other pending flows fail, its sessions and
+        trusted devices are revoked, its security epoch raised and the holder told by email.
+        Recorded (code.verified or code.failed, channel passkey; passkey.clone_detected and
+        factor.disabled).
 
         Required permission: an authenticated backend holding the flow id. Rate limited like
         Verify.

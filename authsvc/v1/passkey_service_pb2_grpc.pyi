@@ -17,8 +17,9 @@ off: every RPC here answers NOT_IMPLEMENTED.
 A passkey answers the second factor of a login or step-up flow like a code does: the same
 attempt counts and locks, and the same result (a session and device trust, or the grant bound
 to the session, action, target and values). Its signature counter must move forward (or stay
-0 on authenticators that keep none); a counter going back means a cloned credential and is
-refused (PASSKEY_CLONED). Listing and removing passkeys is FactorService's (ListFactors,
+0 on authenticators that keep none); a counter going back means a cloned credential: refused
+(PASSKEY_CLONED), the passkey disabled and the account's trust ended. At most
+AUTHSVC_MAX_PASSKEYS_PER_ACCOUNT passkeys per account (FACTOR_LIMIT_REACHED). Listing and removing passkeys is FactorService's (ListFactors,
 RemoveFactor, FACTOR_KIND_PASSKEY). Errors follow common.proto.
 """
 
@@ -59,10 +60,12 @@ class PasskeyServiceStub:
     account is replaced. Recorded (factor.enrolment_started, kind passkey).
 
     Required permission: a session, and a grant for SENSITIVE_ACTION_ENROLL_FACTOR (no target,
-    no values), redeemed here. A refusal spends nothing.
+    no values), redeemed here. A refusal spends nothing: an account holding the most passkeys
+    it may (AUTHSVC_MAX_PASSKEYS_PER_ACCOUNT, a disabled one included) answers
+    FACTOR_LIMIT_REACHED before the grant is spent.
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_REQUIRED, GRANT_NOT_FOUND,
     GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH,
-    GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, NOT_IMPLEMENTED.
+    GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, FACTOR_LIMIT_REACHED, NOT_IMPLEMENTED.
     """
     FinishPasskeyRegistration: _grpc.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyRegistrationRequest, _passkey_service_pb2.FinishPasskeyRegistrationResponse]
     """Finishes a registration with the browser's answer: the attestation is verified (challenge,
@@ -72,9 +75,11 @@ class PasskeyServiceStub:
 
     Required permission: a session of the account that began the registration.
     A credential_json that is not a PublicKeyCredential's answers INVALID_FIELD and uses
-    nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED.
+    nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED; the cap,
+    reached meanwhile (another registration finished first), FACTOR_LIMIT_REACHED, decided
+    with the insert (of registrations finishing at once at the cap, one wins).
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID,
-    PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
+    PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, FACTOR_LIMIT_REACHED, NOT_IMPLEMENTED.
     """
     BeginPasskeyAssertion: _grpc.UnaryUnaryMultiCallable[_passkey_service_pb2.BeginPasskeyAssertionRequest, _passkey_service_pb2.BeginPasskeyAssertionResponse]
     """Starts answering a pending login, step-up or federated link/unlink flow with a passkey
@@ -95,8 +100,12 @@ class PasskeyServiceStub:
     """Finishes the flow with the browser's assertion: verified against the passkey's public key
     (challenge, origin, relying party, user presence and verification), its signature counter
     stored only if it moves forward, in the transaction that completes the flow exactly as
-    Verify does. A refused assertion counts as a wrong code. Recorded (code.verified or
-    code.failed, channel passkey).
+    Verify does. A refused assertion counts as a wrong code, but a clone's (PASSKEY_CLONED: a
+    valid signature whose counter did not move forward): then, in one transaction, the passkey
+    is disabled, this flow and the account's other pending flows fail, its sessions and
+    trusted devices are revoked, its security epoch raised and the holder told by email.
+    Recorded (code.verified or code.failed, channel passkey; passkey.clone_detected and
+    factor.disabled).
 
     Required permission: an authenticated backend holding the flow id. Rate limited like
     Verify.
@@ -117,10 +126,12 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     account is replaced. Recorded (factor.enrolment_started, kind passkey).
 
     Required permission: a session, and a grant for SENSITIVE_ACTION_ENROLL_FACTOR (no target,
-    no values), redeemed here. A refusal spends nothing.
+    no values), redeemed here. A refusal spends nothing: an account holding the most passkeys
+    it may (AUTHSVC_MAX_PASSKEYS_PER_ACCOUNT, a disabled one included) answers
+    FACTOR_LIMIT_REACHED before the grant is spent.
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_REQUIRED, GRANT_NOT_FOUND,
     GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH,
-    GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, NOT_IMPLEMENTED.
+    GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, FACTOR_LIMIT_REACHED, NOT_IMPLEMENTED.
     """
     FinishPasskeyRegistration: _aio.UnaryUnaryMultiCallable[_passkey_service_pb2.FinishPasskeyRegistrationRequest, _passkey_service_pb2.FinishPasskeyRegistrationResponse]  # type: ignore[assignment]
     """Finishes a registration with the browser's answer: the attestation is verified (challenge,
@@ -130,9 +141,11 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
 
     Required permission: a session of the account that began the registration.
     A credential_json that is not a PublicKeyCredential's answers INVALID_FIELD and uses
-    nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED.
+    nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED; the cap,
+    reached meanwhile (another registration finished first), FACTOR_LIMIT_REACHED, decided
+    with the insert (of registrations finishing at once at the cap, one wins).
     Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID,
-    PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
+    PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, FACTOR_LIMIT_REACHED, NOT_IMPLEMENTED.
     """
     BeginPasskeyAssertion: _aio.UnaryUnaryMultiCallable[_passkey_service_pb2.BeginPasskeyAssertionRequest, _passkey_service_pb2.BeginPasskeyAssertionResponse]  # type: ignore[assignment]
     """Starts answering a pending login, step-up or federated link/unlink flow with a passkey
@@ -153,8 +166,12 @@ class PasskeyServiceAsyncStub(PasskeyServiceStub):
     """Finishes the flow with the browser's assertion: verified against the passkey's public key
     (challenge, origin, relying party, user presence and verification), its signature counter
     stored only if it moves forward, in the transaction that completes the flow exactly as
-    Verify does. A refused assertion counts as a wrong code. Recorded (code.verified or
-    code.failed, channel passkey).
+    Verify does. A refused assertion counts as a wrong code, but a clone's (PASSKEY_CLONED: a
+    valid signature whose counter did not move forward): then, in one transaction, the passkey
+    is disabled, this flow and the account's other pending flows fail, its sessions and
+    trusted devices are revoked, its security epoch raised and the holder told by email.
+    Recorded (code.verified or code.failed, channel passkey; passkey.clone_detected and
+    factor.disabled).
 
     Required permission: an authenticated backend holding the flow id. Rate limited like
     Verify.
@@ -178,10 +195,12 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         account is replaced. Recorded (factor.enrolment_started, kind passkey).
 
         Required permission: a session, and a grant for SENSITIVE_ACTION_ENROLL_FACTOR (no target,
-        no values), redeemed here. A refusal spends nothing.
+        no values), redeemed here. A refusal spends nothing: an account holding the most passkeys
+        it may (AUTHSVC_MAX_PASSKEYS_PER_ACCOUNT, a disabled one included) answers
+        FACTOR_LIMIT_REACHED before the grant is spent.
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, GRANT_REQUIRED, GRANT_NOT_FOUND,
         GRANT_EXPIRED, GRANT_ALREADY_USED, GRANT_ACTION_MISMATCH, GRANT_TARGET_MISMATCH,
-        GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, NOT_IMPLEMENTED.
+        GRANT_VALUES_MISMATCH, GRANT_SESSION_MISMATCH, FACTOR_LIMIT_REACHED, NOT_IMPLEMENTED.
         """
 
     @_abc_1.abstractmethod
@@ -197,9 +216,11 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Required permission: a session of the account that began the registration.
         A credential_json that is not a PublicKeyCredential's answers INVALID_FIELD and uses
-        nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED.
+        nothing up; a credential registered already answers FACTOR_ALREADY_ENROLLED; the cap,
+        reached meanwhile (another registration finished first), FACTOR_LIMIT_REACHED, decided
+        with the insert (of registrations finishing at once at the cap, one wins).
         Errors: INVALID_FIELD, SESSION_INVALID, SESSION_EXPIRED, PASSKEY_CEREMONY_INVALID,
-        PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, NOT_IMPLEMENTED.
+        PASSKEY_REJECTED, FACTOR_ALREADY_ENROLLED, FACTOR_LIMIT_REACHED, NOT_IMPLEMENTED.
         """
 
     @_abc_1.abstractmethod
@@ -232,8 +253,12 @@ class PasskeyServiceServicer(metaclass=_abc_1.ABCMeta):
         """Finishes the flow with the browser's assertion: verified against the passkey's public key
         (challenge, origin, relying party, user presence and verification), its signature counter
         stored only if it moves forward, in the transaction that completes the flow exactly as
-        Verify does. A refused assertion counts as a wrong code. Recorded (code.verified or
-        code.failed, channel passkey).
+        Verify does. A refused assertion counts as a wrong code, but a clone's (PASSKEY_CLONED: a
+        valid signature whose counter did not move forward): then, in one transaction, the passkey
+        is disabled, this flow and the account's other pending flows fail, its sessions and
+        trusted devices are revoked, its security epoch raised and the holder told by email.
+        Recorded (code.verified or code.failed, channel passkey; passkey.clone_detected and
+        factor.disabled).
 
         Required permission: an authenticated backend holding the flow id. Rate limited like
         Verify.

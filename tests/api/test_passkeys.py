@@ -5,19 +5,45 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from passkey_authenticator import AT, UP, UV, SoftAuthenticator, b64url
 from sqlalchemy import func, select
-from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of, seed_account, sign_in
+from support import (
+    CLIENT,
+    PASSWORD,
+    Inbox,
+    Seeded,
+    failure_of,
+    open_step_up,
+    seed_account,
+    sign_in,
+    waiting_on_locks,
+)
 from support import step_up as grant_for
 
+from authsvc.clock import FrozenClock
 from authsvc.config import Rate, RateLimits, Settings
-from authsvc.db import AuditEvent, PasskeyCredential, Role, Session
+from authsvc.db import (
+    Account,
+    ActionGrant,
+    AuditEvent,
+    OutboxMessage,
+    PasskeyCeremony,
+    PasskeyCredential,
+    Role,
+    Session,
+    TrustedDevice,
+)
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import common_pb2, factor_service_pb2_grpc, passkey_service_pb2_grpc
@@ -118,11 +144,53 @@ async def audit_rows(server: Server, event_type: str) -> list[tuple[str, dict[st
     return [(outcome, json.loads(details)) for outcome, details in rows]
 
 
+async def security_epoch(server: Server, who: Seeded) -> int:
+    async with server.app.read() as db:
+        epoch = await db.scalar(select(Account.security_epoch).where(Account.id == who.account_id))
+    assert epoch is not None
+    return int(epoch)
+
+
+async def credentials_of(server: Server, who: Seeded) -> int:
+    async with server.app.read() as db:
+        counted = await db.scalar(
+            select(func.count())
+            .select_from(PasskeyCredential)
+            .where(PasskeyCredential.account_id == who.account_id)
+        )
+    return int(counted or 0)
+
+
+async def ceremonies_of(server: Server, who: Seeded) -> int:
+    async with server.app.read() as db:
+        counted = await db.scalar(
+            select(func.count())
+            .select_from(PasskeyCeremony)
+            .where(PasskeyCeremony.account_id == who.account_id)
+        )
+    return int(counted or 0)
+
+
 async def stored_counter(server: Server) -> int:
     async with server.app.read() as db:
         counter = await db.scalar(select(PasskeyCredential.sign_count))
     assert counter is not None
     return int(counter)
+
+
+def of(factor_id: str) -> pb.ActionValues:
+    """The values of a REMOVE_FACTOR grant: the factor it removes."""
+    return pb.ActionValues(factor_id=factor_id)
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    raise AssertionError(error)
 
 
 def phone_messages(inbox: Inbox) -> int:
@@ -261,39 +329,117 @@ async def test_registration_requires_user_verification_and_the_right_origin(
 # ---- clones, replays, wrong answers -----------------------------------------------------------
 
 
-async def test_a_cloned_credential_is_refused_and_audited(
-    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+async def test_a_clone_disables_the_passkey_and_ends_the_trust_resting_on_it(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded, server: Server
 ) -> None:
-    session = (await sign_in(stub, inbox, alice)).session.token
+    """A copy of the key answers with a counter that does not move forward: refused, and in the
+    same decision the passkey is disabled (it answers no flow, ListFactors shows it disabled),
+    the account's security epoch raised, its pending flows failed (the clone's own too), its
+    devices and every session revoked (one may be the copy's), the holder told by email."""
+    sms_session = (await sign_in(stub, inbox, alice)).session.token
     device = SoftAuthenticator()
-    factor = await register(stub, passkeys, inbox, session, device)
+    factor = await register(stub, passkeys, inbox, sms_session, device)
     copy = device.clone()
     flow = await login_flow(stub, alice)
-    await finish(passkeys, flow.flow_id, device.get(await begin(passkeys, flow.flow_id), counter=5))
+    genuine = await finish(
+        passkeys, flow.flow_id, device.get(await begin(passkeys, flow.flow_id), counter=5)
+    )
     assert await stored_counter(server) == 5
-    for counter in (3, 5):  # going back, or not moving: two copies of the key
-        flow = await login_flow(stub, alice)
-        options = await begin(passkeys, flow.flow_id)
-        refused = await failure_of(
-            finish(passkeys, flow.flow_id, copy.get(options, counter=counter))
+    epoch_before = await security_epoch(server, alice)
+    waiting = await login_flow(stub, alice)  # another pending flow, opened with the password
+    flow = await login_flow(stub, alice)
+    refused = await failure_of(
+        finish(passkeys, flow.flow_id, copy.get(await begin(passkeys, flow.flow_id), counter=3))
+    )
+    assert (refused.code, refused.reason, refused.metadata) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PASSKEY_CLONED",
+        {},
+    )
+    assert await stored_counter(server) == 5  # nothing stored for the clone
+    assert await security_epoch(server, alice) == epoch_before + 1
+    for token in (sms_session, genuine.login.session.token):
+        gone = await failure_of(
+            stub.ValidateSession(pb.ValidateSessionRequest(session_token=token))
         )
-        assert (refused.code, refused.reason) == (
-            grpc.StatusCode.PERMISSION_DENIED,
-            "PASSKEY_CLONED",
-        )
-        assert refused.metadata == {"attempts_remaining": "4"}  # counted as a wrong code
-    assert await stored_counter(server) == 5
+        assert gone.code == grpc.StatusCode.UNAUTHENTICATED
+    async with server.app.read() as db:
+        devices = (
+            await db.scalars(
+                select(TrustedDevice.revoked_at).where(TrustedDevice.account_id == alice.account_id)
+            )
+        ).all()
+    assert devices and all(revoked is not None for revoked in devices)
+    for ended in (flow, waiting):
+        dead = await failure_of(begin(passkeys, ended.flow_id))
+        assert dead.reason == "FLOW_FAILED"
+    # The holder hears of it: which passkey, nothing of the credential.
+    notice = await inbox.next_to(f"{alice.login}@example.fr")
+    assert "Laptop" in notice["text"] and "copie" in notice["text"]
+    assert b64url(device.credential_id) not in json.dumps(notice)
+    # Disabled: no flow offers it (alice has no other passkey), ListFactors shows it.
+    flow = await login_flow(stub, alice)
+    assert (await failure_of(begin(passkeys, flow.flow_id))).reason == "CHANNEL_NOT_AVAILABLE"
+    session = (await sign_in(stub, inbox, alice)).session.token
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    assert [(f.factor_id, f.HasField("disable_time")) for f in listed.factors] == [
+        (factor.factor_id, True)
+    ]
     clones = await audit_rows(server, "passkey.clone_detected")
     assert [(o, d["factor_id"], d["stored_sign_count"], d["sign_count"]) for o, d in clones] == [
-        ("PASSKEY_CLONED", factor.factor_id, "5", "3"),
-        ("PASSKEY_CLONED", factor.factor_id, "5", "5"),
+        ("PASSKEY_CLONED", factor.factor_id, "5", "3")
     ]
-    failed = [o for o, d in await audit_rows(server, "code.failed") if d.get("channel")]
-    assert failed == ["PASSKEY_CLONED"] * 2
-    # The genuine authenticator, whose counter moves on, still logs in.
+    assert [(d["factor_id"], d["disabled"]) for _, d in clones] == [(factor.factor_id, "now")]
+    disabled = await audit_rows(server, "factor.disabled")
+    assert [(o, d["factor_id"], d["kind"]) for o, d in disabled] == [
+        ("PASSKEY_CLONED", factor.factor_id, "passkey")
+    ]
+    assert disabled[0][1]["sessions_revoked"] == "2"
+    # The holder removes it (the grant names it); its row went, the audit trail stays.
+    grant = await grant_for(stub, inbox, session, REMOVE, values=of(factor.factor_id))
+    await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=session, grant_token=grant.grant_token, factor_id=factor.factor_id
+        )
+    )
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    assert list(listed.factors) == []
+    assert len(await audit_rows(server, "passkey.clone_detected")) == 1
+
+
+async def test_a_clone_on_a_step_up_disables_the_passkey_too(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    """The counter not moving forward on a step-up: no grant, the step-up's session revoked,
+    and the genuine authenticator no longer completes anything with that passkey."""
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    await register(stub, passkeys, inbox, session, device)
+    copy = device.clone()
     flow = await login_flow(stub, alice)
-    ok = await finish(passkeys, flow.flow_id, device.get(await begin(passkeys, flow.flow_id)))
-    assert ok.login.session.token
+    await finish(passkeys, flow.flow_id, device.get(await begin(passkeys, flow.flow_id)))
+    up = (
+        await stub.AuthorizeSensitiveAction(
+            pb.AuthorizeSensitiveActionRequest(
+                session_token=session,
+                action=CHANGE_PASSWORD,
+                new_values=pb.ActionValues(),
+                client=CLIENT,
+            )
+        )
+    ).pending_flow
+    options = await begin(passkeys, up.flow_id)
+    refused = await failure_of(finish(passkeys, up.flow_id, copy.get(options, counter=1)))
+    assert refused.reason == "PASSKEY_CLONED"
+    gone = await failure_of(stub.ValidateSession(pb.ValidateSessionRequest(session_token=session)))
+    assert gone.code == grpc.StatusCode.UNAUTHENTICATED
+    async with server.app.read() as db:
+        assert await db.scalar(select(PasskeyCredential.disabled_at)) is not None
+        grants_issued = await db.scalar(select(func.count()).select_from(ActionGrant))
+    assert grants_issued == 1  # the registration's own, none for the clone
+    # The genuine key, on a new flow whose options still name it? None do: it is disabled.
+    flow = await login_flow(stub, alice)
+    assert (await failure_of(begin(passkeys, flow.flow_id))).reason == "CHANNEL_NOT_AVAILABLE"
 
 
 async def test_a_counterless_authenticator_stays_at_zero(
@@ -465,7 +611,7 @@ async def test_the_holder_removes_a_passkey(
     listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
     # Oldest first; the frozen clock gives both one time, then the id decides.
     assert [f.factor_id for f in listed.factors] == sorted([first.factor_id, second.factor_id])
-    grant = await grant_for(stub, inbox, session, REMOVE)
+    grant = await grant_for(stub, inbox, session, REMOVE, values=of(first.factor_id))
     removed = await factors.RemoveFactor(
         fpb.RemoveFactorRequest(
             session_token=session, grant_token=grant.grant_token, factor_id=first.factor_id
@@ -484,7 +630,8 @@ async def test_one_counter_on_many_flows_at_once_exactly_one_wins(
     """Ten assertions carrying the same counter (one key in several places), each on its own
     flow, at once: those that read the counter before the winner stored it are stopped by the
     conditional UPDATE in their completion (undone whole), the later ones by the check before
-    it. Exactly one session is opened."""
+    it. Exactly one session is opened, and the first loser's clone detection then disables the
+    passkey and revokes it (once: one disabling, one email)."""
     session = (await sign_in(stub, inbox, alice)).session.token
     device = SoftAuthenticator()
     await register(stub, passkeys, inbox, session, device)
@@ -501,14 +648,32 @@ async def test_one_counter_on_many_flows_at_once_exactly_one_wins(
     assert len(won) == 1
     lost = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     assert len(lost) == 9
-    for error in lost:
-        assert error.code() == grpc.StatusCode.PERMISSION_DENIED  # PASSKEY_CLONED
+    # A loser that got as far as the counter: PASSKEY_CLONED; one that came after the
+    # disabling finds its flow failed or the passkey gone (never an internal error).
+    reasons = [reason_of(error) for error in lost]
+    assert "PASSKEY_CLONED" in reasons
+    assert set(reasons) <= {"PASSKEY_CLONED", "FLOW_FAILED", "PASSKEY_REJECTED"}, reasons
     assert await stored_counter(server) == 7
     async with server.app.read() as db:
         sessions = await db.scalar(
             select(func.count()).select_from(Session).where(Session.account_id == alice.account_id)
         )
-    assert sessions == 2  # the SMS sign-in's and the one winner's
+        alive = await db.scalar(
+            select(func.count())
+            .select_from(Session)
+            .where(Session.account_id == alice.account_id, Session.revoked_at.is_(None))
+        )
+    assert (sessions, alive) == (2, 0)  # the SMS sign-in's and the one winner's, both revoked
+    assert len(await audit_rows(server, "factor.disabled")) == 1
+    clones = await audit_rows(server, "passkey.clone_detected")
+    assert [d["disabled"] for _, d in clones].count("now") == 1
+    async with server.app.read() as db:
+        notices = await db.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(OutboxMessage.template == "passkey_cloned")
+        )
+    assert notices == 1
 
 
 async def test_passkeys_are_off_without_origins(
@@ -541,7 +706,9 @@ async def test_an_administrator_removes_a_members_passkey(
         server, login="olga", phone=OTHER_ADMIN_PHONE, siret=OTHER_SIRET, role=Role.ADMIN
     )
     outsider_session = (await sign_in(stub, inbox, outsider, phone=OTHER_ADMIN_PHONE)).session.token
-    own_grant = await grant_for(stub, inbox, outsider_session, REMOVE, phone=OTHER_ADMIN_PHONE)
+    own_grant = await grant_for(
+        stub, inbox, outsider_session, REMOVE, values=of(factor.factor_id), phone=OTHER_ADMIN_PHONE
+    )
     foreign = await failure_of(
         factors.RemoveFactor(
             fpb.RemoveFactorRequest(
@@ -556,7 +723,9 @@ async def test_an_administrator_removes_a_members_passkey(
     # Another member naming alice's passkey as their own: not found, the grant not spent.
     bob = await seed_account(server, login="bob", phone=ADMIN_PHONE)
     bob_session = (await sign_in(stub, inbox, bob, phone=ADMIN_PHONE)).session.token
-    bob_grant = await grant_for(stub, inbox, bob_session, REMOVE, phone=ADMIN_PHONE)
+    bob_grant = await grant_for(
+        stub, inbox, bob_session, REMOVE, values=of(factor.factor_id), phone=ADMIN_PHONE
+    )
     not_theirs = await failure_of(
         factors.RemoveFactor(
             fpb.RemoveFactorRequest(
@@ -576,7 +745,15 @@ async def test_an_administrator_removes_a_members_passkey(
     assert [(f.factor_id, f.kind) for f in listed.factors] == [
         (factor.factor_id, fpb.FACTOR_KIND_PASSKEY)
     ]
-    grant = await grant_for(stub, inbox, admin_session, REMOVE, target=target, phone="+33611223344")
+    grant = await grant_for(
+        stub,
+        inbox,
+        admin_session,
+        REMOVE,
+        target=target,
+        values=of(factor.factor_id),
+        phone="+33611223344",
+    )
     removed = await factors.RemoveFactor(
         fpb.RemoveFactorRequest(
             session_token=admin_session,
@@ -597,3 +774,205 @@ async def test_an_administrator_removes_a_members_passkey(
     flow = await login_flow(stub, alice)
     refused = await failure_of(begin(passkeys, flow.flow_id))
     assert refused.reason == "CHANNEL_NOT_AVAILABLE"
+
+
+# ---- the cap on passkeys per account ---------------------------------------------------------
+
+
+async def test_registration_beyond_the_cap_is_refused_and_spends_nothing(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    server.app.settings = server.app.settings.model_copy(update={"max_passkeys_per_account": 2})
+    session = (await sign_in(stub, inbox, alice)).session.token
+    first = await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    full = await failure_of(
+        passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(
+                session_token=session, grant_token=grant.grant_token
+            )
+        )
+    )
+    assert (full.code, full.reason, full.metadata) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "FACTOR_LIMIT_REACHED",
+        {"limit": "2"},
+    )
+    # One removed, the same grant (not spent by the refusal) registers a third.
+    removal = await grant_for(stub, inbox, session, REMOVE, values=of(first.factor_id))
+    await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=session, grant_token=removal.grant_token, factor_id=first.factor_id
+        )
+    )
+    begun = await passkeys.BeginPasskeyRegistration(
+        ppb.BeginPasskeyRegistrationRequest(session_token=session, grant_token=grant.grant_token)
+    )
+    await passkeys.FinishPasskeyRegistration(
+        ppb.FinishPasskeyRegistrationRequest(
+            session_token=session,
+            ceremony_id=begun.ceremony_id,
+            credential_json=SoftAuthenticator().create(begun.creation_options_json),
+            name="Third",
+        )
+    )
+    assert await credentials_of(server, alice) == 2
+
+
+async def test_concurrent_registrations_at_the_cap_only_one_wins(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server
+) -> None:
+    """Five registrations of one account finishing at once, one place left under the cap: the
+    count and the insert are one decision behind the account's row lock, so exactly one is
+    stored. (Each needs its own ceremony: the options of one started registration, whose
+    row is copied under four more challenges, as if their starts had interleaved.)"""
+    server.app.settings = server.app.settings.model_copy(update={"max_passkeys_per_account": 2})
+    session = (await sign_in(stub, inbox, alice)).session.token
+    await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    grant = await grant_for(stub, inbox, session, ENROLL)
+    begun = await passkeys.BeginPasskeyRegistration(
+        ppb.BeginPasskeyRegistrationRequest(session_token=session, grant_token=grant.grant_token)
+    )
+    ceremonies = [(begun.ceremony_id, begun.creation_options_json)]
+    now = server.app.clock.now()
+    async with server.app.write() as db:
+        for _ in range(4):
+            ceremony_id, challenge = uuid.uuid4(), os.urandom(32)
+            db.add(
+                PasskeyCeremony(
+                    id=ceremony_id,
+                    account_id=alice.account_id,
+                    flow_id=None,
+                    kind="registration",
+                    challenge=challenge,
+                    created_at=now,
+                    expires_at=now + timedelta(minutes=5),
+                )
+            )
+            options = {**json.loads(begun.creation_options_json), "challenge": b64url(challenge)}
+            ceremonies.append((str(ceremony_id), json.dumps(options)))
+    calls = [
+        passkeys.FinishPasskeyRegistration(
+            ppb.FinishPasskeyRegistrationRequest(
+                session_token=session,
+                ceremony_id=ceremony_id,
+                credential_json=SoftAuthenticator().create(options),
+                name="Racing",
+            )
+        )
+        for ceremony_id, options in ceremonies
+    ]
+    if server.app.db.dialect == "sqlite":
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    else:
+        # PostgreSQL: the test holds the account's row until every registration waits on it
+        # (each for the cap's lock, or, were there none, for its INSERT's foreign-key check),
+        # so that all of them decide at the same moment, the worst case, every time.
+        async with server.app.write() as holder:
+            await holder.execute(
+                select(Account.id).where(Account.id == alice.account_id).with_for_update()
+            )
+            racing = asyncio.gather(*calls, return_exceptions=True)
+            await waiting_on_locks(server, len(calls))
+        outcomes = await racing
+    won = [o for o in outcomes if isinstance(o, ppb.FinishPasskeyRegistrationResponse)]
+    lost = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert (len(won), len(lost)) == (1, 4)
+    assert {reason_of(error) for error in lost} == {"FACTOR_LIMIT_REACHED"}
+    assert await credentials_of(server, alice) == 2
+
+
+# ---- ceremonies leave no rows behind ---------------------------------------------------------
+
+
+async def test_a_used_ceremony_leaves_no_row_and_abandoned_ones_do_not_pile_up(
+    stub: Stub, passkeys: Passkeys, inbox: Inbox, alice: Seeded, server: Server, clock: FrozenClock
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    device = SoftAuthenticator()
+    await register(stub, passkeys, inbox, session, device)
+    assert await ceremonies_of(server, alice) == 0  # the registration's, taken: deleted
+    flow = await login_flow(stub, alice)
+    await finish(passkeys, flow.flow_id, device.get(await begin(passkeys, flow.flow_id)))
+    assert await ceremonies_of(server, alice) == 0  # the assertion's, taken: deleted
+    flow = await login_flow(stub, alice)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    options = await begin(passkeys, flow.flow_id)
+    await failure_of(finish(passkeys, flow.flow_id, device.get(options, signer=other_key)))
+    assert await ceremonies_of(server, alice) == 0  # refused, but taken all the same
+    # Flows opened, their passkey begun, then abandoned: each keeps its ceremony until it
+    # expires; the account's next start deletes the expired ones.
+    for _ in range(5):
+        abandoned = await login_flow(stub, alice)
+        await begin(passkeys, abandoned.flow_id)
+    assert await ceremonies_of(server, alice) == 5
+    clock.advance(server.app.settings.code_ttl_s + 1)
+    flow = await login_flow(stub, alice)
+    await begin(passkeys, flow.flow_id)
+    assert await ceremonies_of(server, alice) == 1
+    # A registration started and abandoned: the next start replaces it, expired ones go too.
+    for _ in range(3):
+        grant = await grant_for(stub, inbox, session, ENROLL)
+        await passkeys.BeginPasskeyRegistration(
+            ppb.BeginPasskeyRegistrationRequest(
+                session_token=session, grant_token=grant.grant_token
+            )
+        )
+    assert await ceremonies_of(server, alice) == 2  # the flow's assertion, one registration
+
+
+# ---- a removal's grant names its factor ------------------------------------------------------
+
+
+async def test_a_removal_grant_removes_the_factor_it_names_only(
+    stub: Stub, passkeys: Passkeys, factors: Factors, inbox: Inbox, alice: Seeded
+) -> None:
+    session = (await sign_in(stub, inbox, alice)).session.token
+    first = await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    second = await register(stub, passkeys, inbox, session, SoftAuthenticator())
+    grant = await grant_for(stub, inbox, session, REMOVE, values=of(first.factor_id))
+    other = await failure_of(
+        factors.RemoveFactor(
+            fpb.RemoveFactorRequest(
+                session_token=session, grant_token=grant.grant_token, factor_id=second.factor_id
+            )
+        )
+    )
+    assert (other.code, other.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "GRANT_VALUES_MISMATCH",
+    )
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    assert sorted(f.factor_id for f in listed.factors) == sorted(
+        [first.factor_id, second.factor_id]
+    )
+    # Not spent: it removes the factor it was made for.
+    await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=session, grant_token=grant.grant_token, factor_id=first.factor_id
+        )
+    )
+    listed = await factors.ListFactors(fpb.ListFactorsRequest(session_token=session))
+    assert [f.factor_id for f in listed.factors] == [second.factor_id]
+    # The step-up names exactly one factor id, in its one spelling.
+    for values, field in (
+        (pb.ActionValues(), "new_values.factor_id"),
+        (pb.ActionValues(factor_id="not-an-id"), "new_values.factor_id"),
+        (pb.ActionValues(factor_id=second.factor_id.replace("-", "")), "new_values.factor_id"),
+    ):
+        bad = await failure_of(open_step_up(stub, session, REMOVE, values=values))
+        assert (bad.code, bad.reason, bad.metadata) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_FIELD",
+            {"field": field},
+        )
+    enrol = await failure_of(open_step_up(stub, session, ENROLL, values=of(second.factor_id)))
+    assert (enrol.reason, enrol.metadata) == ("INVALID_FIELD", {"field": "new_values.factor_id"})
+    # An upper-case spelling of the same id binds the same way.
+    upper = await grant_for(stub, inbox, session, REMOVE, values=of(second.factor_id.upper()))
+    await factors.RemoveFactor(
+        fpb.RemoveFactorRequest(
+            session_token=session, grant_token=upper.grant_token, factor_id=second.factor_id
+        )
+    )

@@ -28,13 +28,14 @@ from support import (
     failure_of,
     seed_account,
     sign_in,
+    waiting_on_locks,
 )
 from support import step_up as grant_for
 
 from authsvc import cli
 from authsvc.clock import FrozenClock
 from authsvc.config import Rate, RateLimits, Settings
-from authsvc.db import AuditEvent, Role, SecondFactor
+from authsvc.db import Account, AuditEvent, Role, SecondFactor
 from authsvc.server import Server
 from authsvc.v1 import auth_service_pb2 as pb
 from authsvc.v1 import common_pb2, factor_service_pb2_grpc
@@ -74,6 +75,11 @@ def code_at(uri: str, at: datetime, *, offset_s: int = 0) -> str:
     parsed = pyotp.parse_uri(uri)
     assert isinstance(parsed, pyotp.TOTP)
     return str(parsed.at(at.timestamp() + offset_s))
+
+
+def of(factor_id: str) -> pb.ActionValues:
+    """The values of a REMOVE_FACTOR grant: the factor it removes."""
+    return pb.ActionValues(factor_id=factor_id)
 
 
 def phone_messages(inbox: Inbox) -> int:
@@ -381,13 +387,15 @@ async def test_an_administrator_lists_and_removes_a_members_app(
                 session_token=outsider_session,
                 action=REMOVE,
                 target_account_id=target,
-                new_values=pb.ActionValues(),
+                new_values=pb.ActionValues(factor_id=factor_id),
                 client=CLIENT,
             )
         )
     )
     assert refused.reason == "PERMISSION_DENIED"
-    own_grant = await grant_for(stub, inbox, outsider_session, REMOVE, phone=OTHER_ADMIN_PHONE)
+    own_grant = await grant_for(
+        stub, inbox, outsider_session, REMOVE, values=of(factor_id), phone=OTHER_ADMIN_PHONE
+    )
     foreign = await failure_of(
         factors.RemoveFactor(
             fpb.RemoveFactorRequest(
@@ -415,7 +423,15 @@ async def test_an_administrator_lists_and_removes_a_members_app(
     )
     assert [(f.factor_id, f.name) for f in listed.factors] == [(factor_id, "Work phone")]
     assert "secret" not in str(listed).lower()
-    grant = await grant_for(stub, inbox, admin_session, REMOVE, target=target, phone="+33611223344")
+    grant = await grant_for(
+        stub,
+        inbox,
+        admin_session,
+        REMOVE,
+        target=target,
+        values=of(factor_id),
+        phone="+33611223344",
+    )
     removed = await factors.RemoveFactor(
         fpb.RemoveFactorRequest(
             session_token=admin_session,
@@ -444,7 +460,7 @@ async def test_the_holder_removes_their_own_app_and_keeps_their_session(
     first = await sign_in(stub, inbox, alice)
     second = (await sign_in(stub, inbox, alice)).session.token
     factor_id, _ = await enrol(stub, factors, inbox, first.session.token, clock)
-    grant = await grant_for(stub, inbox, first.session.token, REMOVE)
+    grant = await grant_for(stub, inbox, first.session.token, REMOVE, values=of(factor_id))
     removed = await factors.RemoveFactor(
         fpb.RemoveFactorRequest(
             session_token=first.session.token, grant_token=grant.grant_token, factor_id=factor_id
@@ -543,7 +559,8 @@ async def test_the_client_enrols_an_app_with_a_qr_code_in_the_terminal(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """README's walk-through: step-up, challenge, verify, totp-enrol, totp-confirm."""
+    """README's walk-through: step-up, challenge, verify, totp-enrol, totp-confirm; then
+    step-up remove-factor --factor, challenge, verify, remove-factor."""
     monkeypatch.chdir(tmp_path)  # the client keeps its state in var/client.json
     monkeypatch.setenv("AUTHSVC_CLIENT_API_KEY", TEST_API_KEY)
     session = (await sign_in(stub, inbox, alice)).session.token
@@ -569,3 +586,70 @@ async def test_the_client_enrols_an_app_with_a_qr_code_in_the_terminal(
     async with server.app.read() as db:
         row = await db.scalar(select(SecondFactor))
     assert row is not None and row.confirmed_at is not None and row.name == "Work phone"
+    # And removes it: the step-up names the factor, its grant removes that one.
+    await client("step-up", "remove-factor", "--factor", str(row.id))
+    await client("challenge")
+    await client("verify", await inbox.code_to(MOBILE))
+    await client("remove-factor", str(row.id))
+    async with server.app.read() as db:
+        assert await db.scalar(select(SecondFactor)) is None
+
+
+async def test_concurrent_enrolments_leave_one_pending_app(
+    stub: Stub, factors: Factors, inbox: Inbox, alice: Seeded, server: Server, clock: FrozenClock
+) -> None:
+    """Three enrolments of one account at once (three grants): each replaces the one before it,
+    queued on the account's row, so one pending app stays, never three, and none fails. On
+    PostgreSQL the test holds the account's row until all of them wait, the worst case."""
+    session = (await sign_in(stub, inbox, alice)).session.token
+    tokens = [(await grant_for(stub, inbox, session, ENROLL)).grant_token for _ in range(3)]
+    calls = [
+        factors.BeginTotpEnrollment(
+            fpb.BeginTotpEnrollmentRequest(session_token=session, grant_token=token, name="App")
+        )
+        for token in tokens
+    ]
+    if server.app.db.dialect == "sqlite":
+        begun = await asyncio.gather(*calls)
+    else:
+        async with server.app.write() as holder:
+            await holder.execute(
+                select(Account.id).where(Account.id == alice.account_id).with_for_update()
+            )
+            racing = asyncio.gather(*calls)
+            await waiting_on_locks(server, len(calls))
+        begun = await racing
+    async with server.app.read() as db:
+        pending = (
+            await db.scalars(
+                select(SecondFactor.id).where(
+                    SecondFactor.account_id == alice.account_id,
+                    SecondFactor.confirmed_at.is_(None),
+                )
+            )
+        ).all()
+    assert len(pending) == 1
+    (kept,) = [started for started in begun if started.factor_id == str(pending[0])]
+    for started in begun:
+        if started is kept:
+            continue
+        replaced = await failure_of(
+            factors.ConfirmTotpEnrollment(
+                fpb.ConfirmTotpEnrollmentRequest(
+                    session_token=session,
+                    factor_id=started.factor_id,
+                    code=code_at(started.otpauth_uri, clock.now()),
+                    client=CLIENT,
+                )
+            )
+        )
+        assert replaced.reason == "FACTOR_NOT_FOUND"
+    confirmed = await factors.ConfirmTotpEnrollment(
+        fpb.ConfirmTotpEnrollmentRequest(
+            session_token=session,
+            factor_id=kept.factor_id,
+            code=code_at(kept.otpauth_uri, clock.now()),
+            client=CLIENT,
+        )
+    )
+    assert confirmed.factor.factor_id == kept.factor_id

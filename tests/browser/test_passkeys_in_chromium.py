@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import select
-from support import CLIENT, PASSWORD, Inbox, Seeded, sign_in
+from support import CLIENT, PASSWORD, Inbox, Seeded, failure_of, sign_in
 from support import step_up as grant_for
 
 from authsvc.config import Settings
@@ -298,3 +298,10 @@ async def test_register_log_in_step_up_and_refuse_a_clone_in_chromium(
             )
         ).all()
     assert clones == ["PASSKEY_CLONED"]
+    # Disabled by the detection, and the sessions it may have opened revoked.
+    async with server.app.read() as db:
+        assert await db.scalar(select(PasskeyCredential.disabled_at)) is not None
+    gone = await failure_of(
+        stub.ValidateSession(pb.ValidateSessionRequest(session_token=new_session))
+    )
+    assert gone.code == grpc.StatusCode.UNAUTHENTICATED

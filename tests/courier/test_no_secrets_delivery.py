@@ -54,6 +54,7 @@ FIELDS = {
     "email_verification": {"display_name": "Alice", "code": "", "minutes": "5"},
     "factor_removed": {"display_name": "Alice", "factor_name": "Work phone", "by": "par vous"},
     "passkey_removed": {"display_name": "Alice", "factor_name": "Laptop", "by": "par vous"},
+    "passkey_cloned": {"display_name": "Alice", "factor_name": "Laptop"},
 }
 
 

@@ -50,3 +50,13 @@ def test_production_refuses_http_origins_and_takes_https(origin: str) -> None:
     assert Settings(**production, webauthn_origins=[https]).webauthn_origins == [https]  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="production needs https"):
         Settings(**production, webauthn_origins=[https, origin])  # type: ignore[arg-type]
+
+
+def test_the_passkey_cap_is_bounded_and_production_may_only_lower_it() -> None:
+    assert Settings().max_passkeys_per_account == 10
+    for value in (0, 51):
+        with pytest.raises(ValidationError, match="max_passkeys_per_account"):
+            Settings(max_passkeys_per_account=value)
+    assert Settings(**STRICT, max_passkeys_per_account=3).max_passkeys_per_account == 3  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="AUTHSVC_MAX_PASSKEYS_PER_ACCOUNT: at most 10"):
+        Settings(**STRICT, max_passkeys_per_account=11)  # type: ignore[arg-type]

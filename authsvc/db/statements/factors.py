@@ -56,9 +56,13 @@ def has_confirmed_totp(account_id: Any) -> Any:
 
 
 def has_passkey(account_id: Any) -> Any:
-    """SQL: whether the account (an id column or parameter) has a passkey registered (a
-    removed passkey's row is deleted: every row is an active one)."""
-    return exists(select(PASSKEYS.c.id).where(PASSKEYS.c.account_id == account_id))
+    """SQL: whether the account (an id column or parameter) has a passkey that answers flows
+    (a removed one's row is deleted; a disabled one, a detected clone, answers none)."""
+    return exists(
+        select(PASSKEYS.c.id).where(
+            PASSKEYS.c.account_id == account_id, PASSKEYS.c.disabled_at.is_(None)
+        )
+    )
 
 
 def other_factors(account_id: Any) -> tuple[Any, Any]:
