@@ -243,6 +243,10 @@ async def confirm_totp(
             )
             if confirmed.first() is None:
                 raise factor_not_found()  # replaced, confirmed or expired meanwhile
+            # A new way in that answers every later step-up: the holder hears of it (whoever
+            # held the session and the phone for one code must not add one silently).
+            holder = await db.get_one(Account, caller.account_id)
+            notify(app, db, holder, "factor_added", factor_name=pending.name)
             audit.record(
                 db,
                 app.clock,
@@ -256,6 +260,7 @@ async def confirm_totp(
     except IntegrityError:
         # The partial unique index: another enrolment of this account was confirmed first.
         raise already_enrolled() from None
+    app.outbox_ready.set()
     return FactorView(factor_id, statements.TOTP, pending.name, now, None)
 
 

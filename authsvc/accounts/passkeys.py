@@ -25,6 +25,7 @@ from authsvc import audit
 from authsvc.accounts import factors
 from authsvc.accounts.factors import FactorView
 from authsvc.app import App
+from authsvc.courier.notices import notify
 from authsvc.db import Account, PasskeyCredential
 from authsvc.db.statements import passkeys as statements
 from authsvc.errors import Failure, invalid_field
@@ -194,6 +195,9 @@ async def finish_registration(
                 )
             )
             await db.flush()
+            # A new way in: the holder hears of it (as of the app's, accounts/factors.py).
+            holder = await db.get_one(Account, caller.account_id)
+            notify(app, db, holder, "passkey_added", factor_name=name)
             audit.record(
                 db,
                 app.clock,
@@ -209,6 +213,7 @@ async def finish_registration(
         raise Failure(
             "ALREADY_EXISTS", "FACTOR_ALREADY_ENROLLED", "this passkey is registered already"
         ) from None
+    app.outbox_ready.set()
     return FactorView(factor_id, KIND, name, now, None)
 
 

@@ -304,6 +304,30 @@ def _password_changed(*, display_name: str, service: str) -> EmailText:
     )
 
 
+def _factor_added(*, display_name: str, factor_name: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : une application d'authentification a été ajoutée",
+        f"Bonjour {display_name},",
+        f"L'application d'authentification « {factor_name} » a été ajoutée à votre compte "
+        f"{service}. Elle peut désormais remplacer le code reçu par SMS ou par appel lors de "
+        "vos connexions et de vos actions sensibles.",
+        _NOT_YOU,
+        signature=service,
+    )
+
+
+def _passkey_added(*, display_name: str, factor_name: str, service: str) -> EmailText:
+    return _mail(
+        f"{service} : une clé d'accès a été ajoutée",
+        f"Bonjour {display_name},",
+        f"La clé d'accès (passkey) « {factor_name} » a été ajoutée à votre compte {service}. "
+        "Elle peut désormais remplacer le code reçu par SMS ou par appel lors de vos "
+        "connexions et de vos actions sensibles.",
+        _NOT_YOU,
+        signature=service,
+    )
+
+
 def _passkey_removed(*, display_name: str, factor_name: str, by: str, service: str) -> EmailText:
     return _mail(
         f"{service} : une clé d'accès a été retirée",
@@ -467,6 +491,8 @@ _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "contact_changed": (_contact_changed, {"display_name", "what", "service"}),
     "password_changed": (_password_changed, {"display_name", "service"}),
     "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
+    "factor_added": (_factor_added, {"display_name", "factor_name", "service"}),
+    "passkey_added": (_passkey_added, {"display_name", "factor_name", "service"}),
     "factor_removed": (_factor_removed, {"display_name", "factor_name", "by", "service"}),
     "passkey_removed": (_passkey_removed, {"display_name", "factor_name", "by", "service"}),
     "passkey_cloned": (_passkey_cloned, {"display_name", "factor_name", "service"}),
