@@ -622,6 +622,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "AUTHSVC_VOICE_FALLBACK_AFTER_S: 0 (off) or at least AUTHSVC_RESEND_COOLDOWN_S"
             )
+        # The switch waits for a receipt that does not come: where none can reach the service
+        # (no listener, no callback address), every SMS would be followed by a call.
+        if self.voice_fallback_after_s > 0 and not (
+            self.receipts_listen or self.receipts_public_url
+        ):
+            raise ValueError(
+                "AUTHSVC_VOICE_FALLBACK_AFTER_S needs delivery receipts "
+                "(AUTHSVC_RECEIPTS_LISTEN or AUTHSVC_RECEIPTS_PUBLIC_URL): without them every "
+                "SMS would be followed by a voice call"
+            )
         return self
 
     @model_validator(mode="after")

@@ -53,6 +53,9 @@ async def start(
             "dispatcher_enabled": False,  # driven by the test, as the switch is
             "delivery_wait_s": 0.0,
             "voice_fallback_after_s": AFTER_S,
+            # Receipts reach the service (the tests apply them in process, as the listener
+            # would): the switch requires that they can.
+            "receipts_public_url": "http://127.0.0.1:8081",
             **extra,
         }
     )

@@ -262,3 +262,14 @@ def test_a_gateway_secret_too_short_to_resist_forgery_is_refused(secret: str) ->
     with pytest.raises(ValidationError, match="hmac_secret"):
         HttpGateway(url="https://sms.example/send", hmac_secret=SecretStr(secret))
     assert HttpGateway(url="https://sms.example/send", hmac_secret=SecretStr("x" * 16))
+
+
+def test_the_voice_switch_needs_receipts_that_can_arrive() -> None:
+    """Without a receipt listener or callback address no SMS is ever confirmed: the switch
+    would follow every SMS with a call (attack review 2: calls to numbers that never answer
+    with receipts)."""
+    with pytest.raises(ValidationError, match="needs delivery receipts"):
+        Settings(voice_fallback_after_s=60)
+    assert Settings(voice_fallback_after_s=60, receipts_listen="0.0.0.0:8089")
+    assert Settings(voice_fallback_after_s=60, receipts_public_url="https://authsvc.example/r")
+    assert Settings(voice_fallback_after_s=0)
