@@ -27,8 +27,10 @@ from sqlalchemy.exc import IntegrityError
 from authsvc import audit, validation
 from authsvc.accounts import revocation
 from authsvc.app import App
+from authsvc.courier import notices
 from authsvc.courier.notices import notify
 from authsvc.db import Account, PasskeyCredential, SecondFactor
+from authsvc.db.locks import ACCOUNT_ROW
 from authsvc.db.statements import factors as statements
 from authsvc.errors import Failure, invalid_field
 from authsvc.flows import grants, totp
@@ -121,7 +123,7 @@ async def begin_totp(app: App, caller: SessionInfo, *, grant_token: str, name: s
         # The account's row locked (PostgreSQL; SQLite writers are serialised): concurrent
         # enrolments of one account queue here, so each replaces the one before it and the
         # partial unique index (one pending enrolment per account) never refuses one.
-        account = await db.get_one(Account, caller.account_id, with_for_update=True)
+        account = await db.get_one(Account, caller.account_id, with_for_update=ACCOUNT_ROW)
         confirmed = await db.scalar(
             select(SecondFactor.id).where(
                 SecondFactor.account_id == account.id,
@@ -246,7 +248,7 @@ async def confirm_totp(
             # A new way in that answers every later step-up: the holder hears of it (whoever
             # held the session and the phone for one code must not add one silently).
             holder = await db.get_one(Account, caller.account_id)
-            notify(app, db, holder, "factor_added", factor_name=pending.name)
+            notify(app, db, holder, "factor_added", when=notices.when(now))
             audit.record(
                 db,
                 app.clock,
@@ -345,7 +347,7 @@ async def remove(
     async with app.write() as db:
         # The holder's row first, as a passkey's clone detection and every completion take it
         # (then the factor's): a removal racing them queues instead of deadlocking.
-        await db.get_one(Account, holder.id, with_for_update=True)
+        await db.get_one(Account, holder.id, with_for_update=ACCOUNT_ROW)
         name = await db.scalar(
             select(table.name).where(table.id == factor_id, table.account_id == holder.id)
         )

@@ -25,6 +25,7 @@ from authsvc import audit
 from authsvc.accounts import factors
 from authsvc.accounts.factors import FactorView
 from authsvc.app import App
+from authsvc.courier import notices
 from authsvc.courier.notices import notify
 from authsvc.db import Account, PasskeyCredential
 from authsvc.db.statements import passkeys as statements
@@ -197,7 +198,7 @@ async def finish_registration(
             await db.flush()
             # A new way in: the holder hears of it (as of the app's, accounts/factors.py).
             holder = await db.get_one(Account, caller.account_id)
-            notify(app, db, holder, "passkey_added", factor_name=name)
+            notify(app, db, holder, "passkey_added", when=notices.when(now))
             audit.record(
                 db,
                 app.clock,

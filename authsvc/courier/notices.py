@@ -3,6 +3,7 @@ queued in the caller's transaction like every other message."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,11 @@ class Holder(Protocol):
 
     @property
     def display_name(self) -> str: ...
+
+
+def when(moment: datetime) -> str:
+    """A moment as the emails say it: the date and time in UTC (the service's clock)."""
+    return moment.astimezone(UTC).strftime("%d/%m/%Y à %H:%M (UTC)")
 
 
 def notice(

@@ -304,25 +304,28 @@ def _password_changed(*, display_name: str, service: str) -> EmailText:
     )
 
 
-def _factor_added(*, display_name: str, factor_name: str, service: str) -> EmailText:
+# The warnings of a new factor quote nothing of it: its name is chosen by whoever added it,
+# who may be the one the warning is about (a name closing the quote could make the mail say
+# anything: attack review of issue 16). The kind and the time say which.
+def _factor_added(*, display_name: str, when: str, service: str) -> EmailText:
     return _mail(
         f"{service} : une application d'authentification a été ajoutée",
         f"Bonjour {display_name},",
-        f"L'application d'authentification « {factor_name} » a été ajoutée à votre compte "
-        f"{service}. Elle peut désormais remplacer le code reçu par SMS ou par appel lors de "
-        "vos connexions et de vos actions sensibles.",
+        f"Une application d'authentification a été ajoutée à votre compte {service} le "
+        f"{when}. Elle peut désormais remplacer le code reçu par SMS ou par appel lors de vos "
+        "connexions et de vos actions sensibles.",
         _NOT_YOU,
         signature=service,
     )
 
 
-def _passkey_added(*, display_name: str, factor_name: str, service: str) -> EmailText:
+def _passkey_added(*, display_name: str, when: str, service: str) -> EmailText:
     return _mail(
         f"{service} : une clé d'accès a été ajoutée",
         f"Bonjour {display_name},",
-        f"La clé d'accès (passkey) « {factor_name} » a été ajoutée à votre compte {service}. "
-        "Elle peut désormais remplacer le code reçu par SMS ou par appel lors de vos "
-        "connexions et de vos actions sensibles.",
+        f"Une clé d'accès (passkey) a été ajoutée à votre compte {service} le {when}. Elle "
+        "peut désormais remplacer le code reçu par SMS ou par appel lors de vos connexions et "
+        "de vos actions sensibles.",
         _NOT_YOU,
         signature=service,
     )
@@ -345,9 +348,12 @@ def _passkey_cloned(*, display_name: str, factor_name: str, service: str) -> Ema
         f"Bonjour {display_name},",
         f"La clé d'accès (passkey) « {factor_name} » de votre compte {service} a répondu avec "
         "un compteur qui ne progressait pas : une copie de la clé existe. Elle est désactivée, "
-        "vos sessions ouvertes ont été fermées et vos appareils de confiance oubliés.",
-        "Retirez cette clé de votre compte, enregistrez-en une nouvelle et prévenez "
-        "l'administrateur des comptes de votre organisation.",
+        "vos sessions ouvertes ont été fermées et vos appareils de confiance oubliés. Par "
+        "précaution, vos autres clés d'accès sont désactivées et vos applications "
+        "d'authentification retirées : celui qui détenait la copie a pu en ajouter.",
+        "Retirez ces clés de votre compte, ajoutez de nouveau celles qui sont les vôtres (un "
+        "code par SMS ou par appel vous sera demandé) et prévenez l'administrateur des comptes "
+        "de votre organisation.",
         signature=service,
     )
 
@@ -491,8 +497,8 @@ _EMAILS: dict[str, tuple[Callable[..., EmailText], set[str]]] = {
     "contact_changed": (_contact_changed, {"display_name", "what", "service"}),
     "password_changed": (_password_changed, {"display_name", "service"}),
     "new_admin": (_new_admin, {"display_name", "admin_name", "service"}),
-    "factor_added": (_factor_added, {"display_name", "factor_name", "service"}),
-    "passkey_added": (_passkey_added, {"display_name", "factor_name", "service"}),
+    "factor_added": (_factor_added, {"display_name", "when", "service"}),
+    "passkey_added": (_passkey_added, {"display_name", "when", "service"}),
     "factor_removed": (_factor_removed, {"display_name", "factor_name", "by", "service"}),
     "passkey_removed": (_passkey_removed, {"display_name", "factor_name", "by", "service"}),
     "passkey_cloned": (_passkey_cloned, {"display_name", "factor_name", "service"}),

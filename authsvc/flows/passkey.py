@@ -28,6 +28,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from authsvc import audit
 from authsvc.accounts import revocation
 from authsvc.accounts.passkeys import KIND, ceremony_invalid, malformed, rejected
@@ -197,6 +199,7 @@ async def _disable_clone(
         )
         if name is not None:
             ended = await revocation.end_trust(db, account.id, now)
+            await _disable_what_the_copy_may_have_added(app, db, account, now)
             # The passkey's name only: nothing of the credential (none of it is secret
             # anyway, but the mail need not say more than which one).
             notify(app, db, account, "passkey_cloned", factor_name=name)
@@ -217,6 +220,37 @@ async def _disable_clone(
     if name is not None:
         app.outbox_ready.set()
     return cloned()
+
+
+async def _disable_what_the_copy_may_have_added(
+    app: App, db: AsyncSession, account: AccountRow, now: datetime
+) -> None:
+    """Whoever held the copy could step up with it and add a passkey or an app of their own,
+    which would outlive the copy's detection (attack review: they logged straight back in):
+    the account's other passkeys are disabled and its apps removed, each audited; the phone
+    stays the rule, and the holder adds back theirs with a code by SMS."""
+    params = {"p_account_id": account.id, "p_now": now}
+    for factor_id in (await db.execute(passkeys.DISABLE_THE_OTHERS, params)).scalars():
+        _audit_with_the_clone(app, db, account, "factor.disabled", KIND, factor_id)
+    for factor_id in (await db.execute(passkeys.REMOVE_THE_APPS, params)).scalars():
+        _audit_with_the_clone(app, db, account, "factor.removed", "totp", factor_id)
+
+
+def _audit_with_the_clone(
+    app: App, db: AsyncSession, account: AccountRow, event: str, kind: str, factor_id: object
+) -> None:
+    audit.record(
+        db,
+        app.clock,
+        event,
+        outcome="PASSKEY_CLONED",
+        organization_id=account.organization_id,
+        actor=account.id,
+        target=account.id,
+        kind=kind,
+        factor_id=str(factor_id),
+        reason="with_the_clone",
+    )
 
 
 async def _refused(

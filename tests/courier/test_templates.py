@@ -63,8 +63,8 @@ EMAILS = {
     "factor_removed": {"display_name": "Alice", "factor_name": "Work phone", "by": "par vous"},
     "passkey_removed": {"display_name": "Alice", "factor_name": "Laptop", "by": "par vous"},
     "passkey_cloned": {"display_name": "Alice", "factor_name": "Laptop"},
-    "factor_added": {"display_name": "Alice", "factor_name": "Work phone"},
-    "passkey_added": {"display_name": "Alice", "factor_name": "Laptop"},
+    "factor_added": {"display_name": "Alice", "when": "03/12/2026 à 17:49 (UTC)"},
+    "passkey_added": {"display_name": "Alice", "when": "03/12/2026 à 17:49 (UTC)"},
 }
 
 

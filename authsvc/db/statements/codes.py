@@ -178,7 +178,7 @@ def _take_account(rules: CodeRules) -> Any:
     return (
         select(ACCOUNTS.c.id, _notice_due().label("due"))
         .where(ACCOUNTS.c.id == _ACCOUNT_ID, *_unlocked(rules))
-        .with_for_update()
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE: db/locks.py
     )
 
 

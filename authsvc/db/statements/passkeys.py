@@ -39,11 +39,12 @@ from sqlalchemy import (
     update,
 )
 
-from authsvc.db import Account, PasskeyCeremony, PasskeyCredential
+from authsvc.db import Account, PasskeyCeremony, PasskeyCredential, SecondFactor
 from authsvc.db.base import UTCDateTime
 from authsvc.db.statements import flows, table
 
 CREDENTIALS = table(PasskeyCredential)
+FACTORS = table(SecondFactor)
 CEREMONIES = table(PasskeyCeremony)
 ACCOUNTS = table(Account)
 REGISTRATION = "registration"
@@ -145,12 +146,26 @@ def disable_params(credential_row_id: uuid.UUID, now: datetime) -> dict[str, Any
     return {"p_credential_row_id": credential_row_id, "p_now": now}
 
 
+# With a clone detected, whoever held the copy may have added factors of their own (a step-up
+# answered by the copy enrols a passkey or an app): every other passkey of the account is
+# disabled and its apps removed, the phone staying the rule; the holder adds back theirs.
+DISABLE_THE_OTHERS = (
+    update(CREDENTIALS)
+    .where(CREDENTIALS.c.account_id == _ACCOUNT, CREDENTIALS.c.disabled_at.is_(None))
+    .values(disabled_at=_NOW)
+    .returning(CREDENTIALS.c.id)
+)
+REMOVE_THE_APPS = delete(FACTORS).where(FACTORS.c.account_id == _ACCOUNT).returning(FACTORS.c.id)
+
+
 # The registration's cap. On PostgreSQL the account's row is locked first (FOR UPDATE; SQLite
 # writers are serialised by BEGIN IMMEDIATE and the clause is left out): two registrations of
 # one account at the cap queue there, and the second counts after the first committed (READ
 # COMMITTED: the count is a later statement, with a later snapshot).
 LOCK_ACCOUNT = (
-    select(ACCOUNTS.c.id).where(ACCOUNTS.c.id == _ACCOUNT).with_for_update(of=ACCOUNTS.c.id)
+    select(ACCOUNTS.c.id)
+    .where(ACCOUNTS.c.id == _ACCOUNT)
+    .with_for_update(of=ACCOUNTS.c.id, key_share=True)  # NO KEY UPDATE: db/locks.py
 )
 # Every credential counts, a disabled one too: it keeps its row until its holder removes it.
 COUNT_OF_ACCOUNT = (
