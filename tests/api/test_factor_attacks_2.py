@@ -1,5 +1,6 @@
-"""Independent attack review (session 6, second round) of the newest factor code: clone detection, the
-passkey cap, REMOVE_FACTOR grants bound to their factor, factor windows, federated flows.
+"""Independent attack review (session 6, second round) of the newest factor code: clone
+detection, the passkey cap, REMOVE_FACTOR grants bound to their factor, factor windows,
+federated flows.
 
 Over real gRPC on SQLite and PostgreSQL. Tests named `test_finding_*` assert the secure
 behaviour and FAIL on the code reviewed (they are the reproductions); the others are what
