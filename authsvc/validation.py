@@ -78,25 +78,24 @@ def name(value: str, field: str) -> str:
     return value
 
 
-def flow_id(value: str, field: str = "flow_id") -> uuid.UUID:
+def _id36(value: str, field: str, what: str) -> uuid.UUID:
+    """An id in its 36-character form only (uuid.UUID takes other spellings)."""
     try:
         parsed = uuid.UUID(value) if len(value) == 36 else None
     except ValueError:
         parsed = None
     if parsed is None:
-        raise invalid_field(field, "not a flow id")
+        raise invalid_field(field, f"not a {what} id")
     return parsed
+
+
+def flow_id(value: str, field: str = "flow_id") -> uuid.UUID:
+    return _id36(value, field, "flow")
 
 
 def factor_id(value: str, field: str = "factor_id") -> uuid.UUID:
-    """A second factor's id (a passkey's or an app's): the 36-character form only."""
-    try:
-        parsed = uuid.UUID(value) if len(value) == 36 else None
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        raise invalid_field(field, "not a factor id")
-    return parsed
+    """A second factor's id (a passkey's or an app's)."""
+    return _id36(value, field, "factor")
 
 
 def token(value: str, field: str) -> str:

@@ -111,16 +111,6 @@ def account_issues(account: Account) -> list[str]:
     return issues
 
 
-def other_factor_columns() -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    """Per account row, whether it has a confirmed app and a passkey: two correlated EXISTS on
-    the factors' indexed account_id, read in the statement that lists the accounts (never one
-    query per account)."""
-    return (
-        factors.has_confirmed_totp(Account.id).label("has_authenticator_app"),
-        factors.has_passkey(Account.id).label("has_passkey"),
-    )
-
-
 def other_factors(has_authenticator_app: object, has_passkey: object) -> tuple[str, ...]:
     """The kinds an account row's EXISTS columns say it has (SQLite answers 0/1)."""
     return tuple(
@@ -133,7 +123,7 @@ async def readiness(app: App, organization_id: uuid.UUID) -> Readiness:
     async with app.read() as db:
         rows = (
             await db.execute(
-                select(Account, *other_factor_columns())
+                select(Account, *factors.other_factors(Account.id))
                 .where(Account.organization_id == organization_id)
                 .order_by(Account.login)
             )

@@ -15,6 +15,7 @@ from authsvc.accounts import directory
 from authsvc.app import App
 from authsvc.campaigns import relays
 from authsvc.db import Account, Organization
+from authsvc.db.statements import factors
 from authsvc.phones import mask_email
 
 
@@ -22,7 +23,7 @@ async def _not_ready(app: App, organization_id: Any) -> list[dict[str, Any]]:
     async with app.read() as db:
         rows = (
             await db.execute(
-                select(Account, *directory.other_factor_columns())
+                select(Account, *factors.other_factors(Account.id))
                 .where(Account.organization_id == organization_id)
                 .order_by(Account.email, Account.id)
             )

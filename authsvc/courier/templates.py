@@ -307,28 +307,24 @@ def _password_changed(*, display_name: str, service: str) -> EmailText:
 # The warnings of a new factor quote nothing of it: its name is chosen by whoever added it,
 # who may be the one the warning is about (a name closing the quote could make the mail say
 # anything: attack review of issue 16). The kind and the time say which.
-def _factor_added(*, display_name: str, when: str, service: str) -> EmailText:
+def _added(what: str, display_name: str, when: str, service: str) -> EmailText:
     return _mail(
-        f"{service} : une application d'authentification a été ajoutée",
+        f"{service} : {what} a été ajoutée",
         f"Bonjour {display_name},",
-        f"Une application d'authentification a été ajoutée à votre compte {service} le "
-        f"{when}. Elle peut désormais remplacer le code reçu par SMS ou par appel lors de vos "
-        "connexions et de vos actions sensibles.",
-        _NOT_YOU,
-        signature=service,
-    )
-
-
-def _passkey_added(*, display_name: str, when: str, service: str) -> EmailText:
-    return _mail(
-        f"{service} : une clé d'accès a été ajoutée",
-        f"Bonjour {display_name},",
-        f"Une clé d'accès (passkey) a été ajoutée à votre compte {service} le {when}. Elle "
+        f"{what[0].upper()}{what[1:]} a été ajoutée à votre compte {service} le {when}. Elle "
         "peut désormais remplacer le code reçu par SMS ou par appel lors de vos connexions et "
         "de vos actions sensibles.",
         _NOT_YOU,
         signature=service,
     )
+
+
+def _factor_added(*, display_name: str, when: str, service: str) -> EmailText:
+    return _added("une application d'authentification", display_name, when, service)
+
+
+def _passkey_added(*, display_name: str, when: str, service: str) -> EmailText:
+    return _added("une clé d'accès (passkey)", display_name, when, service)
 
 
 def _passkey_removed(*, display_name: str, factor_name: str, by: str, service: str) -> EmailText:

@@ -49,9 +49,6 @@ class OtherFactors:
     has_passkey: bool
 
 
-NO_OTHER_FACTOR = OtherFactors(has_totp=False, has_passkey=False)
-
-
 async def other_factors(app: App, account_id: uuid.UUID) -> OtherFactors:
     """The account's factors beside its phone, for the paths whose lookup did not read them."""
     return await app.db.read(_read_other_factors, account_id)

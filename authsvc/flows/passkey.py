@@ -92,7 +92,7 @@ async def begin(app: App, flow_id: uuid.UUID, *, ip_address: str | None = None) 
         allow=[(one.credential_id, one.transports) for one in stored],
         timeout_s=ttl_s,
     )
-    window = flows.TotpWindow(
+    window = flows.FactorWindow(
         flow_id=flow.id,
         now=now,
         channel=CHANNEL,

@@ -42,9 +42,9 @@ async def open_window(
     app: App, flow: FlowRow, account: AccountRow, now: datetime
 ) -> ChallengeView | None:
     """Challenge with CHANNEL_TOTP: the attempt window opens, nothing is sent (a code sent and
-    still valid stays valid: flows.open_totp_window). None: the flow closed between its read
+    still valid stays valid: flows.open_factor_window). None: the flow closed between its read
     and this write (nothing written)."""
-    window = flows.TotpWindow(
+    window = flows.FactorWindow(
         flow_id=flow.id,
         now=now,
         channel="totp",
@@ -60,7 +60,7 @@ async def open_window(
             channel="totp",
         ),
     )
-    opened = await app.db.write(flows.open_totp_window, window)
+    opened = await app.db.write(flows.open_factor_window, window)
     if opened is None:
         return None
     return ChallengeView(

@@ -52,7 +52,7 @@ async def verify(
     now = app.clock.now()
     ensure_open(flow, now)
     by_app = flow.channel == "totp"  # the code is the authenticator app's
-    # A sent code kept by a switch to the app or a passkey (flows.open_totp_window) still
+    # A sent code kept by a switch to the app or a passkey (flows.open_factor_window) still
     # answers; a passkey window without one takes no code here (PasskeyService answers it).
     sent = flow.code_digest
     if flow.challenge_id is None or flow.code_expires_at is None or (sent is None and not by_app):
@@ -68,14 +68,15 @@ async def verify(
     # Limits, then the second factor's lock: before the code is even compared.
     await app.limits.verify(now, ip=request.client.ip_address, account_id=str(account.id))
     lockout.check_code_lock(app, account, now)
+    # Both compared when both apply, the sent code's digest first (in memory; the app's match
+    # reads its factor and unseals its secret): one answer, whichever it was.
     claim: factors.StepClaim | None = None
-    if by_app:
-        claim = await totp.match(app, account.id, request.code, now)
-    # Both compared when both apply (the app's first): one answer, whichever it was.
-    matches = claim is not None or (
-        sent is not None
-        and app.keys.code_hasher.verify(request.code, flow.challenge_id.bytes, sent)
+    matches = sent is not None and app.keys.code_hasher.verify(
+        request.code, flow.challenge_id.bytes, sent
     )
+    if not matches and by_app:
+        claim = await totp.match(app, account.id, request.code, now)
+        matches = claim is not None
     if not matches:
         raise await _wrong_code(app, flow, account, now)
     if flow.purpose == FlowPurpose.LOGIN:

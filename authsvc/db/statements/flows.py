@@ -180,7 +180,7 @@ def send_code(connection: Connection, send: CodeSend) -> bool:
 
 
 @dataclass(frozen=True)
-class TotpWindow:
+class FactorWindow:
     """A challenge answered by a factor of the account's own (an authenticator app's code, a
     passkey's assertion): nothing is sent, the attempt window opens."""
 
@@ -234,7 +234,7 @@ _OPEN_WINDOW = (
 )
 
 
-def open_totp_window(connection: Connection, window: TotpWindow) -> Window | None:
+def open_factor_window(connection: Connection, window: FactorWindow) -> Window | None:
     """Make the factor's challenge the flow's current one, with its audit row, only WHERE the
     flow is still pending and unexpired. None: nothing written."""
     row = connection.execute(

@@ -158,9 +158,9 @@ DISABLE_THE_OTHERS = (
 REMOVE_THE_APPS = delete(FACTORS).where(FACTORS.c.account_id == _ACCOUNT).returning(FACTORS.c.id)
 
 
-# The registration's cap. On PostgreSQL the account's row is locked first (FOR UPDATE; SQLite
-# writers are serialised by BEGIN IMMEDIATE and the clause is left out): two registrations of
-# one account at the cap queue there, and the second counts after the first committed (READ
+# The registration's cap. On PostgreSQL the account's row is locked first (FOR NO KEY UPDATE,
+# authsvc/db/locks.py; SQLite writers are serialised by BEGIN IMMEDIATE and the clause is left
+# out): two registrations of one account at the cap queue there, and the second counts after the first committed (READ
 # COMMITTED: the count is a later statement, with a later snapshot).
 LOCK_ACCOUNT = (
     select(ACCOUNTS.c.id)
@@ -212,13 +212,13 @@ def start_registration(connection: Connection, ceremony: Ceremony) -> None:
 
 
 def start_assertion(
-    connection: Connection, window: flows.TotpWindow, ceremony: Ceremony
+    connection: Connection, window: flows.FactorWindow, ceremony: Ceremony
 ) -> flows.Window | None:
     """Make the assertion the flow's current challenge (the attempt window, as a TOTP
     challenge opens it) and keep its challenge under the window's challenge id and expiry, in
     one transaction; the flow's earlier ceremonies go, and the account's expired ones. None:
     the flow closed meanwhile, nothing written."""
-    opened = flows.open_totp_window(connection, window)
+    opened = flows.open_factor_window(connection, window)
     if opened is None:
         return None
     _prune(connection, ceremony)
