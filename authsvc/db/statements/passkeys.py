@@ -160,8 +160,8 @@ REMOVE_THE_APPS = delete(FACTORS).where(FACTORS.c.account_id == _ACCOUNT).return
 
 # The registration's cap. On PostgreSQL the account's row is locked first (FOR NO KEY UPDATE,
 # authsvc/db/locks.py; SQLite writers are serialised by BEGIN IMMEDIATE and the clause is left
-# out): two registrations of one account at the cap queue there, and the second counts after the first committed (READ
-# COMMITTED: the count is a later statement, with a later snapshot).
+# out): two registrations of one account at the cap queue there, and the second counts after
+# the first committed (READ COMMITTED: the count is a later statement, with a later snapshot).
 LOCK_ACCOUNT = (
     select(ACCOUNTS.c.id)
     .where(ACCOUNTS.c.id == _ACCOUNT)
